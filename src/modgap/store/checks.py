@@ -1,0 +1,78 @@
+"""Detection and reporting of vectors that cannot be used: NaN, Inf, or all zeros."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from modgap.errors import BadVectorsError, ModgapError
+
+OnBad = Literal["error", "skip"]
+ON_BAD_CHOICES = ("error", "skip")
+
+
+def bad_row_mask(norms: np.ndarray) -> np.ndarray:
+    """Rows whose norm is non-finite (a NaN or Inf component, or overflow) or zero."""
+    return ~np.isfinite(norms) | (norms == 0)
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Float32 row norms; NaN/Inf components give non-finite norms."""
+    x32 = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.sqrt(np.einsum("ij,ij->i", x32, x32))
+
+
+def bad_reason(row: np.ndarray) -> str:
+    row = np.asarray(row, dtype=np.float64)
+    if np.isnan(row).any():
+        return "nan"
+    if np.isinf(row).any():
+        return "inf"
+    if not row.any():
+        return "zero"
+    return "overflow"
+
+
+class BadRows:
+    """Collects bad rows under ``--on-bad skip``; raises under ``--on-bad error``."""
+
+    def __init__(self, on_bad: OnBad = "error"):
+        if on_bad not in ON_BAD_CHOICES:
+            raise ModgapError(f"--on-bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
+        self.on_bad = on_bad
+        self.rows: list[dict[str, str]] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def handle(self, where: str, ids: Sequence[str], vectors: np.ndarray, mask: np.ndarray) -> None:
+        """Record (or raise for) the rows of ``vectors`` flagged in ``mask``; ``where`` names the source."""
+        idx = np.flatnonzero(mask)
+        if not len(idx):
+            return
+        bad_ids = [str(ids[i]) for i in idx]
+        reasons = [bad_reason(vectors[i]) for i in idx]
+        if self.on_bad == "error":
+            shown = ", ".join(f"{k!r} ({r})" for k, r in list(zip(bad_ids, reasons, strict=True))[:10])
+            more = f" and {len(bad_ids) - 10} more" if len(bad_ids) > 10 else ""
+            raise BadVectorsError(
+                f"{where}: {len(bad_ids)} unusable vector(s) (NaN, Inf or zero): {shown}{more}; "
+                "rerun with --on-bad skip to leave them out and list them in a report",
+                bad_ids,
+            )
+        for k, r in zip(bad_ids, reasons, strict=True):
+            if (where, k) not in self._seen:
+                self._seen.add((where, k))
+                self.rows.append({"where": where, "id": k, "reason": r})
+
+    def write(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            for r in self.rows:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, path)

@@ -1,0 +1,525 @@
+"""An embedding store: one modality's vectors in Arrow IPC shards plus a JSON manifest.
+
+Layout of a store directory::
+
+    manifest.json            dim, dtype, counts, provenance, shard list with sha256
+    shard-00000.arrow        Arrow IPC file (Feather v2, uncompressed): id, embedding, metadata...
+
+Each shard is written under a hidden temporary name and renamed into place when complete, and the
+manifest is rewritten atomically after each shard, so a crash never makes a partial shard visible.
+Reads memory-map the shards: embeddings come back as read-only NumPy views of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from modgap.errors import ModgapError
+from modgap.store.manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
+
+ID = "id"
+EMBEDDING = "embedding"
+TMP_PREFIX = ".tmp-"
+# Shards and record batches are sized in bytes so that memory use does not grow with the dimension.
+DEFAULT_SHARD_BYTES = 256 * 2**20
+DEFAULT_BATCH_BYTES = 16 * 2**20
+
+
+def _arrow_float(dtype: str) -> pa.DataType:
+    return {"float16": pa.float16(), "float32": pa.float32()}[dtype]
+
+
+def sha256_file(path: Path, block: int = 8 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Chunk:
+    """A run of consecutive rows of a store."""
+
+    embeddings: np.ndarray  # (n, dim), read-only view of the shard where possible
+    batch: pa.RecordBatch  # id and metadata columns of the same rows
+    shard: int  # shard index of the first row
+    start: int  # global row index of the first row
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.batch.column(ID).to_pylist()
+
+
+class EmbeddingStore:
+    """Read access to a store directory. Open with :meth:`open`."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._offsets = np.cumsum([0] + [s.rows for s in manifest.shards])
+        self._id_index: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = False) -> EmbeddingStore:
+        """Open a store; checks that every shard exists with the recorded size (and sha256 if ``verify``)."""
+        path = Path(path)
+        manifest = Manifest.load(path)
+        for shard in manifest.shards:
+            f = path / shard.file
+            if not f.is_file():
+                raise ModgapError(f"{path}: shard {shard.file} is listed in the manifest but missing")
+            size = f.stat().st_size
+            if size != shard.bytes:
+                raise ModgapError(
+                    f"{path}: shard {shard.file} has {size} bytes, the manifest says {shard.bytes} "
+                    "(truncated or replaced)"
+                )
+            if verify and sha256_file(f) != shard.sha256:
+                raise ModgapError(f"{path}: shard {shard.file} fails its sha256 checksum")
+        return cls(path, manifest)
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.manifest.dtype)
+
+    @property
+    def normalized(self) -> bool:
+        return self.manifest.normalized
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self.manifest.metadata_columns)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({str(self.path)!r}, rows={len(self)}, dim={self.dim}, dtype={self.dtype})"
+
+    # -- shard access -----------------------------------------------------------------------------
+    def open_shard(self, i: int) -> ipc.RecordBatchFileReader:
+        """Memory-map shard ``i``; checks that its schema and row count agree with the manifest."""
+        info = self.manifest.shards[i]
+        where = f"{self.path / info.file}"
+        try:
+            reader = ipc.open_file(pa.memory_map(str(self.path / info.file)))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ModgapError(f"{where}: not a readable Arrow IPC shard ({e})") from e
+        schema = reader.schema
+        expected = pa.list_(_arrow_float(self.manifest.dtype), self.dim)
+        if EMBEDDING not in schema.names or schema.field(EMBEDDING).type != expected:
+            got = schema.field(EMBEDDING).type if EMBEDDING in schema.names else "no embedding column"
+            raise ModgapError(f"{where}: embedding column is {got}, the manifest says {expected}")
+        if ID not in schema.names:
+            raise ModgapError(f"{where}: shard has no {ID!r} column")
+        rows = sum(reader.get_batch(b).num_rows for b in range(reader.num_record_batches))
+        if rows != info.rows:
+            raise ModgapError(f"{where}: shard holds {rows} rows, the manifest says {info.rows}")
+        return reader
+
+    def _shard_batches(self, i: int) -> Iterator[pa.RecordBatch]:
+        reader = self.open_shard(i)
+        for b in range(reader.num_record_batches):
+            yield reader.get_batch(b)
+
+    @staticmethod
+    def batch_embeddings(batch: pa.RecordBatch, dim: int) -> np.ndarray:
+        """Zero-copy (n, dim) view of a record batch's embedding column."""
+        col = batch.column(EMBEDDING)
+        if col.null_count:
+            raise ModgapError("embedding column holds nulls")
+        return col.flatten().to_numpy(zero_copy_only=True).reshape(-1, dim)
+
+    def iter_chunks(
+        self,
+        chunk_rows: int = 65536,
+        rows: tuple[int, int] | None = None,
+        exact: bool = True,
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the store in order.
+
+        ``rows=(start, stop)`` restricts to a global row range (how ranks split a store).
+        With ``exact`` every chunk but the last has exactly ``chunk_rows`` rows (chunks that span
+        record batches are copied); without it chunks stop at batch boundaries and are always views.
+        ``columns`` selects the metadata columns carried in ``Chunk.batch`` (default: all).
+        """
+        if chunk_rows <= 0:
+            raise ValueError("chunk_rows must be positive")
+        start, stop = rows if rows is not None else (0, len(self))
+        keep = [ID, *(self.metadata_columns if columns is None else columns)]
+        pending: list[Chunk] = []
+        pending_rows = 0
+        for i in range(self.num_shards):
+            s0, s1 = int(self._offsets[i]), int(self._offsets[i + 1])
+            if s1 <= start or s0 >= stop or s0 == s1:
+                continue
+            pos = s0
+            for batch in self._shard_batches(i):
+                b0, b1 = pos, pos + batch.num_rows
+                pos = b1
+                lo, hi = max(b0, start), min(b1, stop)
+                if lo >= hi:
+                    continue
+                batch = batch.slice(lo - b0, hi - lo)
+                emb = self.batch_embeddings(batch, self.dim)
+                meta = batch.select(keep)
+                off = 0
+                while off < len(emb):
+                    take = min(chunk_rows - pending_rows, len(emb) - off) if exact else chunk_rows
+                    piece = Chunk(emb[off : off + take], meta.slice(off, take), i, lo + off)
+                    off += len(piece)
+                    if not exact:
+                        yield piece
+                        continue
+                    pending.append(piece)
+                    pending_rows += len(piece)
+                    if pending_rows == chunk_rows:
+                        yield _join(pending)
+                        pending, pending_rows = [], 0
+        if pending:
+            yield _join(pending)
+
+    def shard_of_row(self, row: int) -> int:
+        return int(np.searchsorted(self._offsets, row, side="right") - 1)
+
+    # -- whole-store helpers (small stores, tests, lookups) ---------------------------------------
+    def ids(self) -> list[str]:
+        out: list[str] = []
+        for i in range(self.num_shards):
+            for batch in self._shard_batches(i):
+                out.extend(batch.column(ID).to_pylist())
+        return out
+
+    def to_numpy(self, dtype: Any = None) -> np.ndarray:
+        """All embeddings as one array (a copy). Only for stores that fit in memory."""
+        out = np.empty((len(self), self.dim), dtype=dtype or self.dtype)
+        for chunk in self.iter_chunks(chunk_rows=1 << 16, exact=False, columns=()):
+            out[chunk.start : chunk.start + len(chunk)] = chunk.embeddings
+        return out
+
+    def read_table(self) -> pa.Table:
+        """The whole store as one Arrow table (memory-mapped, not copied)."""
+        batches = [b for i in range(self.num_shards) for b in self._shard_batches(i)]
+        if not batches:
+            return self.empty_schema().empty_table()
+        return pa.Table.from_batches(batches)
+
+    def empty_schema(self) -> pa.Schema:
+        return store_schema(self.dim, self.manifest.dtype, self.metadata_columns)
+
+    def row_of(self, ids: Iterable[str]) -> np.ndarray:
+        """Global row indices of ``ids``; unknown ids raise an error naming them."""
+        if self._id_index is None:
+            self._id_index = {k: n for n, k in enumerate(self.ids())}
+        rows, missing = [], []
+        for k in ids:
+            r = self._id_index.get(k)
+            if r is None:
+                missing.append(k)
+            rows.append(r)
+        if missing:
+            raise ModgapError(f"{self.path}: {len(missing)} id(s) not in store: {_preview(missing)}")
+        return np.asarray(rows, dtype=np.int64)
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``ids`` in the given order."""
+        rows = self.row_of(ids)
+        out = np.empty((len(rows), self.dim), dtype=self.dtype)
+        order = np.argsort(rows, kind="stable")
+        cache: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for j in order:
+            r = int(rows[j])
+            shard = self.shard_of_row(r)
+            if shard not in cache:
+                cache.clear()
+                pos = int(self._offsets[shard])
+                cache[shard] = []
+                for batch in self._shard_batches(shard):
+                    cache[shard].append((pos, self.batch_embeddings(batch, self.dim)))
+                    pos += batch.num_rows
+            for b0, emb in cache[shard]:
+                if b0 <= r < b0 + len(emb):
+                    out[j] = emb[r - b0]
+                    break
+        return out
+
+
+def _join(pieces: list[Chunk]) -> Chunk:
+    if len(pieces) == 1:
+        return pieces[0]
+    emb = np.concatenate([p.embeddings for p in pieces])
+    table = pa.Table.from_batches([p.batch for p in pieces])
+    batch = table.combine_chunks().to_batches()[0]
+    return Chunk(emb, batch, pieces[0].shard, pieces[0].start)
+
+
+def _preview(items: Sequence[Any], n: int = 10) -> str:
+    shown = ", ".join(repr(x) for x in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def store_schema(dim: int, dtype: str, metadata_columns: Sequence[str]) -> pa.Schema:
+    fields = [pa.field(ID, pa.string(), nullable=False), pa.field(EMBEDDING, pa.list_(_arrow_float(dtype), dim))]
+    fields += [pa.field(c, pa.string()) for c in metadata_columns]
+    return pa.schema(fields)
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through it, so shards are checksummed in one pass."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._h = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self._h.update(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self.closed = True
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+class StoreWriter:
+    """Appends rows to a store (creating it if needed), one complete shard at a time.
+
+    Use as a context manager: on an exception the unfinished shard is deleted and the rows already
+    committed stay valid; :meth:`close` commits the last shard.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int,
+        dtype: str = "float16",
+        normalized: bool = False,
+        modality: str | None = None,
+        encoder: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        metadata_columns: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+        shard_rows: int | None = None,
+        shard_prefix: str = "shard",
+        check_duplicates: bool = True,
+    ):
+        if dtype not in DTYPES:
+            raise ModgapError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
+        if (self.path / MANIFEST_NAME).exists():
+            m = Manifest.load(self.path)
+            if m.dim != dim or m.dtype != dtype or list(m.metadata_columns) != list(metadata_columns):
+                raise ModgapError(
+                    f"{self.path}: cannot append dim={dim} dtype={dtype} columns={list(metadata_columns)} "
+                    f"to a store with dim={m.dim} dtype={m.dtype} columns={m.metadata_columns}"
+                )
+            self.manifest = m
+        else:
+            self.manifest = Manifest(
+                dim=dim,
+                dtype=dtype,
+                normalized=normalized,
+                modality=modality,
+                encoder=encoder,
+                created_by=created_by,
+                metadata_columns=list(metadata_columns),
+                extra=dict(extra or {}),
+            )
+            self.manifest.save(self.path)
+        row_bytes = dim * np.dtype(dtype).itemsize
+        self.shard_rows = shard_rows or max(1, DEFAULT_SHARD_BYTES // row_bytes)
+        self.batch_rows = max(1, min(self.shard_rows, DEFAULT_BATCH_BYTES // row_bytes))
+        self.shard_prefix = shard_prefix
+        self.schema = store_schema(dim, dtype, metadata_columns)
+        self._seen: set[str] | None = None
+        if check_duplicates:
+            self._seen = set(EmbeddingStore.open(self.path).ids()) if self.manifest.shards else set()
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._file: _HashingFile | None = None
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._tmp_path: Path | None = None
+        self._shard_rows_written = 0
+
+    def _remove_orphans(self) -> None:
+        # Temporary shards of a crashed writer, and committed shards the manifest never listed.
+        listed = set()
+        if (self.path / MANIFEST_NAME).exists():
+            listed = {s.file for s in Manifest.load(self.path).shards}
+        for f in self.path.iterdir():
+            if f.name.startswith(TMP_PREFIX) or (f.suffix == ".arrow" and f.name not in listed):
+                f.unlink()
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count + self._shard_rows_written + self._pending_rows
+
+    def write(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        metadata: dict[str, Sequence[Any] | pa.Array] | None = None,
+    ) -> None:
+        """Append rows. ``embeddings`` is (n, dim); ``metadata`` maps each metadata column to n values."""
+        embeddings = np.asarray(embeddings)
+        n = len(ids)
+        if embeddings.ndim != 2 or embeddings.shape != (n, self.manifest.dim):
+            raise ModgapError(
+                f"{self.path}: expected embeddings of shape ({n}, {self.manifest.dim}), got {embeddings.shape}"
+            )
+        ids_arr = pa.array(ids, type=pa.string())
+        if ids_arr.null_count:
+            raise ModgapError(f"{self.path}: ids must not be null")
+        if self._seen is not None:
+            new: set[str] = set()
+            dupes: set[str] = set()
+            for k in ids:
+                if k in self._seen or k in new:
+                    dupes.add(k)
+                new.add(k)
+            if dupes:
+                raise ModgapError(f"{self.path}: duplicate id(s): {_preview(sorted(dupes))}")
+            self._seen |= new
+        metadata = metadata or {}
+        unknown = set(metadata) - set(self.manifest.metadata_columns)
+        if unknown:
+            raise ModgapError(f"{self.path}: unknown metadata column(s) {sorted(unknown)}")
+        flat = pa.array(np.ascontiguousarray(embeddings, dtype=self.manifest.dtype).reshape(-1))
+        cols = [ids_arr, pa.FixedSizeListArray.from_arrays(flat, self.manifest.dim)]
+        for c in self.manifest.metadata_columns:
+            v = metadata.get(c)
+            cols.append(pa.nulls(n, pa.string()) if v is None else pa.array(v, type=pa.string()))
+        batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
+        off = 0
+        while off < n:
+            room = self.shard_rows - self._shard_rows_written - self._pending_rows
+            take = min(room, n - off)
+            self._pending.append(batch.slice(off, take))
+            self._pending_rows += take
+            off += take
+            if self._pending_rows >= self.batch_rows or self._shard_rows_written + self._pending_rows >= self.shard_rows:
+                self._flush_pending()
+            if self._shard_rows_written >= self.shard_rows:
+                self._commit_shard()
+
+    def _flush_pending(self) -> None:
+        if not self._pending_rows:
+            return
+        if self._writer is None:
+            self._tmp_path = self.path / f"{TMP_PREFIX}{uuid.uuid4().hex}.arrow"
+            self._file = _HashingFile(self._tmp_path)
+            self._writer = ipc.new_file(pa.PythonFile(self._file, mode="w"), self.schema)
+        table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
+        for b in table.to_batches():
+            self._writer.write_batch(b)
+        self._shard_rows_written += self._pending_rows
+        self._pending, self._pending_rows = [], 0
+
+    def _next_shard_name(self) -> str:
+        taken = {s.file for s in self.manifest.shards}
+        k = len(self.manifest.shards)
+        while (name := f"{self.shard_prefix}-{k:05d}.arrow") in taken:
+            k += 1
+        return name
+
+    def _commit_shard(self) -> None:
+        self._flush_pending()
+        if self._writer is None:
+            return
+        assert self._file is not None and self._tmp_path is not None
+        self._writer.close()
+        self._file.close()
+        name = self._next_shard_name()
+        final = self.path / name
+        os.replace(self._tmp_path, final)
+        self.manifest.shards.append(
+            ShardInfo(file=name, rows=self._shard_rows_written, bytes=final.stat().st_size, sha256=self._file.hexdigest())
+        )
+        self.manifest.save(self.path)
+        self._writer = self._file = self._tmp_path = None
+        self._shard_rows_written = 0
+
+    def close(self) -> Manifest:
+        self._commit_shard()
+        return self.manifest
+
+    def abort(self) -> None:
+        """Drop rows not yet committed to a shard."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self._file is not None:
+            self._file.close()
+        if self._tmp_path is not None and self._tmp_path.exists():
+            self._tmp_path.unlink()
+        self._writer = self._file = self._tmp_path = None
+        self._pending, self._pending_rows, self._shard_rows_written = [], 0, 0
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@contextlib.contextmanager
+def atomic_output_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise ModgapError(f"{dest}: already exists (pass --overwrite to replace it)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        old = dest.with_name(f"{TMP_PREFIX}{dest.name}-old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
