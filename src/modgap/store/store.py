@@ -284,6 +284,14 @@ def _preview(items: Sequence[Any], n: int = 10) -> str:
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
+def _string_array(values: Sequence[Any] | pa.Array) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return pa.array(values, type=pa.string())
+
+
 def store_schema(dim: int, dtype: str, metadata_columns: Sequence[str]) -> pa.Schema:
     fields = [pa.field(ID, pa.string(), nullable=False), pa.field(EMBEDDING, pa.list_(_arrow_float(dtype), dim))]
     fields += [pa.field(c, pa.string()) for c in metadata_columns]
@@ -393,24 +401,25 @@ class StoreWriter:
 
     def write(
         self,
-        ids: Sequence[str],
+        ids: Sequence[str] | pa.Array,
         embeddings: np.ndarray,
         metadata: dict[str, Sequence[Any] | pa.Array] | None = None,
     ) -> None:
-        """Append rows. ``embeddings`` is (n, dim); ``metadata`` maps each metadata column to n values."""
-        embeddings = np.asarray(embeddings)
+        """Append rows. ``embeddings`` is (n, dim) and is copied, so the caller may reuse its buffer;
+        ``metadata`` maps each metadata column to n values."""
         n = len(ids)
+        embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape != (n, self.manifest.dim):
             raise ModgapError(
                 f"{self.path}: expected embeddings of shape ({n}, {self.manifest.dim}), got {embeddings.shape}"
             )
-        ids_arr = pa.array(ids, type=pa.string())
+        ids_arr = _string_array(ids)
         if ids_arr.null_count:
             raise ModgapError(f"{self.path}: ids must not be null")
         if self._seen is not None:
             new: set[str] = set()
             dupes: set[str] = set()
-            for k in ids:
+            for k in ids_arr.to_pylist():
                 if k in self._seen or k in new:
                     dupes.add(k)
                 new.add(k)
@@ -421,11 +430,11 @@ class StoreWriter:
         unknown = set(metadata) - set(self.manifest.metadata_columns)
         if unknown:
             raise ModgapError(f"{self.path}: unknown metadata column(s) {sorted(unknown)}")
-        flat = pa.array(np.ascontiguousarray(embeddings, dtype=self.manifest.dtype).reshape(-1))
+        flat = pa.array(np.array(embeddings, dtype=self.manifest.dtype, order="C", copy=True).reshape(-1))
         cols = [ids_arr, pa.FixedSizeListArray.from_arrays(flat, self.manifest.dim)]
         for c in self.manifest.metadata_columns:
             v = metadata.get(c)
-            cols.append(pa.nulls(n, pa.string()) if v is None else pa.array(v, type=pa.string()))
+            cols.append(pa.nulls(n, pa.string()) if v is None else _string_array(v))
         batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
         off = 0
         while off < n:

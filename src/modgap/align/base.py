@@ -1,0 +1,196 @@
+"""The aligner interface, its registry, and the saved artifact (safetensors + JSON).
+
+An aligner maps source vectors (usually text embeddings) into the target distribution (usually image
+embeddings). Fitting is a fixed number of streaming passes; in each pass the aligner accumulates
+:class:`~modgap.align.stats.Moments` over source (and, in the first pass, target) chunks, the driver
+merges them across processes, and :meth:`Aligner.end_pass` turns them into parameters.
+
+Every method receives raw float32 rows plus their L2 norms: all methods work on unit vectors, and
+knowing the norms lets the hot paths fold the normalisation into their arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from modgap.align.stats import Moments
+from modgap.errors import ModgapError
+
+ARTIFACT_TENSORS = "aligner.safetensors"
+ARTIFACT_CONFIG = "aligner.json"
+SOURCE, TARGET = "source", "target"
+
+REGISTRY: dict[str, type[Aligner]] = {}
+
+
+def register(cls: type[Aligner]) -> type[Aligner]:
+    REGISTRY[cls.method] = cls
+    return cls
+
+
+def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    if norms is None:
+        norms = torch.linalg.vector_norm(x, dim=1)
+    return x / norms[:, None]
+
+
+@dataclasses.dataclass
+class Aligner:
+    """Base class. Subclasses are dataclasses whose fields are the method's hyper-parameters."""
+
+    method: ClassVar[str] = ""
+    passes: ClassVar[int] = 1  # streaming passes over the source that fit() needs
+    target_passes: ClassVar[tuple[int, ...]] = (0,)  # passes that also read the target
+    second_order: ClassVar[bool] = False  # whether pass 0 needs sums of outer products
+
+    def __post_init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.provenance: dict[str, Any] = {}
+
+    # -- fitting protocol, driven by modgap.align.fit ---------------------------------------------
+    def new_stats(self, p: int, dim: int, device: torch.device | str = "cpu") -> dict[str, Moments]:
+        roles = (SOURCE, TARGET) if p in self.target_passes else (SOURCE,)
+        return {r: Moments(dim, second_order=self.second_order and p == 0, device=device) for r in roles}
+
+    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+        """Default pass 0: sums of the unit vectors of each role."""
+        stats[role].update(x, 1.0 / norms)
+
+    def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
+        raise NotImplementedError
+
+    @property
+    def fitted(self) -> bool:
+        return self.passes == 0 or bool(self.state)
+
+    # -- transforms ---------------------------------------------------------------------------
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        """Map raw float32 source rows ``x`` (with their norms) to aligned rows."""
+        raise NotImplementedError
+
+    def transform_target_rows(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """What evaluation does to target rows; identity (after normalisation) unless the method changes it."""
+        return normalize_rows(x, norms)
+
+    def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Train-time view of source rows (adds fresh noise for the noise-based methods)."""
+        return self.transform(x)
+
+    def transform(self, x: Any, row_start: int = 0) -> torch.Tensor:
+        """Align source vectors (array or tensor, any float dtype). Rows must be non-zero and finite."""
+        x, norms = _prepare(x)
+        return self.transform_rows(x, norms, row_start)
+
+    def transform_target(self, x: Any) -> torch.Tensor:
+        x, norms = _prepare(x)
+        return self.transform_target_rows(x, norms)
+
+    # -- convenience --------------------------------------------------------------------------
+    def fit(self, source: Any, target: Any, **kwargs: Any) -> Aligner:
+        """Fit on a source and a target (stores, arrays or tensors); see :func:`modgap.align.fit.fit`."""
+        from modgap.align.fit import fit
+
+        return fit(self, source, target, **kwargs)
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ModgapError(f"aligner {self.method!r} is not fitted")
+
+    # -- artifact -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``aligner.safetensors`` + ``aligner.json`` into the directory ``path`` (atomically)."""
+        from modgap.store.store import atomic_output_dir
+
+        self._require_fitted()
+        with atomic_output_dir(path, overwrite=True) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS))
+            config = {
+                "method": self.method,
+                "params": self.params(),
+                "counts": self.counts,
+                "provenance": self.provenance,
+            }
+            (tmp / ARTIFACT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return Path(path)
+
+
+def _prepare(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x)
+    if x.ndim == 1:
+        x = x[None]
+    x = x.float()
+    norms = torch.linalg.vector_norm(x, dim=1)
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise ModgapError(f"cannot align rows {rows[:10]}: NaN, Inf or zero vectors")
+    return x, norms
+
+
+def make_aligner(method: str, **params: Any) -> Aligner:
+    if method not in REGISTRY:
+        raise ModgapError(f"unknown alignment method {method!r}; choose one of {sorted(REGISTRY)}")
+    cls = REGISTRY[method]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(params) - set(names)
+    if unknown:
+        raise ModgapError(f"method {method!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}")
+    return cls(**params)
+
+
+def parse_params(method: str, items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings into typed parameters of ``method``."""
+    if method not in REGISTRY:
+        raise ModgapError(f"unknown alignment method {method!r}; choose one of {sorted(REGISTRY)}")
+    fields = {f.name: f for f in dataclasses.fields(REGISTRY[method])}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ModgapError(f"--param {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise ModgapError(f"--param {item!r}: {value!r} is not a valid {type(default).__name__}") from None
+    return out
+
+
+def load_aligner(path: str | os.PathLike) -> Aligner:
+    """Load an aligner saved with :meth:`Aligner.save`."""
+    path = Path(path)
+    cfg_path, tensors_path = path / ARTIFACT_CONFIG, path / ARTIFACT_TENSORS
+    if not cfg_path.is_file():
+        raise ModgapError(f"{path}: not an aligner directory (no {ARTIFACT_CONFIG})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        aligner = make_aligner(cfg["method"], **cfg.get("params", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModgapError(f"{cfg_path}: malformed aligner config ({e})") from e
+    if tensors_path.is_file():
+        aligner.state = dict(load_file(str(tensors_path)))
+    aligner.counts = dict(cfg.get("counts", {}))
+    aligner.provenance = dict(cfg.get("provenance", {}))
+    aligner._require_fitted()
+    return aligner

@@ -1,0 +1,258 @@
+"""The alignment methods. Each is a small dataclass: its fields are its hyper-parameters.
+
+Notation: x̂ = x / ||x|| (source rows, usually text), mu_t / mu_i = means of the unit source / target
+vectors, normalize(v) = v / ||v|| row-wise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from modgap.align.base import SOURCE, TARGET, Aligner, normalize_rows, register
+from modgap.align.stats import Moments
+from modgap.errors import ModgapError
+
+C3_NOISE_STD = math.sqrt(0.016)
+
+
+class _Params(Aligner):
+    """Helpers for fitted float64 parameters used at the input's dtype and device."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def p(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if name not in self.state:
+            self._require_fitted()
+        key = (name, like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self.state[name].to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def set_state(self, **tensors: torch.Tensor) -> None:
+        self.state.update({k: v.detach().to("cpu", torch.float64) for k, v in tensors.items()})
+        self._cache.clear()
+
+    def _means(self, stats: dict[str, Moments]) -> tuple[torch.Tensor, torch.Tensor]:
+        for role in (SOURCE, TARGET):
+            if role in stats and stats[role].n == 0:
+                raise ModgapError(f"cannot fit {self.method!r}: the {role} has no usable vectors")
+        self.counts = {role: stats[role].n for role in stats}
+        return stats[SOURCE].mean(), stats[TARGET].mean()
+
+
+def gaussian_noise_rows(seed: int, row_start: int, n: int, dim: int) -> torch.Tensor:
+    """Standard normal noise for global rows [row_start, row_start + n), independent of chunking.
+
+    Rows are grouped in blocks of 1024, each drawn from its own generator seeded by (seed, block).
+    """
+    block = 1024
+    out = torch.empty(n, dim)
+    first, last = row_start // block, (row_start + n - 1) // block
+    for b in range(first, last + 1):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0] >> 1))
+        noise = torch.randn(block, dim, generator=g)
+        lo, hi = max(row_start, b * block), min(row_start + n, (b + 1) * block)
+        out[lo - row_start : hi - row_start] = noise[lo - b * block : hi - b * block]
+    return out
+
+
+def _noisy(x: torch.Tensor, std: float, renormalize: bool, generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    y = x + std * noise
+    return normalize_rows(y) if renormalize else y
+
+
+@register
+@dataclasses.dataclass
+class NoAlignment(_Params):
+    """Identity (after L2 normalisation): the baseline."""
+
+    method = "none"
+    passes = 0
+
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        return normalize_rows(x, norms)
+
+
+@register
+@dataclasses.dataclass
+class MeanShift(_Params):
+    """Unicorn's representation transfer: x̂ - mu_t (not renormalised); with ``add_target_mean``, x̂ - mu_t + mu_i."""
+
+    method = "mean-shift"
+    add_target_mean: bool = False
+
+    def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
+        mu_t, mu_i = self._means(stats)
+        self.set_state(mu_t=mu_t, mu_i=mu_i)
+
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        shift = self.p("mu_t", x) - self.p("mu_i", x) if self.add_target_mean else self.p("mu_t", x)
+        return normalize_rows(x, norms) - shift
+
+
+@register
+@dataclasses.dataclass
+class C3(_Params):
+    """C3 collapse: each modality minus its own mean, renormalised. Corrupt (noise) at train time."""
+
+    method = "c3"
+    noise_std: float = C3_NOISE_STD
+    renormalize_noise: bool = False
+
+    def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
+        mu_t, mu_i = self._means(stats)
+        self.set_state(mu_t=mu_t, mu_i=mu_i)
+
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        return normalize_rows(normalize_rows(x, norms) - self.p("mu_t", x))
+
+    def transform_target_rows(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        return normalize_rows(normalize_rows(x, norms) - self.p("mu_i", x))
+
+    def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return _noisy(self.transform(x), self.noise_std, self.renormalize_noise, generator)
+
+
+@register
+@dataclasses.dataclass
+class GaussianNoise(_Params):
+    """CapDec: x̂ + N(0, std^2). ``apply`` draws noise deterministically per row from ``seed``."""
+
+    method = "noise"
+    passes = 0
+    std: float = C3_NOISE_STD
+    renormalize: bool = False
+    seed: int = 0
+
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        noise = gaussian_noise_rows(self.seed, row_start, x.shape[0], x.shape[1]).to(x)
+        y = normalize_rows(x, norms) + self.std * noise
+        return normalize_rows(y) if self.renormalize else y
+
+    def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return _noisy(NoAlignment().transform(x), self.std, self.renormalize, generator)
+
+
+class _CentroidCorrected(_Params):
+    """Two passes: pass 0 fits a map g; pass 1 measures mu_hat = mean of normalize(g(x̂)) over the source.
+
+    Output: normalize(normalize(g(x̂)) - mu_hat + mu_i), so the aligned source centroid lands on mu_i
+    (renormalising after g moves the mean; this step puts it back).
+    """
+
+    passes = 2
+
+    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """normalize(g(x̂)); may overwrite ``x``."""
+        raise NotImplementedError
+
+    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+        if p == 0:
+            super().accumulate(p, role, x, norms, stats)
+        else:
+            stats[SOURCE].update(self.mapped(x, norms))
+
+    def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
+        if p == 0:
+            self.fit_map(stats)
+        else:
+            self.set_state(mu_hat=stats[SOURCE].mean())
+
+    def fit_map(self, stats: dict[str, Moments]) -> None:
+        raise NotImplementedError
+
+    @property
+    def fitted(self) -> bool:
+        return "mu_hat" in self.state
+
+    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+        y = self.mapped(x, norms)
+        y.add_(self.p("shift", y))
+        return y.div_(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+
+    def set_state(self, **tensors: torch.Tensor) -> None:
+        super().set_state(**tensors)
+        if "mu_hat" in self.state:
+            self.state["shift"] = self.state["mu_i"] - self.state["mu_hat"]
+
+
+@register
+@dataclasses.dataclass
+class ReAlign(_CentroidCorrected):
+    """ReAlign (anchor, trace, centroid): g(x̂) = s (x̂ - mu_t) + mu_i with s = sqrt(T_i / T_t).
+
+    For unit vectors the trace T = mean ||x̂ - mu||^2 equals 1 - ||mu||^2, so one pass gives both
+    the means and the traces.
+    """
+
+    method = "realign"
+
+    def fit_map(self, stats: dict[str, Moments]) -> None:
+        mu_t, mu_i = self._means(stats)
+        trace_t, trace_i = 1.0 - mu_t.dot(mu_t), 1.0 - mu_i.dot(mu_i)
+        if trace_t <= 0:
+            raise ModgapError("cannot fit 'realign': the source vectors have zero spread (all identical)")
+        scale = torch.sqrt(trace_i / trace_t)
+        self.set_state(mu_t=mu_t, mu_i=mu_i, scale=scale, trace_t=trace_t, trace_i=trace_i, offset=mu_i - scale * mu_t)
+
+    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        scale = float(self.state["scale"])
+        x.mul_((scale / norms)[:, None]).add_(self.p("offset", x))
+        return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+
+
+def _sym_sqrt(c: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(c)
+    vals = vals.clamp_min(0).sqrt()
+    if inverse:
+        vals = 1.0 / vals
+    return (vecs * vals) @ vecs.T
+
+
+@register
+@dataclasses.dataclass
+class GaussianOT(_CentroidCorrected):
+    """Closed-form optimal transport between the fitted Gaussians, then the centroid step.
+
+    g(x̂) = mu_i + A (x̂ - mu_t), A = C_t^-1/2 (C_t^1/2 C_i C_t^1/2)^1/2 C_t^-1/2. Covariances are shrunk
+    towards a multiple of the identity, C <- (1 - shrinkage) C + shrinkage tr(C)/D I, so that
+    rank-deficient ones (fewer vectors than dimensions, or collapsed directions) stay invertible.
+    """
+
+    method = "gaussian-ot"
+    second_order = True
+    shrinkage: float = 1e-3
+
+    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+        if p == 0:
+            stats[role].update(normalize_rows(x, norms))
+        else:
+            super().accumulate(p, role, x, norms, stats)
+
+    def fit_map(self, stats: dict[str, Moments]) -> None:
+        if not 0 < self.shrinkage <= 1:
+            raise ModgapError(f"gaussian-ot: shrinkage must be in (0, 1], got {self.shrinkage}")
+        mu_t, mu_i = self._means(stats)
+        cov_t, cov_i = (self._shrink(stats[r].covariance()) for r in (SOURCE, TARGET))
+        root_t = _sym_sqrt(cov_t)
+        inv_root_t = _sym_sqrt(cov_t, inverse=True)
+        middle = _sym_sqrt(root_t @ cov_i @ root_t)
+        transport = inv_root_t @ middle @ inv_root_t
+        transport = (transport + transport.T) / 2
+        self.set_state(mu_t=mu_t, mu_i=mu_i, transport=transport)
+
+    def _shrink(self, cov: torch.Tensor) -> torch.Tensor:
+        d = cov.shape[0]
+        return (1 - self.shrinkage) * cov + self.shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
+
+    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        centred = normalize_rows(x, norms) - self.p("mu_t", x)
+        y = torch.addmm(self.p("mu_i", x), centred, self.p("transport", x))
+        return y.div_(torch.linalg.vector_norm(y, dim=1, keepdim=True))
