@@ -129,7 +129,7 @@ def _prepare(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.as_tensor(x)
     if x.ndim == 1:
         x = x[None]
-    x = x.float()
+    x = x.to(torch.float32, copy=True)  # transforms work in place
     norms = torch.linalg.vector_norm(x, dim=1)
     bad = ~torch.isfinite(norms) | (norms == 0)
     if bool(bad.any()):
