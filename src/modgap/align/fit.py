@@ -153,6 +153,16 @@ def fit(
                     advance(len(rows.keep) if rows.keep is not None else len(rows.x))
         _all_reduce(stats)
         aligner.end_pass(p, stats)
+    if rank_and_world()[1] > 1:  # every rank reports every skipped row
+        gathered: list[Any] = [None] * rank_and_world()[1]
+        dist.all_gather_object(gathered, bad.rows)
+        bad.rows = []
+        bad._seen.clear()
+        for rows in gathered:
+            for r in rows:
+                if (r["where"], r["id"]) not in bad._seen:
+                    bad._seen.add((r["where"], r["id"]))
+                    bad.rows.append(r)
     aligner.provenance = {
         "source": _describe(src),
         "target": _describe(tgt),

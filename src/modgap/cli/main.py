@@ -53,7 +53,7 @@ def store_import(
     src: Annotated[Path, typer.Argument(help="Source file or directory.")],
     dest: Annotated[Path, typer.Argument(help="Store directory to create.")],
     fmt: Annotated[str, typer.Option("--format", help="revision-pkl | npy | parquet")] = "revision-pkl",
-    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    dtype: Annotated[str | None, typer.Option(help="float16 or float32 (default: keep the source's precision).")] = None,
     modality: Annotated[str | None, typer.Option(help="text or image (recorded in the manifest).")] = None,
     ids: Annotated[Path | None, typer.Option("--ids", help="npy: ids file, one per line (default: ids.txt beside).")] = None,
     id_column: Annotated[str, typer.Option(help="parquet: id column.")] = "id",

@@ -44,7 +44,7 @@ def import_store(
     src: str | os.PathLike,
     dest: str | os.PathLike,
     *,
-    dtype: str = "float16",
+    dtype: str | None = None,
     modality: str | None = None,
     normalized: bool | None = None,
     ids_file: str | os.PathLike | None = None,
@@ -56,7 +56,10 @@ def import_store(
     overwrite: bool = False,
     progress: Progress = _noop,
 ) -> EmbeddingStore:
-    """Import ``src`` in format ``fmt`` into a new store at ``dest``."""
+    """Import ``src`` in format ``fmt`` into a new store at ``dest``.
+
+    ``dtype=None`` keeps the source's precision: float16 sources stay float16, others become float32.
+    """
     if fmt not in IMPORT_FORMATS:
         raise ModgapError(f"unknown import format {fmt!r}; choose one of {IMPORT_FORMATS}")
     src = Path(src)
@@ -70,6 +73,10 @@ def import_store(
         dim, columns, batches = _parquet_batches(src, id_column, embedding_column)
     bad = BadRows(on_bad)
     all_unit = True
+    batches = _Peekable(batches)
+    if dtype is None:
+        first = batches.peek()
+        dtype = "float16" if first is not None and first[2].dtype == np.float16 else "float32"
     with atomic_output_dir(dest, overwrite=overwrite) as tmp:
         with StoreWriter(
             tmp, dim=dim, dtype=dtype, modality=modality, created_by=created_by, metadata_columns=columns
@@ -95,6 +102,25 @@ def import_store(
 
 
 Batch = tuple[str, list[str], np.ndarray, dict[str, list[Any]]]
+
+
+class _Peekable:
+    def __init__(self, it: Iterator[Batch]):
+        self._it = it
+        self._head: list[Batch] = []
+
+    def peek(self) -> Batch | None:
+        if not self._head:
+            try:
+                self._head.append(next(self._it))
+            except StopIteration:
+                return None
+        return self._head[0]
+
+    def __iter__(self) -> Iterator[Batch]:
+        yield from self._head
+        self._head = []
+        yield from self._it
 
 
 def _natural_key(p: Path) -> list[Any]:

@@ -26,29 +26,33 @@ except ImportError:  # pragma: no cover - NumPy 1
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle asked for something outside the allow-list."""
+
+
 def _numeric_dtype(*args: Any) -> np.dtype:
     dt = np.dtype(*args)
     if dt.hasobject:
-        raise pickle.UnpicklingError("object dtype is not allowed")
+        raise RefusedPickle("object dtype is not allowed")
     return dt
 
 
 def _reconstruct(subtype: Any, *args: Any) -> np.ndarray:
     if subtype is not np.ndarray:
-        raise pickle.UnpicklingError("only plain numpy.ndarray may be reconstructed")
+        raise RefusedPickle("only plain numpy.ndarray may be reconstructed")
     return _multiarray._reconstruct(subtype, *args)
 
 
 def _scalar(dtype: np.dtype, *args: Any) -> Any:
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("only numeric numpy scalars are allowed")
+        raise RefusedPickle("only numeric numpy scalars are allowed")
     return _multiarray.scalar(dtype, *args)
 
 
 def _frombuffer(buf: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
     # Protocol 5 spelling of an array: raw bytes plus a dtype that went through _numeric_dtype.
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("only numeric arrays are allowed")
+        raise RefusedPickle("only numeric arrays are allowed")
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
 
 
@@ -76,7 +80,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused to load global {module}.{name}") from None
+            raise RefusedPickle(f"refused to load global {module}.{name}") from None
 
 
 def safe_load(path: str | Path) -> Any:
@@ -85,9 +89,9 @@ def safe_load(path: str | Path) -> Any:
     try:
         with open(path, "rb") as f:
             return RestrictedUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        raise ModgapError(f"{path}: unsafe or invalid pickle, not loaded ({e})") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except RefusedPickle as e:
+        raise ModgapError(f"{path}: unsafe pickle refused, not loaded ({e})") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise ModgapError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from e
 
 

@@ -1,0 +1,65 @@
+"""Shared helpers: small stores, ReVision-layout pickle directories, and the CLI run as a real process."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modgap.store import EmbeddingStore, StoreWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_store(path: Path, vectors: np.ndarray, *, prefix: str = "r", dtype: str = "float32",
+               shard_rows: int | None = None, metadata: dict[str, list] | None = None,
+               modality: str | None = None) -> EmbeddingStore:
+    ids = [f"{prefix}{k}" for k in range(len(vectors))]
+    with StoreWriter(path, dim=vectors.shape[1], dtype=dtype, shard_rows=shard_rows,
+                     metadata_columns=list(metadata or {}), modality=modality) as w:
+        w.write(ids, vectors, metadata)
+    return EmbeddingStore.open(path)
+
+
+def write_revision_pkls(directory: Path, vectors: np.ndarray, *, prefix: str, per_file: int,
+                        key: str = "caption") -> list[str]:
+    """The ReVision/Unicorn layout: *.pkl files, each a list of {"id", "embed", caption|image_path}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for part, s in enumerate(range(0, len(vectors), per_file)):
+        records = []
+        for j in range(s, min(s + per_file, len(vectors))):
+            ids.append(f"{prefix}{j}")
+            records.append({"id": f"{prefix}{j}", key: f"{key} {j}", "embed": vectors[j].astype(np.float32)})
+        with open(directory / f"{prefix}_{part}.pkl", "wb") as f:
+            pickle.dump(records, f)
+    return ids
+
+
+def gapped_pair(rng: np.random.Generator, n_text: int, n_image: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text and image vectors with a shared structure, offset means and different spreads (a modality gap)."""
+    basis = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    spectrum = np.linspace(2.0, 0.2, dim)
+    t = (rng.normal(size=(n_text, dim)) * spectrum) @ basis + 1.5 * np.eye(dim)[0]
+    i = (rng.normal(size=(n_image, dim)) * spectrum[::-1] * 0.7) @ basis - 1.0 * np.eye(dim)[1]
+    return t.astype(np.float32), i.astype(np.float32)
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``modgap`` in a fresh interpreter, as a user would."""
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "modgap.cli.main", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"modgap {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
