@@ -1,0 +1,108 @@
+"""The command line as a user runs it: real processes, exit codes, one-line errors, no partial output."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from conftest import gapped_pair, make_store, run_cli, write_revision_pkls
+
+from modgap.store import EmbeddingStore
+
+
+def _no_temp_left(d):
+    return [p.name for p in d.iterdir() if p.name.startswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("cmd", [["store", "import"], ["store", "export"], ["store", "info"], ["align", "fit"],
+                                 ["align", "apply"], ["align", "run"], ["gap"]])
+def test_every_command_shows_an_example(cmd):
+    assert "Example: modgap" in run_cli(*cmd, "--help").stdout
+
+
+def test_import_info_align_gap_pipeline(tmp_path, rng):
+    t, i = gapped_pair(rng, 600, 500, 16)
+    write_revision_pkls(tmp_path / "text", t, prefix="t", per_file=250)
+    write_revision_pkls(tmp_path / "image", i, prefix="i", per_file=250, key="image_path")
+    run_cli("store", "import", "--format", "revision-pkl", tmp_path / "text", tmp_path / "st_t", "--modality", "text")
+    run_cli("store", "import", "--format", "revision-pkl", tmp_path / "image", tmp_path / "st_i")
+    info = json.loads(run_cli("store", "info", tmp_path / "st_t", "--verify", "--json").stdout)
+    assert info["count"] == 600 and info["dim"] == 16 and info["modality"] == "text" and info["verified"]
+    assert info["created_by"].startswith("modgap store import")
+    run_cli("align", "fit", "--method", "gaussian-ot", "-p", "shrinkage=0.01", "--source", tmp_path / "st_t",
+            "--target", tmp_path / "st_i", "--out", tmp_path / "al")
+    run_cli("align", "apply", "--aligner", tmp_path / "al", "--source", tmp_path / "st_t", "--out", tmp_path / "st_a")
+    run_cli("align", "run", "--method", "gaussian-ot", "-p", "shrinkage=0.01", "--source", tmp_path / "st_t",
+            "--target", tmp_path / "st_i", "--out", tmp_path / "st_b", "--save-aligner", tmp_path / "al2")
+    a, b = EmbeddingStore.open(tmp_path / "st_a"), EmbeddingStore.open(tmp_path / "st_b")
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    (tmp_path / "pairs.csv").write_text("text_id,image_id\n" + "".join(f"t{k},i{k}\n" for k in range(100)))
+    proc = run_cli("gap", tmp_path / "st_t", tmp_path / "st_i", "--aligner", tmp_path / "al", "--pairs",
+                   tmp_path / "pairs.csv", "--json", tmp_path / "gap.json", "--html", tmp_path / "gap.html",
+                   "--sample", "300")
+    assert "centroid_distance" in proc.stdout and "after gaussian-ot" in proc.stdout
+    report = json.loads((tmp_path / "gap.json").read_text())
+    assert report["after"]["centroid_distance"] < report["before"]["centroid_distance"] / 10
+    assert set(report["pairs"]) == {"before", "after"} and report["pairs"]["before"]["pairs"] == 100
+    html = (tmp_path / "gap.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "centroid_distance" in html
+
+
+def _fails(*args, match):
+    proc = run_cli(*args, check=False)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors_and_no_output(tmp_path, rng):
+    t, i = gapped_pair(rng, 50, 50, 8)
+    make_store(tmp_path / "t", t)
+    make_store(tmp_path / "i5", rng.normal(size=(20, 5)))
+    _fails("align", "run", "--source", tmp_path / "t", "--target", tmp_path / "i5", "--out", tmp_path / "o",
+           match="dimension mismatch")
+    assert not (tmp_path / "o").exists() and _no_temp_left(tmp_path)
+    _fails("align", "run", "--source", tmp_path / "missing", "--target", tmp_path / "t", "--out", tmp_path / "o",
+           match="no such store directory")
+    _fails("store", "info", tmp_path, match="not an embedding store")
+    _fails("align", "fit", "--method", "bogus", "--source", tmp_path / "t", "--target", tmp_path / "t",
+           "--out", tmp_path / "o", match="unknown alignment method 'bogus'")
+    _fails("store", "import", "--format", "xml", tmp_path, tmp_path / "o", match="unknown import format")
+    _fails("align", "apply", "--aligner", tmp_path / "t", "--source", tmp_path / "t", "--out", tmp_path / "o",
+           match="not an aligner directory")
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_stops_align_run_unless_skipped(tmp_path, rng):
+    t, i = gapped_pair(rng, 100, 80, 8)
+    t[13, 0] = np.inf
+    make_store(tmp_path / "t", t, prefix="t")
+    make_store(tmp_path / "i", i, prefix="i")
+    args = ["align", "run", "--source", tmp_path / "t", "--target", tmp_path / "i", "--out", tmp_path / "o"]
+    line = _fails(*args, match="'t13' (inf)")
+    assert "shard-00000.arrow" in line and "--on-bad skip" in line
+    assert not (tmp_path / "o").exists() and _no_temp_left(tmp_path)
+    run_cli(*args, "--on-bad", "skip")
+    assert len(EmbeddingStore.open(tmp_path / "o")) == 99
+    assert json.loads((tmp_path / "o" / "bad_rows.jsonl").read_text())["id"] == "t13"
+
+
+def test_truncated_shard_and_malicious_pickle_via_cli(tmp_path, rng):
+    s = make_store(tmp_path / "t", rng.normal(size=(40, 4)))
+    shard = s.path / s.manifest.shards[0].file
+    shard.write_bytes(shard.read_bytes()[:-8])
+    _fails("align", "run", "--source", tmp_path / "t", "--target", tmp_path / "t", "--out", tmp_path / "o",
+           match="truncated or replaced")
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    (tmp_path / "pkl").mkdir()
+    with open(tmp_path / "pkl" / "a.pkl", "wb") as f:
+        pickle.dump([{"id": "x", "embed": Exploit()}], f)
+    _fails("store", "import", tmp_path / "pkl", tmp_path / "st", match="unsafe pickle refused")
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "st").exists()
