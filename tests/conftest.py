@@ -16,18 +16,32 @@ from modgap.store import EmbeddingStore, StoreWriter
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_store(path: Path, vectors: np.ndarray, *, prefix: str = "r", dtype: str = "float32",
-               shard_rows: int | None = None, metadata: dict[str, list] | None = None,
-               modality: str | None = None) -> EmbeddingStore:
+def make_store(
+    path: Path,
+    vectors: np.ndarray,
+    *,
+    prefix: str = "r",
+    dtype: str = "float32",
+    shard_rows: int | None = None,
+    metadata: dict[str, list] | None = None,
+    modality: str | None = None,
+) -> EmbeddingStore:
     ids = [f"{prefix}{k}" for k in range(len(vectors))]
-    with StoreWriter(path, dim=vectors.shape[1], dtype=dtype, shard_rows=shard_rows,
-                     metadata_columns=list(metadata or {}), modality=modality) as w:
+    with StoreWriter(
+        path,
+        dim=vectors.shape[1],
+        dtype=dtype,
+        shard_rows=shard_rows,
+        metadata_columns=list(metadata or {}),
+        modality=modality,
+    ) as w:
         w.write(ids, vectors, metadata)
     return EmbeddingStore.open(path)
 
 
-def write_revision_pkls(directory: Path, vectors: np.ndarray, *, prefix: str, per_file: int,
-                        key: str = "caption") -> list[str]:
+def write_revision_pkls(
+    directory: Path, vectors: np.ndarray, *, prefix: str, per_file: int, key: str = "caption"
+) -> list[str]:
     """The ReVision/Unicorn layout: *.pkl files, each a list of {"id", "embed", caption|image_path}."""
     directory.mkdir(parents=True, exist_ok=True)
     ids = []
@@ -53,8 +67,9 @@ def gapped_pair(rng: np.random.Generator, n_text: int, n_image: int, dim: int) -
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``modgap`` in a fresh interpreter, as a user would."""
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "modgap.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modgap.cli.main", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"modgap {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import gapped_pair, make_store
 
-from modgap.align import METHODS, apply_to_store, fit, load_aligner, make_aligner, parse_params
+from conftest import gapped_pair, make_store
+from modgap.align import METHODS, apply_to_store, load_aligner, make_aligner, parse_params
 from modgap.align.methods import gaussian_noise_rows
 from modgap.errors import BadVectorsError, ModgapError
 from modgap.store import EmbeddingStore
@@ -27,39 +27,48 @@ def sqrtm_psd(c):
 
 def reference(method, t, i, **p):
     """Independent float64 implementations of the formulas in the method descriptions."""
-    T, I = unit(t), unit(i)
-    mt, mi = T.mean(0), I.mean(0)
+    tu, iu = unit(t), unit(i)
+    mt, mi = tu.mean(0), iu.mean(0)
     if method == "none":
-        return T
+        return tu
     if method == "mean-shift":
-        return T - mt + (mi if p.get("add_target_mean") else 0)
+        return tu - mt + (mi if p.get("add_target_mean") else 0)
     if method == "c3":
-        return unit(T - mt)
+        return unit(tu - mt)
     if method == "realign":
-        tr_t = ((T - mt) ** 2).sum(1).mean()
-        tr_i = ((I - mi) ** 2).sum(1).mean()
-        x1 = unit(np.sqrt(tr_i / tr_t) * (T - mt) + mi)
+        tr_t = ((tu - mt) ** 2).sum(1).mean()
+        tr_i = ((iu - mi) ** 2).sum(1).mean()
+        x1 = unit(np.sqrt(tr_i / tr_t) * (tu - mt) + mi)
         return unit(x1 - x1.mean(0) + mi)
     if method == "gaussian-ot":
         a = p.get("shrinkage", 1e-3)
         d = t.shape[1]
 
         def cov(x, m):
-            c = (x - m).T @ (x - m) / len(x)
+            c = (x - m).tu @ (x - m) / len(x)
             return (1 - a) * c + a * np.trace(c) / d * np.eye(d)
 
-        ct, ci = cov(T, mt), cov(I, mi)
+        ct, ci = cov(tu, mt), cov(iu, mi)
         rt = sqrtm_psd(ct)
         irt = np.linalg.inv(rt)
         A = irt @ sqrtm_psd(rt @ ci @ rt) @ irt
-        x1 = unit(mi + (T - mt) @ A.T)
+        x1 = unit(mi + (tu - mt) @ A.tu)
         return unit(x1 - x1.mean(0) + mi)
     raise AssertionError(method)
 
 
-@pytest.mark.parametrize("method,params", [("none", {}), ("mean-shift", {}), ("mean-shift", {"add_target_mean": True}),
-                                           ("c3", {}), ("realign", {}), ("gaussian-ot", {}),
-                                           ("gaussian-ot", {"shrinkage": 0.1})])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("none", {}),
+        ("mean-shift", {}),
+        ("mean-shift", {"add_target_mean": True}),
+        ("c3", {}),
+        ("realign", {}),
+        ("gaussian-ot", {}),
+        ("gaussian-ot", {"shrinkage": 0.1}),
+    ],
+)
 def test_aligner_matches_float64_reference(rng, method, params):
     t, i = gapped_pair(rng, 1500, 1100, 24)
     aligner = make_aligner(method, **params).fit(t, i, chunk_rows=333)  # chunks do not divide the data
@@ -82,15 +91,15 @@ def test_realign_properties(rng):
 def test_c3_centres_targets_with_their_own_mean(rng):
     t, i = gapped_pair(rng, 500, 400, 8)
     a = make_aligner("c3").fit(t, i)
-    I = unit(i)
-    np.testing.assert_allclose(a.transform_target(i).numpy(), unit(I - I.mean(0)), atol=ATOL)
+    iu = unit(i)
+    np.testing.assert_allclose(a.transform_target(i).numpy(), unit(iu - iu.mean(0)), atol=ATOL)
 
 
 def test_noise_is_deterministic_per_row_whatever_the_chunking(rng):
     x = rng.normal(size=(3000, 6)).astype(np.float32)
     a = make_aligner("noise", std=0.5, seed=7)
     whole = a.transform(x).numpy()
-    parts = np.concatenate([a.transform(x[s:s + 700], row_start=s).numpy() for s in range(0, 3000, 700)])
+    parts = np.concatenate([a.transform(x[s : s + 700], row_start=s).numpy() for s in range(0, 3000, 700)])
     np.testing.assert_array_equal(whole, parts)
     noise = gaussian_noise_rows(7, 0, 3000, 6).numpy()
     np.testing.assert_allclose(whole, unit(x) + 0.5 * noise, atol=1e-6)
@@ -112,7 +121,9 @@ def test_fit_is_independent_of_chunk_size(rng):
     a = make_aligner("realign").fit(t, i, chunk_rows=1000)
     b = make_aligner("realign").fit(t, i, chunk_rows=77)
     for k in a.state:
-        np.testing.assert_allclose(a.state[k].numpy(), b.state[k].numpy(), rtol=0, atol=1e-7)  # float32 blocks of 256 rows
+        np.testing.assert_allclose(
+            a.state[k].numpy(), b.state[k].numpy(), rtol=0, atol=1e-7
+        )  # float32 blocks of 256 rows
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -129,8 +140,15 @@ def test_save_load_round_trip(tmp_path, rng, method):
 
 def test_apply_to_store_keeps_ids_order_and_metadata(tmp_path, rng):
     t, i = gapped_pair(rng, 700, 500, 16)
-    ts = make_store(tmp_path / "t", t, prefix="t", dtype="float16", shard_rows=256,
-                    metadata={"text": [f"caption {k}" for k in range(700)]}, modality="text")
+    ts = make_store(
+        tmp_path / "t",
+        t,
+        prefix="t",
+        dtype="float16",
+        shard_rows=256,
+        metadata={"text": [f"caption {k}" for k in range(700)]},
+        modality="text",
+    )
     its = make_store(tmp_path / "i", i, prefix="i", dtype="float16", modality="image")
     a = make_aligner("realign").fit(ts, its, chunk_rows=100)
     out = apply_to_store(a, ts, tmp_path / "out", chunk_rows=100)
@@ -167,7 +185,9 @@ def test_bad_vectors_in_fit_name_store_shard_and_ids(tmp_path, rng):
     t[57] = 0
     ts = make_store(tmp_path / "t", t, prefix="t", shard_rows=40)
     its = make_store(tmp_path / "i", i)
-    with pytest.raises(BadVectorsError, match=r"t/shard-00001.arrow: 2 unusable vector\(s\) .*'t42' \(nan\), 't57' \(zero\)"):
+    with pytest.raises(
+        BadVectorsError, match=r"t/shard-00001.arrow: 2 unusable vector\(s\) .*'t42' \(nan\), 't57' \(zero\)"
+    ):
         make_aligner("realign").fit(ts, its)
     a = make_aligner("realign").fit(ts, its, on_bad="skip")
     keep = np.ones(100, bool)

@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import gapped_pair, make_store, run_cli, write_revision_pkls
 
+from conftest import gapped_pair, make_store, run_cli, write_revision_pkls
 from modgap.store import EmbeddingStore
 
 
@@ -15,8 +15,18 @@ def _no_temp_left(d):
     return [p.name for p in d.iterdir() if p.name.startswith(".tmp")] == []
 
 
-@pytest.mark.parametrize("cmd", [["store", "import"], ["store", "export"], ["store", "info"], ["align", "fit"],
-                                 ["align", "apply"], ["align", "run"], ["gap"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["store", "import"],
+        ["store", "export"],
+        ["store", "info"],
+        ["align", "fit"],
+        ["align", "apply"],
+        ["align", "run"],
+        ["gap"],
+    ],
+)
 def test_every_command_shows_an_example(cmd):
     assert "Example: modgap" in run_cli(*cmd, "--help").stdout
 
@@ -30,17 +40,55 @@ def test_import_info_align_gap_pipeline(tmp_path, rng):
     info = json.loads(run_cli("store", "info", tmp_path / "st_t", "--verify", "--json").stdout)
     assert info["count"] == 600 and info["dim"] == 16 and info["modality"] == "text" and info["verified"]
     assert info["created_by"].startswith("modgap store import")
-    run_cli("align", "fit", "--method", "gaussian-ot", "-p", "shrinkage=0.01", "--source", tmp_path / "st_t",
-            "--target", tmp_path / "st_i", "--out", tmp_path / "al")
+    run_cli(
+        "align",
+        "fit",
+        "--method",
+        "gaussian-ot",
+        "-p",
+        "shrinkage=0.01",
+        "--source",
+        tmp_path / "st_t",
+        "--target",
+        tmp_path / "st_i",
+        "--out",
+        tmp_path / "al",
+    )
     run_cli("align", "apply", "--aligner", tmp_path / "al", "--source", tmp_path / "st_t", "--out", tmp_path / "st_a")
-    run_cli("align", "run", "--method", "gaussian-ot", "-p", "shrinkage=0.01", "--source", tmp_path / "st_t",
-            "--target", tmp_path / "st_i", "--out", tmp_path / "st_b", "--save-aligner", tmp_path / "al2")
+    run_cli(
+        "align",
+        "run",
+        "--method",
+        "gaussian-ot",
+        "-p",
+        "shrinkage=0.01",
+        "--source",
+        tmp_path / "st_t",
+        "--target",
+        tmp_path / "st_i",
+        "--out",
+        tmp_path / "st_b",
+        "--save-aligner",
+        tmp_path / "al2",
+    )
     a, b = EmbeddingStore.open(tmp_path / "st_a"), EmbeddingStore.open(tmp_path / "st_b")
     np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
     (tmp_path / "pairs.csv").write_text("text_id,image_id\n" + "".join(f"t{k},i{k}\n" for k in range(100)))
-    proc = run_cli("gap", tmp_path / "st_t", tmp_path / "st_i", "--aligner", tmp_path / "al", "--pairs",
-                   tmp_path / "pairs.csv", "--json", tmp_path / "gap.json", "--html", tmp_path / "gap.html",
-                   "--sample", "300")
+    proc = run_cli(
+        "gap",
+        tmp_path / "st_t",
+        tmp_path / "st_i",
+        "--aligner",
+        tmp_path / "al",
+        "--pairs",
+        tmp_path / "pairs.csv",
+        "--json",
+        tmp_path / "gap.json",
+        "--html",
+        tmp_path / "gap.html",
+        "--sample",
+        "300",
+    )
     assert "centroid_distance" in proc.stdout and "after gaussian-ot" in proc.stdout
     report = json.loads((tmp_path / "gap.json").read_text())
     assert report["after"]["centroid_distance"] < report["before"]["centroid_distance"] / 10
@@ -59,20 +107,58 @@ def _fails(*args, match):
 
 
 def test_bad_inputs_give_one_line_errors_and_no_output(tmp_path, rng):
-    t, i = gapped_pair(rng, 50, 50, 8)
+    t, _ = gapped_pair(rng, 50, 50, 8)
     make_store(tmp_path / "t", t)
     make_store(tmp_path / "i5", rng.normal(size=(20, 5)))
-    _fails("align", "run", "--source", tmp_path / "t", "--target", tmp_path / "i5", "--out", tmp_path / "o",
-           match="dimension mismatch")
+    _fails(
+        "align",
+        "run",
+        "--source",
+        tmp_path / "t",
+        "--target",
+        tmp_path / "i5",
+        "--out",
+        tmp_path / "o",
+        match="dimension mismatch",
+    )
     assert not (tmp_path / "o").exists() and _no_temp_left(tmp_path)
-    _fails("align", "run", "--source", tmp_path / "missing", "--target", tmp_path / "t", "--out", tmp_path / "o",
-           match="no such store directory")
+    _fails(
+        "align",
+        "run",
+        "--source",
+        tmp_path / "missing",
+        "--target",
+        tmp_path / "t",
+        "--out",
+        tmp_path / "o",
+        match="no such store directory",
+    )
     _fails("store", "info", tmp_path, match="not an embedding store")
-    _fails("align", "fit", "--method", "bogus", "--source", tmp_path / "t", "--target", tmp_path / "t",
-           "--out", tmp_path / "o", match="unknown alignment method 'bogus'")
+    _fails(
+        "align",
+        "fit",
+        "--method",
+        "bogus",
+        "--source",
+        tmp_path / "t",
+        "--target",
+        tmp_path / "t",
+        "--out",
+        tmp_path / "o",
+        match="unknown alignment method 'bogus'",
+    )
     _fails("store", "import", "--format", "xml", tmp_path, tmp_path / "o", match="unknown import format")
-    _fails("align", "apply", "--aligner", tmp_path / "t", "--source", tmp_path / "t", "--out", tmp_path / "o",
-           match="not an aligner directory")
+    _fails(
+        "align",
+        "apply",
+        "--aligner",
+        tmp_path / "t",
+        "--source",
+        tmp_path / "t",
+        "--out",
+        tmp_path / "o",
+        match="not an aligner directory",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -94,8 +180,17 @@ def test_truncated_shard_and_malicious_pickle_via_cli(tmp_path, rng):
     s = make_store(tmp_path / "t", rng.normal(size=(40, 4)))
     shard = s.path / s.manifest.shards[0].file
     shard.write_bytes(shard.read_bytes()[:-8])
-    _fails("align", "run", "--source", tmp_path / "t", "--target", tmp_path / "t", "--out", tmp_path / "o",
-           match="truncated or replaced")
+    _fails(
+        "align",
+        "run",
+        "--source",
+        tmp_path / "t",
+        "--target",
+        tmp_path / "t",
+        "--out",
+        tmp_path / "o",
+        match="truncated or replaced",
+    )
 
     class Exploit:
         def __reduce__(self):

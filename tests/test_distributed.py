@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import gapped_pair, make_store, run_cli
 from safetensors.numpy import load_file
+
+from conftest import gapped_pair, make_store, run_cli
 
 
 def free_port() -> int:
@@ -18,10 +19,27 @@ def free_port() -> int:
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "modgap.cli.main", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ""} | _env())
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "modgap.cli.main",
+        *map(str, args),
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ""} | _env(),
+    )
 
 
 def _env() -> dict:

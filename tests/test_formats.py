@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_store, write_revision_pkls
 
+from conftest import make_store, write_revision_pkls
 from modgap.errors import BadVectorsError, ModgapError
 from modgap.store import EmbeddingStore, export_store, import_store
 from modgap.store.safe_pickle import safe_load
@@ -80,7 +80,9 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, monkeypatch):
     (tmp_path / "pkl").mkdir()
     with open(tmp_path / "pkl" / "evil.pkl", "wb") as f:
         pickle.dump([{"id": "a", "embed": np.ones(3, np.float32), "x": _Exploit()}], f)
-    with pytest.raises(ModgapError, match=r"evil.pkl: unsafe pickle refused, not loaded \(refused to load global posix.system\)"):
+    with pytest.raises(
+        ModgapError, match=r"evil.pkl: unsafe pickle refused, not loaded \(refused to load global posix.system\)"
+    ):
         import_store("revision-pkl", tmp_path / "pkl", tmp_path / "store")
     assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "store").exists()
@@ -118,11 +120,13 @@ def test_pickle_dimension_mismatch_names_file_and_record(tmp_path, rng):
 @pytest.mark.parametrize("value,reason", [(np.nan, "nan"), (np.inf, "inf"), (0.0, "zero")])
 def test_bad_vectors_stop_the_import_naming_file_and_ids(tmp_path, rng, value, reason):
     x = rng.normal(size=(10, 4)).astype(np.float32)
-    x[3] = 0.0 if value == 0.0 else x[3]
+    if value == 0.0:
+        x[3] = 0.0
     x[3, 1] = value
-    x[7, :] = x[7] if value == 0.0 else x[7]
     write_revision_pkls(tmp_path / "pkl", x, prefix="t", per_file=10)
-    with pytest.raises(BadVectorsError, match=rf"t_0.pkl: 1 unusable vector\(s\) \(NaN, Inf or zero\): 't3' \({reason}\)") as e:
+    with pytest.raises(
+        BadVectorsError, match=rf"t_0.pkl: 1 unusable vector\(s\) \(NaN, Inf or zero\): 't3' \({reason}\)"
+    ) as e:
         import_store("revision-pkl", tmp_path / "pkl", tmp_path / "store")
     assert e.value.ids == ["t3"]
     assert not (tmp_path / "store").exists()

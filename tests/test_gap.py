@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import gapped_pair, make_store
 
+from conftest import gapped_pair, make_store
 from modgap.align import make_aligner
 from modgap.gap import gap_report, metrics, read_pairs
 

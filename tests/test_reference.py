@@ -2,51 +2,18 @@
 
 The reference (ReVision's ReAlign script) loads every pickle, normalises in float64, and makes four
 passes: means (kept as float32), traces, mu_hat, apply; it writes float32 ``<stem>_trace.pkl`` files.
-``reference_realign`` below follows those steps on the same files, independently of modgap.
+``benchmarks/reference_realign.py`` follows those steps, independently of modgap.
 """
 
 import pickle
+import sys
 
 import numpy as np
-from conftest import gapped_pair, run_cli, write_revision_pkls
 
+from conftest import REPO, gapped_pair, run_cli, write_revision_pkls
 
-def _l2(x):
-    x = np.asarray(x, np.float64)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n < 1e-10, 1.0, n)
-
-
-def _load_dir(d):
-    files = sorted(d.glob("*.pkl"))
-    out = []
-    for f in files:
-        with open(f, "rb") as fh:
-            out.append((f, pickle.load(fh)))
-    return out
-
-
-def reference_realign(text_dir, image_dir, out_dir):
-    texts, images = _load_dir(text_dir), _load_dir(image_dir)
-
-    def stack(recs):
-        return np.vstack([np.asarray(r["embed"]) for r in recs]).astype(np.float64)
-
-    t_all = _l2(np.vstack([stack(r) for _, r in texts]))
-    i_all = _l2(np.vstack([stack(r) for _, r in images]))
-    mu_t = t_all.mean(0).astype(np.float32).astype(np.float64)
-    mu_i = i_all.mean(0).astype(np.float32).astype(np.float64)
-    trace_t = ((t_all - mu_t) ** 2).sum() / len(t_all)
-    trace_i = ((i_all - mu_i) ** 2).sum() / len(i_all)
-    scale = np.sqrt(trace_i / (trace_t + 1e-10))
-    mu_hat = _l2((t_all - mu_t) * scale + mu_i).mean(0)
-    out_dir.mkdir()
-    for f, recs in texts:
-        x_hat = _l2((_l2(stack(recs)) - mu_t) * scale + mu_i)
-        final = _l2(x_hat - mu_hat + mu_i).astype(np.float32)
-        res = [dict(r, embed=final[j]) for j, r in enumerate(recs)]
-        with open(out_dir / f"{f.stem}_trace.pkl", "wb") as fh:
-            pickle.dump(res, fh)
+sys.path.insert(0, str(REPO / "benchmarks"))
+from reference_realign import reference_realign
 
 
 def test_align_run_matches_reference_realign_on_revision_pickles(tmp_path, rng):
@@ -58,8 +25,20 @@ def test_align_run_matches_reference_realign_on_revision_pickles(tmp_path, rng):
 
     run_cli("store", "import", "--format", "revision-pkl", tmp_path / "text", tmp_path / "st_text")
     run_cli("store", "import", "--format", "revision-pkl", tmp_path / "image", tmp_path / "st_image")
-    run_cli("align", "run", "--method", "realign", "--source", tmp_path / "st_text", "--target", tmp_path / "st_image",
-            "--out", tmp_path / "st_aligned", "--chunk-rows", "512")
+    run_cli(
+        "align",
+        "run",
+        "--method",
+        "realign",
+        "--source",
+        tmp_path / "st_text",
+        "--target",
+        tmp_path / "st_image",
+        "--out",
+        tmp_path / "st_aligned",
+        "--chunk-rows",
+        "512",
+    )
     run_cli("store", "export", "--format", "revision-pkl", tmp_path / "st_aligned", tmp_path / "ours")
 
     ref_files = sorted((tmp_path / "ref").glob("*.pkl"))

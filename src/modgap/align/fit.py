@@ -54,8 +54,14 @@ class VectorSource:
     Arrays are treated like a store with ids "0", "1", ...
     """
 
-    def __init__(self, data: Any, name: str, bad: BadRows, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        data: Any,
+        name: str,
+        bad: BadRows,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        device: torch.device | str = "cpu",
+    ):
         self.name = name
         self.bad = bad
         self.chunk_rows = chunk_rows
@@ -138,9 +144,7 @@ def fit(
     src = VectorSource(source, SOURCE, bad, chunk_rows, device)
     tgt = VectorSource(target, TARGET, bad, chunk_rows, device)
     if src.dim != tgt.dim:
-        raise ModgapError(
-            f"dimension mismatch: source {src.label} has D={src.dim}, target {tgt.label} has D={tgt.dim}"
-        )
+        raise ModgapError(f"dimension mismatch: source {src.label} has D={src.dim}, target {tgt.label} has D={tgt.dim}")
     for p in range(aligner.passes):
         stats = aligner.new_stats(p, src.dim, device)
         for role, s in ((SOURCE, src), (TARGET, tgt)):
@@ -214,14 +218,30 @@ def apply_to_store(
     dtype = dtype or m.dtype
     half = torch.empty(chunk_rows, store.dim, dtype=getattr(torch, dtype))
     extra = dict(m.extra)
-    extra["aligner"] = {"method": aligner.method, "params": aligner.params(), "path": aligner_path,
-                        "fitted_on": aligner.provenance, "input_store": str(store.path)}
+    extra["aligner"] = {
+        "method": aligner.method,
+        "params": aligner.params(),
+        "path": aligner_path,
+        "fitted_on": aligner.provenance,
+        "input_store": str(store.path),
+    }
     meta_iter = store.iter_chunks(chunk_rows, exact=False)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        with StoreWriter(tmp, dim=store.dim, dtype=dtype, normalized=output_is_normalized(aligner),
-                         modality=m.modality, encoder=m.encoder, created_by=created_by,
-                         metadata_columns=m.metadata_columns, extra=extra, check_duplicates=False) as w, \
-                progress(f"apply {aligner.method}", len(store)) as advance:
+        with (
+            StoreWriter(
+                tmp,
+                dim=store.dim,
+                dtype=dtype,
+                normalized=output_is_normalized(aligner),
+                modality=m.modality,
+                encoder=m.encoder,
+                created_by=created_by,
+                metadata_columns=m.metadata_columns,
+                extra=extra,
+                check_duplicates=False,
+            ) as w,
+            progress(f"apply {aligner.method}", len(store)) as advance,
+        ):
             for rows in src.chunks(rows=(0, len(store))):
                 meta_chunk = next(meta_iter)
                 y = aligner.transform_rows(rows.x, rows.norms, rows.start)
@@ -230,7 +250,7 @@ def apply_to_store(
                 out_rows.copy_(y)
                 batch = meta_chunk.batch if rows.keep is None else meta_chunk.batch.filter(rows.keep)
                 meta = {c: batch.column(c) for c in m.metadata_columns}
-                w.write(batch.column("id").to_pylist(), out_rows.cpu().numpy(), meta)
+                w.write(batch.column("id"), out_rows.cpu().numpy(), meta)
                 advance(len(meta_chunk))
             if w.count == 0:
                 raise ModgapError(f"{store.path}: no usable vectors to align")

@@ -30,8 +30,10 @@ err = Console(stderr=True)
 
 OnBadOpt = Annotated[
     str,
-    typer.Option("--on-bad", help="What to do with NaN/Inf/zero vectors: 'error' stops, 'skip' leaves them out "
-                 "and lists them in a report."),
+    typer.Option(
+        "--on-bad",
+        help="What to do with NaN/Inf/zero vectors: 'error' stops, 'skip' leaves them out and lists them in a report.",
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
 ChunkOpt = Annotated[int, typer.Option("--chunk-rows", help="Rows per streamed chunk.")]
@@ -53,9 +55,13 @@ def store_import(
     src: Annotated[Path, typer.Argument(help="Source file or directory.")],
     dest: Annotated[Path, typer.Argument(help="Store directory to create.")],
     fmt: Annotated[str, typer.Option("--format", help="revision-pkl | npy | parquet")] = "revision-pkl",
-    dtype: Annotated[str | None, typer.Option(help="float16 or float32 (default: keep the source's precision).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float16 or float32 (default: keep the source's precision).")
+    ] = None,
     modality: Annotated[str | None, typer.Option(help="text or image (recorded in the manifest).")] = None,
-    ids: Annotated[Path | None, typer.Option("--ids", help="npy: ids file, one per line (default: ids.txt beside).")] = None,
+    ids: Annotated[
+        Path | None, typer.Option("--ids", help="npy: ids file, one per line (default: ids.txt beside).")
+    ] = None,
     id_column: Annotated[str, typer.Option(help="parquet: id column.")] = "id",
     embedding_column: Annotated[str, typer.Option(help="parquet: embedding column.")] = "embedding",
     on_bad: OnBadOpt = "error",
@@ -70,9 +76,21 @@ def store_import(
     from modgap.store import import_store
 
     with rich_progress()("import", None) as advance:
-        store = import_store(fmt, src, dest, dtype=dtype, modality=modality, ids_file=ids, id_column=id_column,
-                             embedding_column=embedding_column, on_bad=on_bad, bad_report=bad_report,
-                             created_by=command_line(), overwrite=overwrite, progress=advance)
+        store = import_store(
+            fmt,
+            src,
+            dest,
+            dtype=dtype,
+            modality=modality,
+            ids_file=ids,
+            id_column=id_column,
+            embedding_column=embedding_column,
+            on_bad=on_bad,
+            bad_report=bad_report,
+            created_by=command_line(),
+            overwrite=overwrite,
+            progress=advance,
+        )
     out.print(f"imported {len(store)} rows of dim {store.dim} into {dest}")
 
 
@@ -95,7 +113,7 @@ def store_export(
 @store_app.command("info", epilog="Example: modgap store info stores/text --verify")
 def store_info(
     store_dir: Annotated[Path, typer.Argument(help="Store directory.")],
-    verify: Annotated[bool, typer.Option("--verify", help="Check every shard's sha256.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every shard's checksum.")] = False,
     sample: Annotated[int, typer.Option(help="Rows sampled for the statistics.")] = 10000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -132,8 +150,11 @@ def store_info(
     table = Table(title=str(store.path), show_header=False)
     for key in ("count", "dim", "dtype", "normalized", "modality", "encoder", "created_by", "metadata_columns"):
         table.add_row(key, str(info[key]))
-    table.add_row("shards", f"{len(m.shards)} ({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"
-                  + (", sha256 verified" if verify else ""))
+    table.add_row(
+        "shards",
+        f"{len(m.shards)} ({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"
+        + (", checksums verified" if verify else ""),
+    )
     if m.extra:
         table.add_row("extra", json.dumps(m.extra)[:300])
     for key, val in stats.items():
@@ -144,12 +165,15 @@ def store_info(
 # ---------------------------------------------------------------------------------------------
 # align
 # ---------------------------------------------------------------------------------------------
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="realign | gaussian-ot | c3 | mean-shift | noise | none")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", "-m", help="realign | gaussian-ot | c3 | mean-shift | noise | none")
+]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE (repeatable).")]
 
 
-def _fit(method: str, params: list[str] | None, source: Path, target: Path, on_bad: str, chunk_rows: int,
-         device: str) -> tuple[Any, Any]:
+def _fit(
+    method: str, params: list[str] | None, source: Path, target: Path, on_bad: str, chunk_rows: int, device: str
+) -> tuple[Any, Any]:
     from modgap.align import fit, make_aligner, parse_params
     from modgap.store.checks import BadRows
 
@@ -161,7 +185,8 @@ def _fit(method: str, params: list[str] | None, source: Path, target: Path, on_b
 
 @align_app.command(
     "fit",
-    epilog="Example: modgap align fit --method realign --source stores/text --target stores/image --out aligners/realign",
+    epilog="Example: modgap align fit --method realign --source stores/text --target stores/image "
+    "--out aligners/realign",
 )
 def align_fit(
     source: Annotated[Path, typer.Option(help="Store to be moved (text).")],
@@ -192,7 +217,8 @@ def align_fit(
 
 @align_app.command(
     "apply",
-    epilog="Example: modgap align apply --aligner aligners/realign --source stores/new_text --out stores/new_text_aligned",
+    epilog="Example: modgap align apply --aligner aligners/realign --source stores/new_text "
+    "--out stores/new_text_aligned",
 )
 def align_apply(
     aligner_dir: Annotated[Path, typer.Option("--aligner", help="Directory written by 'align fit'.")],
@@ -208,9 +234,19 @@ def align_apply(
     from modgap.align import apply_to_store, load_aligner
 
     aligner = load_aligner(aligner_dir)
-    store = apply_to_store(aligner, source, out_store, on_bad=on_bad, dtype=dtype, chunk_rows=chunk_rows,
-                           device=device, overwrite=overwrite, created_by=command_line(),
-                           aligner_path=str(aligner_dir), progress=rich_progress())
+    store = apply_to_store(
+        aligner,
+        source,
+        out_store,
+        on_bad=on_bad,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        device=device,
+        overwrite=overwrite,
+        created_by=command_line(),
+        aligner_path=str(aligner_dir),
+        progress=rich_progress(),
+    )
     out.print(f"wrote {len(store)} aligned rows to {out_store}")
 
 
@@ -244,9 +280,19 @@ def align_run(
         aligner.provenance["command"] = command_line()
         if save_aligner:
             aligner.save(save_aligner)
-        store = apply_to_store(aligner, source, out_store, bad=bad, dtype=dtype, chunk_rows=chunk_rows,
-                               device=device, overwrite=overwrite, created_by=command_line(),
-                               aligner_path=str(save_aligner) if save_aligner else None, progress=rich_progress())
+        store = apply_to_store(
+            aligner,
+            source,
+            out_store,
+            bad=bad,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            device=device,
+            overwrite=overwrite,
+            created_by=command_line(),
+            aligner_path=str(save_aligner) if save_aligner else None,
+            progress=rich_progress(),
+        )
         out.print(f"{method}: wrote {len(store)} aligned rows to {out_store}")
     barrier()
     shutdown()
@@ -263,7 +309,9 @@ def gap(
     text_store: Annotated[Path, typer.Argument(help="Text embedding store.")],
     image_store: Annotated[Path, typer.Argument(help="Image embedding store.")],
     pairs: Annotated[Path | None, typer.Option(help="CSV/TSV/JSONL of text_id,image_id pairs.")] = None,
-    aligner_dir: Annotated[Path | None, typer.Option("--aligner", help="Also report figures after this aligner.")] = None,
+    aligner_dir: Annotated[
+        Path | None, typer.Option("--aligner", help="Also report figures after this aligner.")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     sample: Annotated[int, typer.Option(help="Rows per modality for classifier/k-NN/MMD figures.")] = 2000,
@@ -278,9 +326,19 @@ def gap(
     from modgap.gap import gap_report, read_pairs, report_html, report_json, report_rows
 
     aligner = load_aligner(aligner_dir) if aligner_dir else None
-    report = gap_report(text_store, image_store, aligner=aligner, pairs=read_pairs(pairs) if pairs else None,
-                        sample=sample, spectrum_rows=spectrum_rows, k=k, energy=energy, seed=seed, on_bad=on_bad,
-                        progress=rich_progress())
+    report = gap_report(
+        text_store,
+        image_store,
+        aligner=aligner,
+        pairs=read_pairs(pairs) if pairs else None,
+        sample=sample,
+        spectrum_rows=spectrum_rows,
+        k=k,
+        energy=energy,
+        seed=seed,
+        on_bad=on_bad,
+        progress=rich_progress(),
+    )
     table = Table(title=f"modality gap: {text_store} vs {image_store}")
     table.add_column("figure")
     table.add_column("before", justify="right")
@@ -289,8 +347,10 @@ def gap(
     for key, before, after in report_rows(report):
         table.add_row(key, before, *([after] if aligner else []))
     out.print(table)
-    for path, text in ((json_out, report_json(report) if json_out else None),
-                       (html_out, report_html(report) if html_out else None)):
+    for path, text in (
+        (json_out, report_json(report) if json_out else None),
+        (html_out, report_html(report) if html_out else None),
+    ):
         if path and text is not None:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)

@@ -127,6 +127,7 @@ def mmd_rbf(a: np.ndarray, b: np.ndarray) -> float:
 
 def neighbourhood_overlap(before: np.ndarray, after: np.ndarray, k: int = 10) -> float:
     """Mean |kNN_before ∩ kNN_after| / k over rows: how much alignment keeps each text's neighbours."""
+
     def neighbours(x: np.ndarray) -> np.ndarray:
         return NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)[:, 1:]
 
@@ -136,6 +137,7 @@ def neighbourhood_overlap(before: np.ndarray, after: np.ndarray, k: int = 10) ->
 
 def similarity_correlation(before: np.ndarray, after: np.ndarray) -> float:
     """Pearson correlation of all pairwise cosine similarities before vs after."""
+
     def cos(x: np.ndarray) -> np.ndarray:
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         return (x @ x.T)[np.triu_indices(len(x), k=1)]

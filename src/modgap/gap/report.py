@@ -82,8 +82,18 @@ def _stream_mean(src: VectorSource, fn: Any, progress: ProgressFactory, label: s
     return m.mean().numpy()
 
 
-def _figures(mu_t: np.ndarray, mu_i: np.ndarray, spec_t: np.ndarray, spec_i: np.ndarray, small_t: np.ndarray,
-             small_i: np.ndarray, k: int, energy: float, top_q: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _figures(
+    mu_t: np.ndarray,
+    mu_i: np.ndarray,
+    spec_t: np.ndarray,
+    spec_i: np.ndarray,
+    small_t: np.ndarray,
+    small_i: np.ndarray,
+    k: int,
+    energy: float,
+    top_q: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     cov_t, cov_i = np.cov(spec_t.T.astype(np.float64), bias=True), np.cov(spec_i.T.astype(np.float64), bias=True)
     vals_t, vecs_t = metrics.eigenspectrum(cov_t)
     vals_i, vecs_i = metrics.eigenspectrum(cov_i)
@@ -127,11 +137,21 @@ def gap_report(
     t_src = VectorSource(text, "text", bad)
     i_src = VectorSource(image, "image", bad)
     if t_src.dim != i_src.dim:
-        raise ModgapError(f"dimension mismatch: text {t_src.label} has D={t_src.dim}, image {i_src.label} has D={i_src.dim}")
+        raise ModgapError(
+            f"dimension mismatch: text {t_src.label} has D={t_src.dim}, image {i_src.label} has D={i_src.dim}"
+        )
     report: dict[str, Any] = {
-        "inputs": {"text": t_src.label, "image": i_src.label, "text_rows": t_src.rows, "image_rows": i_src.rows,
-                   "dim": t_src.dim, "sample": sample, "spectrum_rows": spectrum_rows, "seed": seed,
-                   "aligner": aligner.method if aligner else None},
+        "inputs": {
+            "text": t_src.label,
+            "image": i_src.label,
+            "text_rows": t_src.rows,
+            "image_rows": i_src.rows,
+            "dim": t_src.dim,
+            "sample": sample,
+            "spectrum_rows": spectrum_rows,
+            "seed": seed,
+            "aligner": aligner.method if aligner else None,
+        },
     }
     unit = normalize_rows
     mu_t = _stream_mean(t_src, unit, progress, "text mean")
@@ -162,8 +182,14 @@ def gap_report(
     return report
 
 
-def _pair_report(t_src: VectorSource, i_src: VectorSource, pairs: list[tuple[str, str]], aligner: Aligner | None,
-                 max_pairs: int, seed: int) -> dict[str, Any]:
+def _pair_report(
+    t_src: VectorSource,
+    i_src: VectorSource,
+    pairs: list[tuple[str, str]],
+    aligner: Aligner | None,
+    max_pairs: int,
+    seed: int,
+) -> dict[str, Any]:
     if t_src.store is None or i_src.store is None:
         raise ModgapError("--pairs needs stores (ids are looked up)")
     if len(pairs) > max_pairs:

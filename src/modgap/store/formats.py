@@ -146,8 +146,7 @@ def _pkl_batches(src: Path) -> tuple[int, list[str], Iterator[Batch]]:
                 extra = [k for k in PKL_METADATA_KEYS if k in r and k not in columns]
                 if extra:
                     raise ModgapError(
-                        f"{f}: record {i} has metadata {extra} that the first file lacks; "
-                        "import such files separately"
+                        f"{f}: record {i} has metadata {extra} that the first file lacks; import such files separately"
                     )
                 v = _pkl_vector(r, f, i)
                 if len(v) != dim:
@@ -176,7 +175,9 @@ def _pkl_vector(r: dict[str, Any], f: Path, i: int) -> np.ndarray:
         raise ModgapError(f"{f}: record {i} (id {r['id']!r}) has no 'embed'")
     v = np.asarray(r["embed"])
     if v.ndim != 1 or v.dtype.kind not in "fiu":
-        raise ModgapError(f"{f}: record {i} (id {r['id']!r}): 'embed' must be a 1-D numeric array, got {v.dtype} {v.shape}")
+        raise ModgapError(
+            f"{f}: record {i} (id {r['id']!r}): 'embed' must be a 1-D numeric array, got {v.dtype} {v.shape}"
+        )
     return v
 
 
@@ -218,10 +219,16 @@ def _parquet_batches(src: Path, id_column: str, embedding_column: str) -> tuple[
         raise ModgapError(f"{files[0]}: not a readable Parquet file ({e})") from e
     for c in (id_column, embedding_column):
         if c not in schema.names:
-            raise ModgapError(f"{files[0]}: no column {c!r} (columns: {schema.names}); see --id-column/--embedding-column")
+            raise ModgapError(
+                f"{files[0]}: no column {c!r} (columns: {schema.names}); see --id-column/--embedding-column"
+            )
     columns = [c for c in schema.names if c not in (id_column, embedding_column)]
     emb_type = schema.field(embedding_column).type
-    if not pa.types.is_list(emb_type) and not pa.types.is_fixed_size_list(emb_type) and not pa.types.is_large_list(emb_type):
+    if (
+        not pa.types.is_list(emb_type)
+        and not pa.types.is_fixed_size_list(emb_type)
+        and not pa.types.is_large_list(emb_type)
+    ):
         raise ModgapError(f"{files[0]}: column {embedding_column!r} is {emb_type}, expected a list of floats")
     first = pq.ParquetFile(files[0]).read_row_group(0, columns=[embedding_column]).column(0)
     dim = len(first[0].as_py()) if len(first) else 0
@@ -240,7 +247,9 @@ def _parquet_batches(src: Path, id_column: str, embedding_column: str) -> tuple[
                 lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
                 if col.null_count or (lengths != dim).any():
                     i = int(np.flatnonzero(np.isnan(lengths.astype(float)) | (lengths != dim))[0])
-                    raise ModgapError(f"{where}: row {start + i} has an embedding of length {lengths[i]}, expected {dim}")
+                    raise ModgapError(
+                        f"{where}: row {start + i} has an embedding of length {lengths[i]}, expected {dim}"
+                    )
                 emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
                 ids = [str(x) for x in batch.column(id_column).to_pylist()]
                 meta = {c: [_str_or_none(v) for v in batch.column(c).to_pylist()] for c in columns}

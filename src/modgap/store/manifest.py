@@ -21,7 +21,7 @@ class ShardInfo:
     file: str
     rows: int
     bytes: int
-    sha256: str
+    checksum: str  # "xxh3_128:<hex>"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Layout of a store directory::
 
-    manifest.json            dim, dtype, counts, provenance, shard list with sha256
+    manifest.json            dim, dtype, counts, provenance, shard list with xxh3-128 checksums
     shard-00000.arrow        Arrow IPC file (Feather v2, uncompressed): id, embedding, metadata...
 
 Each shard is written under a hidden temporary name and renamed into place when complete, and the
@@ -13,11 +13,12 @@ Reads memory-map the shards: embeddings come back as read-only NumPy views of th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import xxhash
 
 from modgap.errors import ModgapError
 from modgap.store.manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
@@ -35,18 +37,22 @@ TMP_PREFIX = ".tmp-"
 # Shards and record batches are sized in bytes so that memory use does not grow with the dimension.
 DEFAULT_SHARD_BYTES = 256 * 2**20
 DEFAULT_BATCH_BYTES = 16 * 2**20
+MAX_QUEUED_WRITES = 4  # record batches waiting for the writer thread (bounds memory)
 
 
 def _arrow_float(dtype: str) -> pa.DataType:
     return {"float16": pa.float16(), "float32": pa.float32()}[dtype]
 
 
-def sha256_file(path: Path, block: int = 8 * 2**20) -> str:
-    h = hashlib.sha256()
+CHECKSUM = "xxh3_128"  # ~20x faster than sha256; detects corruption, which is what the checksum is for
+
+
+def checksum_file(path: Path, block: int = 8 * 2**20) -> str:
+    h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
-    return h.hexdigest()
+    return f"{CHECKSUM}:{h.hexdigest()}"
 
 
 @dataclass
@@ -77,7 +83,7 @@ class EmbeddingStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = False) -> EmbeddingStore:
-        """Open a store; checks that every shard exists with the recorded size (and sha256 if ``verify``)."""
+        """Open a store; checks that every shard exists with the recorded size (and checksum if ``verify``)."""
         path = Path(path)
         manifest = Manifest.load(path)
         for shard in manifest.shards:
@@ -90,8 +96,8 @@ class EmbeddingStore:
                     f"{path}: shard {shard.file} has {size} bytes, the manifest says {shard.bytes} "
                     "(truncated or replaced)"
                 )
-            if verify and sha256_file(f) != shard.sha256:
-                raise ModgapError(f"{path}: shard {shard.file} fails its sha256 checksum")
+            if verify and checksum_file(f) != shard.checksum:
+                raise ModgapError(f"{path}: shard {shard.file} fails its checksum (corrupted)")
         return cls(path, manifest)
 
     # -- properties -------------------------------------------------------------------------------
@@ -299,11 +305,16 @@ def store_schema(dim: int, dtype: str, metadata_columns: Sequence[str]) -> pa.Sc
 
 
 class _HashingFile:
-    """A write-only file that hashes what passes through it, so shards are checksummed in one pass."""
+    """A write-only file that hashes what passes through it, so shards are checksummed in one pass.
 
-    def __init__(self, path: Path):
+    ``durable`` fsyncs on close (power-loss safety); without it a killed process still never leaves a
+    partial shard visible, because shards only appear by rename after they are complete.
+    """
+
+    def __init__(self, path: Path, durable: bool = False):
+        self.durable = durable
         self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._h = hashlib.sha256()
+        self._h = xxhash.xxh3_128()
         self.closed = False
 
     def write(self, data: Any) -> int:
@@ -316,12 +327,13 @@ class _HashingFile:
     def close(self) -> None:
         if not self.closed:
             self._f.flush()
-            os.fsync(self._f.fileno())
+            if self.durable:
+                os.fsync(self._f.fileno())
             self._f.close()
             self.closed = True
 
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+    def checksum(self) -> str:
+        return f"{CHECKSUM}:{self._h.hexdigest()}"
 
 
 class StoreWriter:
@@ -345,10 +357,12 @@ class StoreWriter:
         shard_rows: int | None = None,
         shard_prefix: str = "shard",
         check_duplicates: bool = True,
+        durable: bool = False,
     ):
         if dtype not in DTYPES:
             raise ModgapError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.path = Path(path)
+        self.durable = durable
         self.path.mkdir(parents=True, exist_ok=True)
         self._remove_orphans()
         if (self.path / MANIFEST_NAME).exists():
@@ -385,6 +399,9 @@ class StoreWriter:
         self._writer: ipc.RecordBatchFileWriter | None = None
         self._tmp_path: Path | None = None
         self._shard_rows_written = 0
+        self._committed_rows = self.manifest.count
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modgap-store-writer")
+        self._futures: deque[Future] = deque()
 
     def _remove_orphans(self) -> None:
         # Temporary shards of a crashed writer, and committed shards the manifest never listed.
@@ -397,7 +414,7 @@ class StoreWriter:
 
     @property
     def count(self) -> int:
-        return self.manifest.count + self._shard_rows_written + self._pending_rows
+        return self._committed_rows + self._shard_rows_written + self._pending_rows
 
     def write(
         self,
@@ -443,23 +460,43 @@ class StoreWriter:
             self._pending.append(batch.slice(off, take))
             self._pending_rows += take
             off += take
-            if self._pending_rows >= self.batch_rows or self._shard_rows_written + self._pending_rows >= self.shard_rows:
+            if (
+                self._pending_rows >= self.batch_rows
+                or self._shard_rows_written + self._pending_rows >= self.shard_rows
+            ):
                 self._flush_pending()
             if self._shard_rows_written >= self.shard_rows:
                 self._commit_shard()
 
+    # Writing, checksumming and fsync run on one background thread (xxhash and file writes release
+    # the GIL), so they overlap with the caller computing the next rows. Tasks run in submission order.
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self._futures.append(self._pool.submit(fn, *args))
+        while len(self._futures) > MAX_QUEUED_WRITES:
+            self._futures.popleft().result()
+
+    def _drain(self) -> None:
+        while self._futures:
+            self._futures.popleft().result()
+
     def _flush_pending(self) -> None:
         if not self._pending_rows:
             return
-        if self._writer is None:
-            self._tmp_path = self.path / f"{TMP_PREFIX}{uuid.uuid4().hex}.arrow"
-            self._file = _HashingFile(self._tmp_path)
-            self._writer = ipc.new_file(pa.PythonFile(self._file, mode="w"), self.schema)
-        table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
-        for b in table.to_batches():
-            self._writer.write_batch(b)
+        if min(b.num_rows for b in self._pending) >= self.batch_rows // 4:
+            batches = self._pending  # large enough as they are: no copy
+        else:  # many small writes (an encoder's batches): one record batch
+            batches = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks().to_batches()
+        self._submit(self._write_batches, batches)
         self._shard_rows_written += self._pending_rows
         self._pending, self._pending_rows = [], 0
+
+    def _write_batches(self, batches: list[pa.RecordBatch]) -> None:
+        if self._writer is None:
+            self._tmp_path = self.path / f"{TMP_PREFIX}{uuid.uuid4().hex}.arrow"
+            self._file = _HashingFile(self._tmp_path, durable=self.durable)
+            self._writer = ipc.new_file(pa.PythonFile(self._file, mode="w"), self.schema)
+        for b in batches:
+            self._writer.write_batch(b)
 
     def _next_shard_name(self) -> str:
         taken = {s.file for s in self.manifest.shards}
@@ -470,27 +507,38 @@ class StoreWriter:
 
     def _commit_shard(self) -> None:
         self._flush_pending()
-        if self._writer is None:
-            return
-        assert self._file is not None and self._tmp_path is not None
+        if self._shard_rows_written:
+            self._submit(self._commit_in_thread, self._shard_rows_written)
+            self._committed_rows += self._shard_rows_written
+            self._shard_rows_written = 0
+
+    def _commit_in_thread(self, rows: int) -> None:
+        assert self._writer is not None and self._file is not None and self._tmp_path is not None
         self._writer.close()
         self._file.close()
         name = self._next_shard_name()
         final = self.path / name
         os.replace(self._tmp_path, final)
         self.manifest.shards.append(
-            ShardInfo(file=name, rows=self._shard_rows_written, bytes=final.stat().st_size, sha256=self._file.hexdigest())
+            ShardInfo(file=name, rows=rows, bytes=final.stat().st_size, checksum=self._file.checksum())
         )
         self.manifest.save(self.path)
         self._writer = self._file = self._tmp_path = None
-        self._shard_rows_written = 0
 
     def close(self) -> Manifest:
+        """Commit the last shard and wait until everything is on disk."""
         self._commit_shard()
+        self._drain()
+        self._pool.shutdown()
         return self.manifest
 
     def abort(self) -> None:
-        """Drop rows not yet committed to a shard."""
+        """Drop the unfinished shard; shards already complete are still committed."""
+        for f in self._futures:
+            with contextlib.suppress(Exception):
+                f.result()
+        self._futures.clear()
+        self._pool.shutdown()
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
