@@ -45,14 +45,14 @@ def reference(method, t, i, **p):
         d = t.shape[1]
 
         def cov(x, m):
-            c = (x - m).tu @ (x - m) / len(x)
+            c = (x - m).T @ (x - m) / len(x)
             return (1 - a) * c + a * np.trace(c) / d * np.eye(d)
 
         ct, ci = cov(tu, mt), cov(iu, mi)
         rt = sqrtm_psd(ct)
         irt = np.linalg.inv(rt)
         A = irt @ sqrtm_psd(rt @ ci @ rt) @ irt
-        x1 = unit(mi + (tu - mt) @ A.tu)
+        x1 = unit(mi + (tu - mt) @ A.T)
         return unit(x1 - x1.mean(0) + mi)
     raise AssertionError(method)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 
@@ -46,6 +47,7 @@ class Rows:
     ids: list[str] | None
     start: int
     keep: np.ndarray | None  # rows kept from the chunk when bad rows were skipped
+    batch: pa.RecordBatch | None  # ids and metadata of the kept rows (stores only)
 
 
 class VectorSource:
@@ -87,19 +89,25 @@ class VectorSource:
         rank, world = rank_and_world()
         return self.rows * rank // world, self.rows * (rank + 1) // world
 
-    def _raw_chunks(self, rows: tuple[int, int]) -> Iterator[tuple[str, Any, list[str] | None, int]]:
+    def _raw_chunks(
+        self, rows: tuple[int, int], columns: tuple[str, ...] | None
+    ) -> Iterator[tuple[str, Any, Any, int]]:
         if self.store is not None:
-            for c in self.store.iter_chunks(self.chunk_rows, rows=rows, exact=False, columns=()):
-                yield f"{self.label}/{self.store.manifest.shards[c.shard].file}", c.embeddings, c.ids, c.start
+            for c in self.store.iter_chunks(self.chunk_rows, rows=rows, exact=False, columns=columns):
+                yield f"{self.label}/{self.store.manifest.shards[c.shard].file}", c.embeddings, c.batch, c.start
         else:
             for s in range(rows[0], rows[1], self.chunk_rows):
                 e = min(s + self.chunk_rows, rows[1])
                 yield self.label, self.array[s:e], None, s
 
-    def chunks(self, rows: tuple[int, int] | None = None) -> Iterator[Rows]:
-        """This rank's rows (or ``rows``), as float32 tensors on the device with their norms."""
+    def chunks(self, rows: tuple[int, int] | None = None, with_metadata: bool = False) -> Iterator[Rows]:
+        """This rank's rows (or ``rows``), as float32 tensors on the device with their norms.
+
+        ``with_metadata`` carries the store's metadata columns in ``Rows.batch`` (ids always are).
+        """
         buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
-        for where, emb, ids, start in self._raw_chunks(rows or self.my_rows()):
+        for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
+            ids = batch.column("id").to_pylist() if batch is not None else None
             n = len(emb)
             with warnings.catch_warnings():  # store views are read-only; we only read them
                 warnings.simplefilter("ignore", UserWarning)
@@ -115,7 +123,8 @@ class VectorSource:
                 keep = ~mask_np
                 x, norms = x[~mask], norms[~mask]
                 ids = [k for k, ok in zip(ids, keep, strict=True) if ok] if ids else None
-            yield Rows(x, norms, ids, start, keep)
+                batch = batch.filter(keep) if batch is not None else None
+            yield Rows(x, norms, ids, start, keep, batch)
 
 
 def _all_reduce(stats: dict[str, Moments]) -> None:
@@ -225,7 +234,6 @@ def apply_to_store(
         "fitted_on": aligner.provenance,
         "input_store": str(store.path),
     }
-    meta_iter = store.iter_chunks(chunk_rows, exact=False)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         with (
             StoreWriter(
@@ -242,16 +250,13 @@ def apply_to_store(
             ) as w,
             progress(f"apply {aligner.method}", len(store)) as advance,
         ):
-            for rows in src.chunks(rows=(0, len(store))):
-                meta_chunk = next(meta_iter)
+            for rows in src.chunks(rows=(0, len(store)), with_metadata=True):
                 y = aligner.transform_rows(rows.x, rows.norms, rows.start)
-                n = len(y)
-                out_rows = half[:n]
+                out_rows = half[: len(y)]
                 out_rows.copy_(y)
-                batch = meta_chunk.batch if rows.keep is None else meta_chunk.batch.filter(rows.keep)
-                meta = {c: batch.column(c) for c in m.metadata_columns}
-                w.write(batch.column("id"), out_rows.cpu().numpy(), meta)
-                advance(len(meta_chunk))
+                meta = {c: rows.batch.column(c) for c in m.metadata_columns}
+                w.write(rows.batch.column("id"), out_rows.cpu().numpy(), meta)
+                advance(len(rows.keep) if rows.keep is not None else len(y))
             if w.count == 0:
                 raise ModgapError(f"{store.path}: no usable vectors to align")
         if bad.rows:

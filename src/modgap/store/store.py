@@ -13,6 +13,7 @@ Reads memory-map the shards: embeddings come back as read-only NumPy views of th
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import uuid
@@ -130,11 +131,16 @@ class EmbeddingStore:
     # -- shard access -----------------------------------------------------------------------------
     def open_shard(self, i: int) -> ipc.RecordBatchFileReader:
         """Memory-map shard ``i``; checks that its schema and row count agree with the manifest."""
+        return self._map_shard(i)[0]
+
+    def _map_shard(self, i: int) -> tuple[ipc.RecordBatchFileReader, mmap.mmap]:
         info = self.manifest.shards[i]
         where = f"{self.path / info.file}"
         try:
-            reader = ipc.open_file(pa.memory_map(str(self.path / info.file)))
-        except (pa.ArrowInvalid, OSError) as e:
+            with open(self.path / info.file, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            reader = ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+        except (pa.ArrowInvalid, OSError, ValueError) as e:
             raise ModgapError(f"{where}: not a readable Arrow IPC shard ({e})") from e
         schema = reader.schema
         expected = pa.list_(_arrow_float(self.manifest.dtype), self.dim)
@@ -146,12 +152,17 @@ class EmbeddingStore:
         rows = sum(reader.get_batch(b).num_rows for b in range(reader.num_record_batches))
         if rows != info.rows:
             raise ModgapError(f"{where}: shard holds {rows} rows, the manifest says {info.rows}")
-        return reader
+        return reader, mapped
 
     def _shard_batches(self, i: int) -> Iterator[pa.RecordBatch]:
-        reader = self.open_shard(i)
+        reader, mapped = self._map_shard(i)
         for b in range(reader.num_record_batches):
             yield reader.get_batch(b)
+            # Streaming: let go of the pages read so far, so resident memory stays at about one record batch
+            # whatever the shard size. The mapping is shared and read-only: a view touched again re-reads
+            # the page from the page cache, so views handed out stay valid.
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     @staticmethod
     def batch_embeddings(batch: pa.RecordBatch, dim: int) -> np.ndarray:
