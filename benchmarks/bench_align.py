@@ -76,7 +76,7 @@ def numpy_floor(text: EmbeddingStore, image: EmbeddingStore, out_dir: Path) -> f
 
 
 CHILD = """
-import resource, sys, time
+import sys, time
 import modgap.align, modgap.cli.main  # interpreter start-up and imports are not part of the timing
 t0 = time.perf_counter()
 try:
@@ -84,7 +84,9 @@ try:
     modgap.cli.main.main()
 finally:
     print("SECONDS", time.perf_counter() - t0, file=sys.stderr)
-    print("RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork+exec.
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print("RSS_KB", hwm, file=sys.stderr)
 """
 
 

@@ -208,3 +208,14 @@ def test_parse_params_types_and_errors():
         parse_params("noise", ["std=abc"])
     with pytest.raises(ModgapError, match="unknown alignment method 'nope'"):
         make_aligner("nope")
+
+
+def test_realign_fused_arithmetic_equals_the_direct_formula(rng):
+    from modgap.align.methods import _CentroidCorrected
+
+    t, i = gapped_pair(rng, 800, 600, 16)
+    a = make_aligner("realign").fit(t, i)
+    x = torch.from_numpy(t)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    direct = _CentroidCorrected.transform_rows(a, x.clone(), norms)
+    torch.testing.assert_close(a.transform_rows(x.clone(), norms), direct, rtol=0, atol=1e-6)
