@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--ref-n", type=int, default=100_000, help="rows per modality for the reference run")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of floor + modgap per size")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modgap-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -145,14 +146,20 @@ def main() -> None:
             f"({(store_bytes(text) + store_bytes(image)) / 1e9:.2f} GB)"
         )
         numpy_floor(text, image, work / "floor")  # warm the page cache the same way for both
-        floor = numpy_floor(text, image, work / "floor")
-        secs, rss = run_modgap(text.path, image.path, work / f"aligned-{n}")
+        # This machine is shared and its disk writeback is bursty: alternate the two, keep the best of each.
+        floors, runs = [], []
+        for _ in range(args.repeats):
+            floors.append(numpy_floor(text, image, work / "floor"))
+            runs.append(run_modgap(text.path, image.path, work / f"aligned-{n}"))
+        floor = min(floors)
+        secs, rss = min(r[0] for r in runs), max(r[1] for r in runs)
         moved = 3 * store_bytes(text) + store_bytes(image) + store_bytes(text)
         results[n] = (secs, rss)
         print(
             f"N={n:>10,}: fit+apply {secs:6.1f}s  {2 * n / secs:>10,.0f} vectors/s  {moved / secs / 1e9:5.2f} GB/s  "
             f"peak RSS {rss:6.0f} MiB | NumPy floor {floor:6.1f}s ({moved / floor / 1e9:5.2f} GB/s)  "
-            f"ratio to floor {secs / floor:4.2f}x"
+            f"ratio to floor {secs / floor:4.2f}x (best of {args.repeats}; each round: "
+            f"{', '.join(f'{r[0] / f:.2f}x' for r, f in zip(runs, floors, strict=True))})"
         )
         if n != args.n:
             shutil.rmtree(text.path)

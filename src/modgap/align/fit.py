@@ -40,11 +40,10 @@ def rank_and_world() -> tuple[int, int]:
 
 @dataclass
 class Rows:
-    """A chunk ready for an aligner: float32 rows (a reusable buffer), their norms, ids, global start."""
+    """A chunk ready for an aligner: float32 rows (a reusable buffer), their norms, global start."""
 
     x: torch.Tensor
     norms: torch.Tensor
-    ids: list[str] | None
     start: int
     keep: np.ndarray | None  # rows kept from the chunk when bad rows were skipped
     batch: pa.RecordBatch | None  # ids and metadata of the kept rows (stores only)
@@ -107,7 +106,6 @@ class VectorSource:
         """
         buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
         for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
-            ids = batch.column("id").to_pylist() if batch is not None else None
             n = len(emb)
             with warnings.catch_warnings():  # store views are read-only; we only read them
                 warnings.simplefilter("ignore", UserWarning)
@@ -119,12 +117,12 @@ class VectorSource:
             keep = None
             if bool(mask.any()):
                 mask_np = mask.cpu().numpy()
-                self.bad.handle(where, ids or [str(start + i) for i in range(n)], src.cpu().numpy(), mask_np)
+                ids = batch.column("id").to_pylist() if batch is not None else [str(start + i) for i in range(n)]
+                self.bad.handle(where, ids, src.cpu().numpy(), mask_np)
                 keep = ~mask_np
                 x, norms = x[~mask], norms[~mask]
-                ids = [k for k, ok in zip(ids, keep, strict=True) if ok] if ids else None
                 batch = batch.filter(keep) if batch is not None else None
-            yield Rows(x, norms, ids, start, keep, batch)
+            yield Rows(x, norms, start, keep, batch)
 
 
 def _all_reduce(stats: dict[str, Moments]) -> None:

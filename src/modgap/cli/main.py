@@ -168,6 +168,9 @@ def store_info(
 MethodOpt = Annotated[
     str, typer.Option("--method", "-m", help="realign | gaussian-ot | c3 | mean-shift | noise | none")
 ]
+SourceOpt = Annotated[Path, typer.Option(help="Store to be moved (text).")]
+TargetOpt = Annotated[Path, typer.Option(help="Store whose distribution is the goal (images).")]
+OutDtypeOpt = Annotated[str | None, typer.Option(help="Output dtype (default: the source's).")]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE (repeatable).")]
 
 
@@ -189,8 +192,8 @@ def _fit(
     "--out aligners/realign",
 )
 def align_fit(
-    source: Annotated[Path, typer.Option(help="Store to be moved (text).")],
-    target: Annotated[Path, typer.Option(help="Store whose distribution is the goal (images).")],
+    source: SourceOpt,
+    target: TargetOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Aligner directory to write.")],
     method: MethodOpt = "realign",
     param: ParamOpt = None,
@@ -224,7 +227,7 @@ def align_apply(
     aligner_dir: Annotated[Path, typer.Option("--aligner", help="Directory written by 'align fit'.")],
     source: Annotated[Path, typer.Option(help="Store to transform.")],
     out_store: Annotated[Path, typer.Option("--out", help="Aligned store to create.")],
-    dtype: Annotated[str | None, typer.Option(help="Output dtype (default: the source's).")] = None,
+    dtype: OutDtypeOpt = None,
     on_bad: OnBadOpt = "error",
     chunk_rows: ChunkOpt = 4096,
     device: DeviceOpt = "cpu",
@@ -256,13 +259,13 @@ def align_apply(
     "--out stores/text_realign --save-aligner aligners/realign",
 )
 def align_run(
-    source: Annotated[Path, typer.Option(help="Store to be moved (text).")],
-    target: Annotated[Path, typer.Option(help="Store whose distribution is the goal (images).")],
+    source: SourceOpt,
+    target: TargetOpt,
     out_store: Annotated[Path, typer.Option("--out", help="Aligned store to create.")],
     method: MethodOpt = "realign",
     param: ParamOpt = None,
     save_aligner: Annotated[Path | None, typer.Option(help="Also save the fitted aligner here.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Output dtype (default: the source's).")] = None,
+    dtype: OutDtypeOpt = None,
     on_bad: OnBadOpt = "error",
     chunk_rows: ChunkOpt = 4096,
     device: DeviceOpt = "cpu",
