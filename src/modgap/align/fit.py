@@ -8,7 +8,6 @@ fit equals the single-process fit up to float64 rounding.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,7 +177,7 @@ def fit(
         "source": _describe(src),
         "target": _describe(tgt),
         "modgap_version": __version__,
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("modgap") else None,
+        "command": None,  # the CLI records its command line here
     }
     if aligner.passes == 0:
         aligner.counts = {}
