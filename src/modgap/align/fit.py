@@ -8,7 +8,6 @@ fit equals the single-process fit up to float64 rounding.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,13 @@ from modgap.align.stats import Moments
 from modgap.errors import ModgapError
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
-from modgap.store.store import EmbeddingStore, StoreWriter, atomic_output_dir
+from modgap.store.store import EmbeddingStore, StoreWriter, as_cpu_tensor, atomic_output_dir
 
-DEFAULT_CHUNK_ROWS = 4096
+CHUNK_BYTES = 4 * 2**20  # float32 work chunk: small enough to stay in cache between the ops on it
+
+
+def default_chunk_rows(dim: int) -> int:
+    return max(64, min(8192, CHUNK_BYTES // (4 * dim)))
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -59,12 +62,11 @@ class VectorSource:
         data: Any,
         name: str,
         bad: BadRows,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: int | None = None,
         device: torch.device | str = "cpu",
     ):
         self.name = name
         self.bad = bad
-        self.chunk_rows = chunk_rows
         self.device = torch.device(device)
         if isinstance(data, (str, os.PathLike)):
             data = EmbeddingStore.open(data)
@@ -82,6 +84,7 @@ class VectorSource:
             self.label = f"<{name} array>"
         if self.rows == 0:
             raise ModgapError(f"{self.label}: the {name} is empty")
+        self.chunk_rows = chunk_rows or default_chunk_rows(self.dim)
 
     def my_rows(self) -> tuple[int, int]:
         rank, world = rank_and_world()
@@ -106,9 +109,7 @@ class VectorSource:
         buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
         for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
             n = len(emb)
-            with warnings.catch_warnings():  # store views are read-only; we only read them
-                warnings.simplefilter("ignore", UserWarning)
-                src = torch.from_numpy(emb) if isinstance(emb, np.ndarray) else emb
+            src = as_cpu_tensor(emb)
             x = buf[:n]
             x.copy_(src)
             norms = torch.linalg.vector_norm(x, dim=1)
@@ -138,7 +139,7 @@ def fit(
     *,
     on_bad: OnBad = "error",
     bad: BadRows | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressFactory = silent,
 ) -> Aligner:
@@ -204,7 +205,7 @@ def apply_to_store(
     on_bad: OnBad = "error",
     bad: BadRows | None = None,
     dtype: str | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
     overwrite: bool = False,
     created_by: str | None = None,
@@ -222,7 +223,6 @@ def apply_to_store(
     src = VectorSource(store, SOURCE, bad, chunk_rows, device)
     m = store.manifest
     dtype = dtype or m.dtype
-    half = torch.empty(chunk_rows, store.dim, dtype=getattr(torch, dtype))
     extra = dict(m.extra)
     extra["aligner"] = {
         "method": aligner.method,
@@ -249,10 +249,8 @@ def apply_to_store(
         ):
             for rows in src.chunks(rows=(0, len(store)), with_metadata=True):
                 y = aligner.transform_rows(rows.x, rows.norms, rows.start)
-                out_rows = half[: len(y)]
-                out_rows.copy_(y)
                 meta = {c: rows.batch.column(c) for c in m.metadata_columns}
-                w.write(rows.batch.column("id"), out_rows.cpu().numpy(), meta)
+                w.write(rows.batch.column("id"), y, meta)
                 advance(len(rows.keep) if rows.keep is not None else len(y))
             if w.count == 0:
                 raise ModgapError(f"{store.path}: no usable vectors to align")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ class _Params(Aligner):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self._cache: dict[tuple[str, torch.device, torch.dtype], Any] = {}
 
     def p(self, name: str, like: torch.Tensor) -> torch.Tensor:
         if name not in self.state:
@@ -212,37 +213,50 @@ class ReAlign(_CentroidCorrected):
     # from one matrix-vector product and the output is a per-row combination of x, c and d = mu_i - mu_hat.
     _DEGENERATE = 1e-4  # ||y||^2 below this: cancellation; such rows take the direct formula
 
-    def _y_norm_sq(self, xc: torch.Tensor, norms: torch.Tensor, cc: float) -> torch.Tensor:
-        scale = float(self.state["scale"])
-        return scale * scale + 2 * scale * xc / norms + cc
+    def _constants(self) -> dict[str, float]:
+        """Scalars of the fused formulas, from the float64 state (cached until the state changes)."""
+        key = ("constants", torch.device("cpu"), torch.float64)
+        if key not in self._cache:
+            st = self.state
+            c, d = st["offset"], st.get("shift", torch.zeros_like(st["offset"]))
+            consts = {"s": float(st["scale"]), "cc": float(c @ c), "cd": float(c @ d), "dd": float(d @ d)}
+            self._cache[key] = consts
+        return self._cache[key]
+
+    def _rows(self, names: tuple[str, ...], like: torch.Tensor) -> torch.Tensor:
+        """The named state vectors stacked as a contiguous (k, D) matrix: ``x @ rows.T`` is the fast product."""
+        key = ("rows:" + ",".join(names), like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = torch.stack([self.state[n] for n in names]).to(like).contiguous()
+        return self._cache[key]
 
     def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
         if p == 0:
             super().accumulate(p, role, x, norms, stats)
             return
-        c = self.p("offset", x)
-        m2 = self._y_norm_sq(x @ c, norms, float(c @ c))
+        k = self._constants()
+        xc = (x @ self._rows(("offset",), x).T)[:, 0]
+        m2 = k["s"] * k["s"] + 2 * k["s"] * xc / norms + k["cc"]
         if bool((m2 < self._DEGENERATE).any()):
             super().accumulate(p, role, x, norms, stats)
             return
         inv_m = m2.rsqrt()
-        stats[SOURCE].update(x, float(self.state["scale"]) * inv_m / norms)  # adds sum of s x̂ / m
+        stats[SOURCE].update(x, k["s"] * inv_m / norms)  # adds sum of s x̂ / m
         stats[SOURCE].sum += float(inv_m.double().sum()) * self.state["offset"].to(stats[SOURCE].sum)  # + c sum 1/m
 
     def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
-        c, d = self.p("offset", x), self.p("shift", x)
-        cd = torch.stack([c, d], dim=1)  # (D, 2)
-        dots = x @ cd
-        m2 = self._y_norm_sq(dots[:, 0], norms, float(c @ c))
+        k = self._constants()
+        cd = self._rows(("offset", "shift"), x)
+        dots = x @ cd.T
+        m2 = k["s"] * k["s"] + 2 * k["s"] * dots[:, 0] / norms + k["cc"]
         if bool((m2 < self._DEGENERATE).any()):
             return super().transform_rows(x, norms, row_start)
-        scale = float(self.state["scale"])
         inv_m = m2.rsqrt()
-        yd = (scale * dots[:, 1] / norms + float(c @ d)) * inv_m  # ŷ·d
-        inv_z = (1 + 2 * yd + float(d @ d)).rsqrt()  # 1 / ||ŷ + d||
-        coef = torch.stack([inv_m * inv_z, inv_z], dim=1)
-        x.mul_((scale * inv_m * inv_z / norms)[:, None])
-        return x.addmm_(coef, cd.T)
+        yd = (k["s"] * dots[:, 1] / norms + k["cd"]) * inv_m  # ŷ·d
+        inv_z = (1 + 2 * yd + k["dd"]).rsqrt()  # 1 / ||ŷ + d||
+        x.mul_((k["s"] * inv_m * inv_z / norms)[:, None])
+        x.addr_(inv_m * inv_z, cd[0])
+        return x.addr_(inv_z, cd[1])
 
 
 def _sym_sqrt(c: torch.Tensor, inverse: bool = False) -> torch.Tensor:

@@ -36,7 +36,9 @@ OnBadOpt = Annotated[
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
-ChunkOpt = Annotated[int, typer.Option("--chunk-rows", help="Rows per streamed chunk.")]
+ChunkOpt = Annotated[
+    int | None, typer.Option("--chunk-rows", help="Rows per streamed chunk (default: ~4 MiB of float32).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device for the arithmetic (cpu, cuda, cuda:1).")]
 
 
@@ -198,7 +200,7 @@ def align_fit(
     method: MethodOpt = "realign",
     param: ParamOpt = None,
     on_bad: OnBadOpt = "error",
-    chunk_rows: ChunkOpt = 4096,
+    chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Fit an aligner from unpaired source and target stores and save it (safetensors + JSON).
@@ -229,7 +231,7 @@ def align_apply(
     out_store: Annotated[Path, typer.Option("--out", help="Aligned store to create.")],
     dtype: OutDtypeOpt = None,
     on_bad: OnBadOpt = "error",
-    chunk_rows: ChunkOpt = 4096,
+    chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -267,7 +269,7 @@ def align_run(
     save_aligner: Annotated[Path | None, typer.Option(help="Also save the fitted aligner here.")] = None,
     dtype: OutDtypeOpt = None,
     on_bad: OnBadOpt = "error",
-    chunk_rows: ChunkOpt = 4096,
+    chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
     overwrite: OverwriteOpt = False,
 ) -> None:

@@ -17,6 +17,7 @@ import mmap
 import os
 import shutil
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import torch
 import xxhash
 
 from modgap.errors import ModgapError
@@ -301,6 +303,16 @@ def _preview(items: Sequence[Any], n: int = 10) -> str:
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
+def as_cpu_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A CPU tensor sharing memory with ``x`` where possible (read-only store views included)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    x = np.asarray(x)
+    with warnings.catch_warnings():  # read-only views of the store: only read from here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
 def _string_array(values: Sequence[Any] | pa.Array) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
@@ -404,8 +416,10 @@ class StoreWriter:
         self._seen: set[str] | None = None
         if check_duplicates:
             self._seen = set(EmbeddingStore.open(self.path).ids()) if self.manifest.shards else set()
-        self._pending: list[pa.RecordBatch] = []
+        self._pending: list[pa.RecordBatch] = []  # ids and metadata of the pending rows
         self._pending_rows = 0
+        self._rest_schema = pa.schema([f for f in self.schema if f.name != EMBEDDING])
+        self._buf = self._new_buffer()
         self._file: _HashingFile | None = None
         self._writer: ipc.RecordBatchFileWriter | None = None
         self._tmp_path: Path | None = None
@@ -413,6 +427,9 @@ class StoreWriter:
         self._committed_rows = self.manifest.count
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modgap-store-writer")
         self._futures: deque[Future] = deque()
+
+    def _new_buffer(self) -> np.ndarray:
+        return np.empty((self.batch_rows, self.manifest.dim), dtype=self.manifest.dtype)
 
     def _remove_orphans(self) -> None:
         # Temporary shards of a crashed writer, and committed shards the manifest never listed.
@@ -430,16 +447,16 @@ class StoreWriter:
     def write(
         self,
         ids: Sequence[str] | pa.Array,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | torch.Tensor,
         metadata: dict[str, Sequence[Any] | pa.Array] | None = None,
     ) -> None:
         """Append rows. ``embeddings`` is (n, dim) and is copied, so the caller may reuse its buffer;
         ``metadata`` maps each metadata column to n values."""
         n = len(ids)
-        embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or embeddings.shape != (n, self.manifest.dim):
+        source = as_cpu_tensor(embeddings)
+        if source.ndim != 2 or tuple(source.shape) != (n, self.manifest.dim):
             raise ModgapError(
-                f"{self.path}: expected embeddings of shape ({n}, {self.manifest.dim}), got {embeddings.shape}"
+                f"{self.path}: expected embeddings of shape ({n}, {self.manifest.dim}), got {tuple(source.shape)}"
             )
         ids_arr = _string_array(ids)
         if ids_arr.null_count:
@@ -458,17 +475,20 @@ class StoreWriter:
         unknown = set(metadata) - set(self.manifest.metadata_columns)
         if unknown:
             raise ModgapError(f"{self.path}: unknown metadata column(s) {sorted(unknown)}")
-        flat = pa.array(np.array(embeddings, dtype=self.manifest.dtype, order="C", copy=True).reshape(-1))
-        cols = [ids_arr, pa.FixedSizeListArray.from_arrays(flat, self.manifest.dim)]
+        cols = [ids_arr]
         for c in self.manifest.metadata_columns:
             v = metadata.get(c)
             cols.append(pa.nulls(n, pa.string()) if v is None else _string_array(v))
-        batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
+        rest = pa.RecordBatch.from_arrays(cols, schema=self._rest_schema)
         off = 0
         while off < n:
             room = self.shard_rows - self._shard_rows_written - self._pending_rows
-            take = min(room, n - off)
-            self._pending.append(batch.slice(off, take))
+            take = min(room, self.batch_rows - self._pending_rows, n - off)
+            # The one copy of the vectors: into the pending record batch, converting the dtype on the way
+            # (torch's conversion kernels are several times faster than NumPy's for float16).
+            dst = torch.from_numpy(self._buf[self._pending_rows : self._pending_rows + take])
+            dst.copy_(source[off : off + take])
+            self._pending.append(rest.slice(off, take))
             self._pending_rows += take
             off += take
             if (
@@ -493,11 +513,16 @@ class StoreWriter:
     def _flush_pending(self) -> None:
         if not self._pending_rows:
             return
-        if min(b.num_rows for b in self._pending) >= self.batch_rows // 4:
-            batches = self._pending  # large enough as they are: no copy
-        else:  # many small writes (an encoder's batches): one record batch
-            batches = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks().to_batches()
-        self._submit(self._write_batches, batches)
+        rest = pa.Table.from_batches(self._pending, schema=self._rest_schema).combine_chunks()
+        flat = pa.array(self._buf[: self._pending_rows].reshape(-1))  # zero-copy view of the buffer
+        emb = pa.FixedSizeListArray.from_arrays(flat, self.manifest.dim)
+        cols = [
+            rest.column(0).combine_chunks(),
+            emb,
+            *(rest.column(c).combine_chunks() for c in self._rest_schema.names[1:]),
+        ]
+        self._submit(self._write_batches, [pa.RecordBatch.from_arrays(cols, schema=self.schema)])
+        self._buf = self._new_buffer()  # the old one now belongs to the batch in flight
         self._shard_rows_written += self._pending_rows
         self._pending, self._pending_rows = [], 0
 
