@@ -14,6 +14,7 @@ Usage: python benchmarks/bench_align.py [--n 1000000] [--dim 1280] [--ref-n 1000
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import resource
 import shutil
@@ -50,6 +51,12 @@ def store_bytes(s: EmbeddingStore) -> int:
     return sum(sh.bytes for sh in s.manifest.shards)
 
 
+def settle() -> None:
+    """Write back dirty pages left by the previous round, so that no timed run pays for another's writes."""
+    os.sync()
+    time.sleep(1)
+
+
 def numpy_floor(text: EmbeddingStore, image: EmbeddingStore, out_dir: Path) -> float:
     """Seconds for plain NumPy passes reading the same bytes as fit+apply (3x text, 1x image) and writing
     the output once (into the page cache, as modgap does: no fsync)."""
@@ -61,6 +68,8 @@ def numpy_floor(text: EmbeddingStore, image: EmbeddingStore, out_dir: Path) -> f
             np.add.reduce(mm[:usable].view(np.uint64))
             del mm
 
+    (out_dir / "floor.bin").unlink(missing_ok=True)
+    settle()
     t0 = time.perf_counter()
     for _ in range(3):
         read_pass(text)
@@ -93,6 +102,7 @@ finally:
 def run_modgap(text: Path, image: Path, out: Path) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of the real CLI command in a fresh process."""
     shutil.rmtree(out, ignore_errors=True)
+    settle()
     cmd = [
         sys.executable,
         "-c",

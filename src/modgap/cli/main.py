@@ -304,6 +304,71 @@ def align_run(
 
 
 # ---------------------------------------------------------------------------------------------
+# embed
+# ---------------------------------------------------------------------------------------------
+@app.command(
+    "embed",
+    epilog="Example: modgap embed --encoder hf:/models/clip-vit-b32 --data dataset.json --image-root images/ "
+    "--modality both --out-image stores/image --out-text stores/text",
+)
+def embed(
+    encoder_spec: Annotated[str, typer.Option("--encoder", help="hf:PATH (CLIP, SigLIP, any get_*_features model).")],
+    data: Annotated[
+        Path, typer.Option(help="dataset.json, .jsonl, .csv, .parquet, an image folder, or a saved 🤗 dataset.")
+    ],
+    modality: Annotated[str, typer.Option(help="image, text or both.")] = "both",
+    out_image: Annotated[Path | None, typer.Option(help="Image store (created or resumed).")] = None,
+    out_text: Annotated[Path | None, typer.Option(help="Text store (created or resumed).")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Directory that relative image paths start from.")] = None,
+    id_column: Annotated[str, typer.Option(help="Id column of tabular inputs.")] = "id",
+    text_column: Annotated[str, typer.Option(help="Text column of tabular inputs.")] = "text",
+    image_column: Annotated[str, typer.Option(help="Image column of tabular inputs.")] = "image",
+    batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 64,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes (decoding, tokenising).")] = 2,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    shard_rows: Annotated[int | None, typer.Option(help="Rows per shard (default: ~256 MiB).")] = None,
+    max_text_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
+    device: DeviceOpt = "cpu",
+    online: Annotated[bool, typer.Option("--online", help="Allow downloads from the 🤗 Hub.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model's own code.")] = False,
+) -> None:
+    """Embed unpaired images and texts into stores. Rerun the same command to resume after a crash.
+
+    Under torchrun / accelerate launch each process takes a block of the input; one store results.
+    """
+    import os
+
+    if not online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from modgap.distributed import init_from_env, shutdown
+    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.encoders import IMAGE, TEXT, load_encoder
+
+    wanted = {"both": [IMAGE, TEXT], IMAGE: [IMAGE], TEXT: [TEXT]}.get(modality)
+    if wanted is None:
+        raise ModgapError(f"--modality must be image, text or both, got {modality!r}")
+    outs = {IMAGE: out_image, TEXT: out_text}
+    for m in wanted:
+        if outs[m] is None:
+            raise ModgapError(f"--out-{m} is required for --modality {modality}")
+    inputs = read_inputs(data, image_root, Columns(id_column, text_column, image_column))
+    rank, _ = init_from_env()
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    encoder = load_encoder(
+        encoder_spec, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
+    )
+    options = EmbedOptions(batch_size=batch_size, num_workers=num_workers, dtype=dtype, shard_rows=shard_rows)
+    for m in wanted:
+        summary = embed_modality(
+            encoder, m, inputs, outs[m], options, created_by=command_line(), progress=rich_progress(unit="items")
+        )
+        if rank == 0:
+            out.print(summary.line())
+    shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
 # gap
 # ---------------------------------------------------------------------------------------------
 @app.command(

@@ -1,0 +1,319 @@
+"""`modgap embed`: unpaired images and texts into embedding stores, resumable and multi-process.
+
+* DataLoader worker processes decode images and tokenise texts while the model runs.
+* Texts are bucketed by length inside windows of a few batches (less padding); each window is
+  written back in input order, so a store's row order is the input order whatever the bucketing.
+* Resume: ids already in the store are skipped; rows reach the store one complete shard at a time,
+  so a killed run loses at most the shard in progress, and a rerun recomputes exactly that.
+* Many processes (torchrun / accelerate launch): rank r takes the r-th contiguous block of the
+  input, writes its own sub-store, and rank 0 moves the shards into one store with one manifest.
+* Unreadable, corrupt, truncated or missing images and empty texts are skipped and listed in
+  ``failures.jsonl`` inside the store (id, path, reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from modgap.distributed import barrier, init_from_env
+from modgap.embed.inputs import Inputs
+from modgap.encoders import IMAGE, TEXT, Encoder, Prepared
+from modgap.errors import ModgapError
+from modgap.progress import ProgressFactory, silent
+from modgap.store.manifest import MANIFEST_NAME, Manifest
+from modgap.store.store import EmbeddingStore, StoreWriter
+
+FAILURES = "failures.jsonl"
+RANK_DIR = ".rank-{rank}"
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 64
+    num_workers: int = 2
+    dtype: str = "float16"
+    shard_rows: int | None = None  # rows per committed shard (default: ~256 MiB)
+    window_batches: int = 16  # texts are length-sorted within windows of this many batches
+
+
+@dataclass
+class EmbedSummary:
+    modality: str
+    out: str
+    embedded: int
+    already_stored: int
+    failed: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.modality}: embedded {self.embedded} ({rate:,.1f}/s), {self.already_stored} already stored, "
+            f"{self.failed} failed" + (f" (see {Path(self.out) / FAILURES})" if self.failed else "") + f" -> {self.out}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets run in worker processes
+# ---------------------------------------------------------------------------------------------
+class _ImageItems(Dataset):
+    def __init__(
+        self,
+        items: list[tuple[str, Any]],
+        prep: Callable[[list[Image.Image]], Prepared],
+        dataset: Any = None,
+        column: str = "image",
+    ):
+        self.items, self.prep, self.dataset, self.column = items, prep, dataset, column
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Prepared | None, str | None]:
+        _, src = self.items[i]
+        try:
+            if self.dataset is not None:
+                image = self.dataset[src][self.column]
+            else:
+                image = Image.open(src)
+                image.load()  # decode now: truncated files fail here, not inside the processor
+            prepared = self.prep([image.convert("RGB")])
+        except FileNotFoundError:
+            return i, None, "missing file"
+        except UnidentifiedImageError:
+            return i, None, "not a readable image"
+        except (OSError, SyntaxError, ValueError) as e:
+            return i, None, f"corrupt or truncated image ({e})"
+        return i, {k: v[0] for k, v in prepared.items()}, None
+
+
+def _collate_images(samples: list[tuple[int, Prepared | None, str | None]]) -> tuple[list[int], Prepared, list]:
+    ok = [(i, x) for i, x, err in samples if x is not None]
+    failed = [(i, err) for i, x, err in samples if x is None]
+    batch = {k: torch.stack([x[k] for _, x in ok]) for k in ok[0][1]} if ok else {}
+    return [i for i, _ in ok], batch, failed
+
+
+class _TextBatches(Dataset):
+    """Item b is the tokenised batch b (its rows were chosen by length bucketing)."""
+
+    def __init__(self, texts: list[str], batches: list[list[int]], prep: Callable[[list[str]], Prepared]):
+        self.texts, self.batches, self.prep = texts, batches, prep
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> tuple[list[int], Prepared]:
+        idx = self.batches[b]
+        return idx, self.prep([self.texts[i] for i in idx])
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, window: int) -> list[list[int]]:
+    """Batches of indices, length-sorted within consecutive windows of ``window`` batches."""
+    out = []
+    span = batch_size * window
+    for w0 in range(0, len(lengths), span):
+        idx = sorted(range(w0, min(w0 + span, len(lengths))), key=lambda i: lengths[i])
+        out += [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+def _existing_ids(path: Path) -> set[str]:
+    return set(EmbeddingStore.open(path).ids()) if (path / MANIFEST_NAME).exists() else set()
+
+
+def embed_modality(
+    encoder: Encoder,
+    modality: str,
+    inputs: Inputs,
+    out: str | os.PathLike,
+    options: EmbedOptions | None = None,
+    created_by: str | None = None,
+    progress: ProgressFactory = silent,
+) -> EmbedSummary:
+    """Embed one modality of ``inputs`` into the store ``out`` (appending; resumes where it stopped)."""
+    options = options or EmbedOptions()
+    out = Path(out)
+    rank, world = init_from_env()
+    items = inputs.texts if modality == TEXT else inputs.images
+    if not items:
+        raise ModgapError(f"{inputs.source}: no {modality} items")
+    mine = items[len(items) * rank // world : len(items) * (rank + 1) // world]
+    target = out if world == 1 else out / RANK_DIR.format(rank=rank)
+    done = _existing_ids(out) | (_existing_ids(target) if target != out else set())
+    todo = [(i, k, v) for i, (k, v) in enumerate(mine) if k not in done]
+    t0 = time.perf_counter()
+    failures: list[dict[str, str]] = []
+    dim = encoder.dim
+    meta_col = "text" if modality == TEXT else "image_path"
+    writer = StoreWriter(
+        target,
+        dim=dim,
+        dtype=options.dtype,
+        normalized=True,
+        modality=modality,
+        encoder=encoder.describe(),
+        created_by=created_by,
+        metadata_columns=[meta_col],
+        shard_rows=options.shard_rows,
+    )
+    embedded = 0
+    with writer, progress(f"embed {modality}" + (f" [rank {rank}]" if world > 1 else ""), len(todo)) as advance:
+        if modality == TEXT:
+            embedded = _embed_texts(encoder, todo, writer, options, failures, advance)
+        else:
+            embedded = _embed_images(encoder, todo, inputs, writer, options, failures, advance)
+    _write_failures(target, failures, rank)
+    if world > 1:
+        barrier()
+        if rank == 0:
+            merge_rank_stores(out, world)
+        barrier()
+    return EmbedSummary(modality, str(out), embedded, len(mine) - len(todo), len(failures), time.perf_counter() - t0)
+
+
+def _embed_texts(
+    encoder: Encoder,
+    todo: list,
+    writer: StoreWriter,
+    options: EmbedOptions,
+    failures: list[dict[str, str]],
+    advance: Callable[[int], None],
+) -> int:
+    keep = []
+    for _, k, text in todo:
+        if text.strip():
+            keep.append((k, text))
+        else:
+            failures.append({"id": k, "path": "", "reason": "empty text"})
+    advance(len(todo) - len(keep))
+    if not keep:
+        return 0
+    texts = [t for _, t in keep]
+    batches = bucketed_batches([len(t) for t in texts], options.batch_size, options.window_batches)
+    loader = DataLoader(
+        _TextBatches(texts, batches, encoder.text_preprocessor()),
+        batch_size=None,
+        num_workers=options.num_workers,
+        persistent_workers=False,
+    )
+    span = options.batch_size * options.window_batches
+    window: dict[int, torch.Tensor] = {}
+    written = 0
+    for idx, prepared in loader:
+        vectors = encoder.embed(TEXT, prepared)
+        for j, i in enumerate(idx):
+            window[i] = vectors[j]
+        advance(len(idx))
+        # A window is complete when all its rows are back: write it in input order.
+        w_end = min((written // span + 1) * span, len(keep))
+        if len(window) == w_end - written:
+            order = list(range(written, w_end))
+            writer.write(
+                [keep[i][0] for i in order],
+                torch.stack([window[i] for i in order]),
+                {"text": [keep[i][1] for i in order]},
+            )
+            window.clear()
+            written = w_end
+    return written
+
+
+def _embed_images(
+    encoder: Encoder,
+    todo: list,
+    inputs: Inputs,
+    writer: StoreWriter,
+    options: EmbedOptions,
+    failures: list[dict[str, str]],
+    advance: Callable[[int], None],
+) -> int:
+    items = [(k, v) for _, k, v in todo]
+    dataset = _ImageItems(items, encoder.image_preprocessor(), inputs.dataset, inputs.image_column)
+    loader = DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=_collate_images,
+        shuffle=False,
+    )
+    written = 0
+    for idx, batch, failed in loader:
+        for i, reason in failed:
+            k, src = items[i]
+            failures.append({"id": k, "path": "" if inputs.dataset is not None else str(src), "reason": reason})
+        if idx:
+            vectors = encoder.embed(IMAGE, batch)
+            paths = [None if inputs.dataset is not None else str(items[i][1]) for i in idx]
+            writer.write([items[i][0] for i in idx], vectors, {"image_path": paths})
+            written += len(idx)
+        advance(len(idx) + len(failed))
+    return written
+
+
+def _write_failures(store_dir: Path, failures: list[dict[str, str]], rank: int) -> None:
+    """Replace the list of failures with this run's (earlier failures were retried in this run)."""
+    path = store_dir / FAILURES
+    tmp = store_dir / f".{FAILURES}.tmp-{rank}"
+    with open(tmp, "w") as f:
+        for r in failures:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def merge_rank_stores(out: Path, world: int) -> Manifest:
+    """Move the shards of every rank's sub-store into ``out`` (one manifest), rank by rank."""
+    subs = [out / RANK_DIR.format(rank=r) for r in range(world)]
+    first = Manifest.load(subs[0])
+    if (out / MANIFEST_NAME).exists():
+        merged = Manifest.load(out)
+    else:
+        merged = Manifest(
+            dim=first.dim,
+            dtype=first.dtype,
+            normalized=first.normalized,
+            modality=first.modality,
+            encoder=first.encoder,
+            created_by=first.created_by,
+            metadata_columns=list(first.metadata_columns),
+            extra=dict(first.extra),
+        )
+    taken = {s.file for s in merged.shards}
+    failures: list[str] = []
+    for r, sub in enumerate(subs):
+        m = Manifest.load(sub)
+        while m.shards:
+            # Unlist, move, list: a crash in between leaves an unlisted file that the next writer removes
+            # and the next run recomputes; a row is never listed twice.
+            shard = m.shards.pop(0)
+            m.save(sub)
+            k = 0
+            while (name := f"shard-r{r}-{k:05d}.arrow") in taken:
+                k += 1
+            os.replace(sub / shard.file, out / name)
+            taken.add(name)
+            shard.file = name
+            merged.shards.append(shard)
+            merged.save(out)
+        if (sub / FAILURES).exists():
+            failures += (sub / FAILURES).read_text().splitlines()
+        shutil.rmtree(sub)
+    merged.save(out)
+    tmp = out / f".{FAILURES}.tmp"
+    tmp.write_text("".join(line + "\n" for line in failures))
+    os.replace(tmp, out / FAILURES)
+    return merged

@@ -1,0 +1,61 @@
+"""The encoder interface: a contrastive dual encoder that maps images and texts into one space.
+
+Preprocessing is split from the forward pass so that a DataLoader's worker processes can decode
+images and tokenise texts while the model runs: ``prepare_*`` is pure CPU work on inputs, ``embed``
+runs the model on what ``prepare_*`` returned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+
+IMAGE, TEXT = "image", "text"
+Prepared = dict[str, torch.Tensor]
+
+
+class Encoder(ABC):
+    """Outputs are L2-normalised float32 tensors of shape (B, dim)."""
+
+    name: str  # e.g. "hf:/models/clip-vit-b32"
+    revision: str | None = None  # a content hash of the weights, recorded in store manifests
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def image_preprocessor(self) -> Callable[[list[Image.Image]], Prepared]:
+        """Image decoding-to-tensors as a picklable callable, run in DataLoader workers."""
+
+    @abstractmethod
+    def text_preprocessor(self) -> Callable[[list[str]], Prepared]:
+        """Tokenisation as a picklable callable, run in DataLoader workers."""
+
+    def prepare_images(self, images: list[Image.Image]) -> Prepared:
+        return self.image_preprocessor()(images)
+
+    def prepare_texts(self, texts: list[str]) -> Prepared:
+        return self.text_preprocessor()(texts)
+
+    @abstractmethod
+    def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
+        """Run the model on a prepared batch; returns (B, dim) unit vectors (float32, on the CPU)."""
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.embed(IMAGE, self.prepare_images(images))
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.embed(TEXT, self.prepare_texts(texts))
+
+    def describe(self) -> dict[str, Any]:
+        """What a store manifest records about the encoder."""
+        return {"name": self.name, "revision": self.revision, "dim": self.dim}
+
+    def text_length(self, text: str) -> int:
+        """A cheap length estimate used to bucket texts of similar length together."""
+        return len(text)

@@ -1,0 +1,140 @@
+"""🤗 transformers dual encoders: CLIP, SigLIP/SigLIP2, and any model with get_image_features/get_text_features."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from PIL import Image
+
+from modgap.encoders.base import IMAGE, Encoder, Prepared
+from modgap.errors import ModgapError
+
+# Model types whose text towers pool the last position and were trained on max-length padding.
+PAD_TO_MAX_LENGTH = ("siglip", "siglip2")
+
+
+def weights_revision(path: Path) -> str | None:
+    """A content hash of the weight files of a local model directory (xxh3-128 over all of them)."""
+    files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    h = xxhash.xxh3_128()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(16 * 2**20):
+                h.update(block)
+    return f"xxh3_128:{h.hexdigest()}"
+
+
+def _features(out: Any) -> torch.Tensor:
+    # transformers 5 returns an output object whose pooler_output is the projected embedding;
+    # earlier versions returned the tensor itself.
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise ModgapError(f"cannot find embeddings in {type(out).__name__} (no pooler_output)")
+    return pooled
+
+
+class ImagePrep:
+    """Image preprocessing alone (picklable, so DataLoader workers can run it)."""
+
+    def __init__(self, image_processor: Any):
+        self.image_processor = image_processor
+
+    def __call__(self, images: list[Image.Image]) -> Prepared:
+        out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"]}
+
+
+class TextPrep:
+    """Tokenisation alone (picklable). SigLIP-style models pad to max length, as they were trained."""
+
+    def __init__(self, tokenizer: Any, pad_to_max: bool, max_length: int, keys: set[str]):
+        self.tokenizer, self.pad_to_max, self.max_length, self.keys = tokenizer, pad_to_max, max_length, keys
+
+    def __call__(self, texts: list[str]) -> Prepared:
+        out = self.tokenizer(
+            texts,
+            padding="max_length" if self.pad_to_max else True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: v for k, v in out.items() if k in self.keys}
+
+
+class HFDualEncoder(Encoder):
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        online: bool = False,
+        trust_remote_code: bool = False,
+        max_text_length: int | None = None,
+    ):
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+        local = Path(path)
+        if not local.is_dir() and not online:
+            raise ModgapError(f"{path}: no such model directory (pass --online to download a Hub model)")
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        kwargs: dict[str, Any] = {"local_files_only": not online, "trust_remote_code": trust_remote_code}
+        try:
+            config = AutoConfig.from_pretrained(path, **kwargs)
+            model = AutoModel.from_pretrained(path, dtype=self.dtype, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModgapError(f"{path}: cannot load a transformers model ({e})") from e
+        missing = [m for m in ("get_image_features", "get_text_features") if not hasattr(model, m)]
+        if missing:
+            raise ModgapError(f"{path}: {type(model).__name__} is not a dual encoder (it lacks {', '.join(missing)})")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModgapError(f"{path}: cannot load its tokenizer or image processor ({e})") from e
+        self.model = model.to(self.device).eval()
+        self.name = f"hf:{path}"
+        self.revision = weights_revision(local) if local.is_dir() else getattr(config, "_commit_hash", None)
+        text_config = getattr(config, "text_config", config)
+        limit = getattr(text_config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        self.max_text_length = min(max_text_length or limit, limit)
+        self.pad_to_max = getattr(config, "model_type", "") in PAD_TO_MAX_LENGTH
+        self._text_args = set(inspect.signature(model.get_text_features).parameters)
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.encode_texts(["a"]).shape[1])
+        return self._dim
+
+    def image_preprocessor(self) -> ImagePrep:
+        return ImagePrep(self.image_processor)
+
+    def text_preprocessor(self) -> TextPrep:
+        return TextPrep(self.tokenizer, self.pad_to_max, self.max_text_length, self._text_args)
+
+    def text_length(self, text: str) -> int:
+        return len(self.tokenizer.tokenize(text))
+
+    @torch.inference_mode()
+    def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        fn = self.model.get_image_features if modality == IMAGE else self.model.get_text_features
+        feats = _features(fn(**batch)).float()
+        return torch.nn.functional.normalize(feats, dim=-1).cpu()
+
+
+def is_local_model(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir()
