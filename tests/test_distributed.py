@@ -67,3 +67,42 @@ def test_two_process_fit_equals_single_process(tmp_path, rng, method):
     assert cfg["counts"] == {"source": 2000, "target": 1500}
     bad = [json.loads(x) for x in (tmp_path / "dist" / "bad_rows.jsonl").read_text().splitlines()]
     assert [r["id"] for r in bad] == ["t1700"]
+
+
+def test_two_process_embed_gives_one_store_equal_to_a_single_process_run(tmp_path):
+    import json
+
+    from modgap.encoders.tiny import save_tiny_clip
+    from modgap.store import EmbeddingStore
+
+    texts = [f"a {c} {s} number {k}" for k in range(3) for c in ("red", "blue", "green") for s in ("circle", "square")]
+    model = save_tiny_clip(tmp_path / "clip", texts)
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{k}", "text": t}) + "\n" for k, t in enumerate(texts))
+    )
+    args = [
+        "embed",
+        "--encoder",
+        model,
+        "--data",
+        tmp_path / "d.jsonl",
+        "--modality",
+        "text",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--dtype",
+        "float32",
+        "--shard-rows",
+        "5",
+    ]
+    proc = torchrun(*args, "--out-text", tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(*args, "--out-text", tmp_path / "single")
+    dist_store = EmbeddingStore.open(tmp_path / "dist", verify=True)
+    single = EmbeddingStore.open(tmp_path / "single")
+    assert dist_store.ids() == single.ids() == [f"t{k}" for k in range(len(texts))]
+    assert {s.file.split("-")[1] for s in dist_store.manifest.shards} == {"r0", "r1"}
+    assert not [p for p in (tmp_path / "dist").iterdir() if p.name.startswith(".rank")]
+    np.testing.assert_allclose(dist_store.to_numpy(), single.to_numpy(), rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import xxhash
 from PIL import Image
@@ -51,6 +52,48 @@ class ImagePrep:
     def __call__(self, images: list[Image.Image]) -> Prepared:
         out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
         return {"pixel_values": out["pixel_values"]}
+
+
+class FastImagePrep:
+    """CLIP/SigLIP preprocessing split in two: resize and crop with PIL to uint8 in the worker (4x less data
+    to pass between processes, no float work there), then rescale and normalise as one batched tensor op.
+
+    Gives the same pixels as the 🤗 PIL image processors (tested); other processors use :class:`ImagePrep`.
+    """
+
+    KINDS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "SiglipImageProcessor", "SiglipImageProcessorPil")
+
+    def __init__(self, processor: Any):
+        self.resample = Image.Resampling(processor.resample)
+        size = processor.size
+        self.shortest_edge = size.get("shortest_edge")
+        self.resize_hw = None if self.shortest_edge else (size["height"], size["width"])
+        crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+        self.crop_hw = (crop["height"], crop["width"]) if crop else None
+
+    @classmethod
+    def supports(cls, processor: Any) -> bool:
+        size = getattr(processor, "size", None) or {}
+        flags = all(getattr(processor, f, False) for f in ("do_resize", "do_rescale", "do_normalize"))
+        return type(processor).__name__ in cls.KINDS and flags and ("shortest_edge" in size or "height" in size)
+
+    def _resize(self, im: Image.Image) -> Image.Image:
+        w, h = im.size
+        if self.shortest_edge:
+            s = self.shortest_edge
+            new = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        else:
+            new = (self.resize_hw[1], self.resize_hw[0])
+        im = im.resize(new, resample=self.resample)
+        if self.crop_hw:
+            ch, cw = self.crop_hw
+            left, top = (im.width - cw) // 2, (im.height - ch) // 2
+            im = im.crop((left, top, left + cw, top + ch))
+        return im
+
+    def __call__(self, images: list[Image.Image]) -> Prepared:
+        arrays = [np.asarray(self._resize(im.convert("RGB"))) for im in images]
+        return {"pixel_uint8": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()}
 
 
 class TextPrep:
@@ -117,7 +160,9 @@ class HFDualEncoder(Encoder):
             self._dim = int(self.encode_texts(["a"]).shape[1])
         return self._dim
 
-    def image_preprocessor(self) -> ImagePrep:
+    def image_preprocessor(self) -> ImagePrep | FastImagePrep:
+        if FastImagePrep.supports(self.image_processor):
+            return FastImagePrep(self.image_processor)
         return ImagePrep(self.image_processor)
 
     def text_preprocessor(self) -> TextPrep:
@@ -129,6 +174,12 @@ class HFDualEncoder(Encoder):
     @torch.inference_mode()
     def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        if "pixel_uint8" in batch:  # from FastImagePrep: rescale and normalise here, batched
+            p = self.image_processor
+            pixels = batch.pop("pixel_uint8").float() * p.rescale_factor
+            mean = torch.tensor(p.image_mean, device=self.device)[:, None, None]
+            std = torch.tensor(p.image_std, device=self.device)[:, None, None]
+            batch["pixel_values"] = (pixels - mean) / std
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         fn = self.model.get_image_features if modality == IMAGE else self.model.get_text_features
