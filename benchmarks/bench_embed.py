@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--texts", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-workers", type=int, default=2)
+    ap.add_argument("--num-workers", type=int, default=None, help="default: half the cores, as modgap embed")
     ap.add_argument("--width", type=int, default=256, help="hidden size of each tower")
     ap.add_argument("--layers", type=int, default=4, help="layers of each tower")
     args = ap.parse_args()
@@ -87,13 +87,15 @@ def main() -> None:
     encoder = load_encoder(str(model))
     torch.set_num_threads(torch.get_num_threads())
     bs = args.batch_size
-    opts = EmbedOptions(batch_size=bs, num_workers=args.num_workers)
+    opts = EmbedOptions(batch_size=bs)
+    if args.num_workers is not None:
+        opts.num_workers = args.num_workers
     inputs = Inputs(
         texts=[(f"t{k}", t) for k, t in enumerate(texts)],
         images=[(f"i{k}", str(work / "img" / f"{k}.jpg")) for k in range(args.images)],
     )
     print(
-        f"CLIP ViT-224/32, {args.layers} layers x {args.width} per tower, batch {bs}, {args.num_workers} workers, "
+        f"CLIP ViT-224/32, {args.layers} layers x {args.width} per tower, batch {bs}, {opts.num_workers} workers, "
         f"{torch.get_num_threads()} torch threads"
     )
     for modality, n in (("image", args.images), ("text", args.texts)):

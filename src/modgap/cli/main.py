@@ -324,7 +324,9 @@ def embed(
     text_column: Annotated[str, typer.Option(help="Text column of tabular inputs.")] = "text",
     image_column: Annotated[str, typer.Option(help="Image column of tabular inputs.")] = "image",
     batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 64,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes (decoding, tokenising).")] = 2,
+    num_workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes (decoding, tokenising); default: half the cores.")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
     shard_rows: Annotated[int | None, typer.Option(help="Rows per shard (default: ~256 MiB).")] = None,
     max_text_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
@@ -358,7 +360,9 @@ def embed(
     encoder = load_encoder(
         encoder_spec, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
     )
-    options = EmbedOptions(batch_size=batch_size, num_workers=num_workers, dtype=dtype, shard_rows=shard_rows)
+    options = EmbedOptions(batch_size=batch_size, dtype=dtype, shard_rows=shard_rows)
+    if num_workers is not None:
+        options.num_workers = num_workers
     for m in wanted:
         summary = embed_modality(
             encoder, m, inputs, outs[m], options, created_by=command_line(), progress=rich_progress(unit="items")

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,15 @@ FAILURES = "failures.jsonl"
 RANK_DIR = ".rank-{rank}"
 
 
+def default_workers() -> int:
+    """Half the cores for decoding/tokenising (the model's threads use the rest), at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 @dataclass
 class EmbedOptions:
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int = field(default_factory=default_workers)
     dtype: str = "float16"
     shard_rows: int | None = None  # rows per committed shard (default: ~256 MiB)
     window_batches: int = 16  # texts are length-sorted within windows of this many batches
