@@ -312,7 +312,10 @@ def align_run(
     "--modality both --out-image stores/image --out-text stores/text",
 )
 def embed(
-    encoder_spec: Annotated[str, typer.Option("--encoder", help="hf:PATH (CLIP, SigLIP, any get_*_features model).")],
+    encoder_spec: Annotated[
+        str,
+        typer.Option("--encoder", help="hf:PATH (CLIP, SigLIP, any get_*_features model) or llm2clip:VISION,LLM2VEC."),
+    ],
     data: Annotated[
         Path, typer.Option(help="dataset.json, .jsonl, .csv, .parquet, an image folder, or a saved 🤗 dataset.")
     ],

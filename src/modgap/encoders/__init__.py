@@ -1,7 +1,7 @@
 """Encoders: contrastive dual encoders behind one interface, chosen by a spec string.
 
 Specs: ``hf:PATH_OR_HUB_ID`` (a bare directory path means the same) for 🤗 CLIP, SigLIP/SigLIP2 and any
-model with ``get_image_features``/``get_text_features``.
+model with ``get_image_features``/``get_text_features``; ``llm2clip:VISION,LLM2VEC`` for LLM2CLIP.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import torch
 from modgap.encoders.base import IMAGE, TEXT, Encoder, Prepared
 from modgap.errors import ModgapError
 
-SPEC_HELP = "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online)"
+SPEC_HELP = (
+    "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online) or "
+    "llm2clip:VISION_DIR,LLM2VEC_DIR (needs --trust-remote-code for the published checkpoints)"
+)
 
 
 def load_encoder(
@@ -30,6 +33,20 @@ def load_encoder(
 
         return HFDualEncoder(
             rest, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
+        )
+    if kind == "llm2clip":
+        from modgap.encoders.llm2clip import LLM2CLIPEncoder
+
+        vision, comma, text = rest.partition(",")
+        if not comma:
+            raise ModgapError(f"encoder spec {spec!r}: expected llm2clip:VISION_DIR,LLM2VEC_DIR")
+        return LLM2CLIPEncoder(
+            vision,
+            text,
+            device=device,
+            online=online,
+            trust_remote_code=trust_remote_code,
+            max_text_length=max_text_length,
         )
     raise ModgapError(f"unknown encoder spec {spec!r}; expected {SPEC_HELP}")
 

@@ -96,6 +96,16 @@ class FastImagePrep:
         return {"pixel_uint8": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()}
 
 
+def pixel_values(batch: Prepared, image_processor: Any, dtype: torch.dtype) -> torch.Tensor:
+    """The model's input pixels; batches from :class:`FastImagePrep` are rescaled and normalised here."""
+    if "pixel_uint8" not in batch:
+        return batch["pixel_values"].to(dtype)
+    pixels = batch["pixel_uint8"].float() * image_processor.rescale_factor
+    mean = torch.tensor(image_processor.image_mean, device=pixels.device)[:, None, None]
+    std = torch.tensor(image_processor.image_std, device=pixels.device)[:, None, None]
+    return ((pixels - mean) / std).to(dtype)
+
+
 class TextPrep:
     """Tokenisation alone (picklable). SigLIP-style models pad to max length, as they were trained."""
 
@@ -174,14 +184,8 @@ class HFDualEncoder(Encoder):
     @torch.inference_mode()
     def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        if "pixel_uint8" in batch:  # from FastImagePrep: rescale and normalise here, batched
-            p = self.image_processor
-            pixels = batch.pop("pixel_uint8").float() * p.rescale_factor
-            mean = torch.tensor(p.image_mean, device=self.device)[:, None, None]
-            std = torch.tensor(p.image_std, device=self.device)[:, None, None]
-            batch["pixel_values"] = (pixels - mean) / std
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        if modality == IMAGE:
+            batch = {"pixel_values": pixel_values(batch, self.image_processor, self.dtype)}
         fn = self.model.get_image_features if modality == IMAGE else self.model.get_text_features
         feats = _features(fn(**batch)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu()
