@@ -25,8 +25,11 @@ class Encoder(ABC):
     revision: str | None = None  # a content hash of the weights, recorded in store manifests
 
     @property
-    @abstractmethod
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """Output dimension, found once by encoding a one-word text."""
+        if getattr(self, "_dim", None) is None:
+            self._dim = int(self.encode_texts(["a"]).shape[1])
+        return self._dim
 
     @abstractmethod
     def image_preprocessor(self) -> Callable[[list[Image.Image]], Prepared]:

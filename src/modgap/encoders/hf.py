@@ -96,6 +96,11 @@ class FastImagePrep:
         return {"pixel_uint8": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()}
 
 
+def image_prep_for(image_processor: Any) -> ImagePrep | FastImagePrep:
+    """The fast uint8 path where the processor is one it reproduces exactly, else the processor itself."""
+    return FastImagePrep(image_processor) if FastImagePrep.supports(image_processor) else ImagePrep(image_processor)
+
+
 def pixel_values(batch: Prepared, image_processor: Any, dtype: torch.dtype) -> torch.Tensor:
     """The model's input pixels; batches from :class:`FastImagePrep` are rescaled and normalised here."""
     if "pixel_uint8" not in batch:
@@ -162,18 +167,9 @@ class HFDualEncoder(Encoder):
         self.max_text_length = min(max_text_length or limit, limit)
         self.pad_to_max = getattr(config, "model_type", "") in PAD_TO_MAX_LENGTH
         self._text_args = set(inspect.signature(model.get_text_features).parameters)
-        self._dim: int | None = None
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = int(self.encode_texts(["a"]).shape[1])
-        return self._dim
 
     def image_preprocessor(self) -> ImagePrep | FastImagePrep:
-        if FastImagePrep.supports(self.image_processor):
-            return FastImagePrep(self.image_processor)
-        return ImagePrep(self.image_processor)
+        return image_prep_for(self.image_processor)
 
     def text_preprocessor(self) -> TextPrep:
         return TextPrep(self.tokenizer, self.pad_to_max, self.max_text_length, self._text_args)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from modgap.encoders.base import IMAGE, Encoder, Prepared
-from modgap.encoders.hf import FastImagePrep, ImagePrep, _features, pixel_values, weights_revision
+from modgap.encoders.hf import FastImagePrep, ImagePrep, _features, image_prep_for, pixel_values, weights_revision
 from modgap.errors import ModgapError
 
 # (prefix, suffix) around each text; pooling covers the text and the suffix, as in LLM2Vec.
@@ -94,18 +94,9 @@ class LLM2CLIPEncoder(Encoder):
         self.max_text_length = max_text_length or 512
         self.name = f"llm2clip:{vision_path},{text_path}"
         self.revision = ",".join(str(weights_revision(Path(p))) for p in (vision_path, text_path))
-        self._dim: int | None = None
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = int(self.encode_texts(["a"]).shape[1])
-        return self._dim
 
     def image_preprocessor(self) -> ImagePrep | FastImagePrep:
-        if FastImagePrep.supports(self.image_processor):
-            return FastImagePrep(self.image_processor)
-        return ImagePrep(self.image_processor)
+        return image_prep_for(self.image_processor)
 
     def text_preprocessor(self) -> LLM2VecTextPrep:
         return LLM2VecTextPrep(self.tokenizer, self.template, self.max_text_length)
