@@ -35,6 +35,11 @@ def register(cls: type[Aligner]) -> type[Aligner]:
     return cls
 
 
+def unusable_rows(norms: torch.Tensor) -> torch.Tensor:
+    """Rows that cannot be normalised: a NaN/Inf component (non-finite norm) or all zeros."""
+    return ~torch.isfinite(norms) | (norms == 0)
+
+
 def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     if norms is None:
         norms = torch.linalg.vector_norm(x, dim=1)
@@ -131,7 +136,7 @@ def _prepare(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = x[None]
     x = x.to(torch.float32, copy=True)  # transforms work in place
     norms = torch.linalg.vector_norm(x, dim=1)
-    bad = ~torch.isfinite(norms) | (norms == 0)
+    bad = unusable_rows(norms)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten().tolist()
         raise ModgapError(f"cannot align rows {rows[:10]}: NaN, Inf or zero vectors")

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from modgap import __version__
-from modgap.align.base import SOURCE, TARGET, Aligner
+from modgap.align.base import SOURCE, TARGET, Aligner, unusable_rows
 from modgap.align.methods import GaussianNoise, MeanShift
 from modgap.align.stats import Moments
 from modgap.errors import ModgapError
@@ -113,7 +113,7 @@ class VectorSource:
             x = buf[:n]
             x.copy_(src)
             norms = torch.linalg.vector_norm(x, dim=1)
-            mask = ~torch.isfinite(norms) | (norms == 0)
+            mask = unusable_rows(norms)
             keep = None
             if bool(mask.any()):
                 mask_np = mask.cpu().numpy()
@@ -167,13 +167,8 @@ def fit(
     if rank_and_world()[1] > 1:  # every rank reports every skipped row
         gathered: list[Any] = [None] * rank_and_world()[1]
         dist.all_gather_object(gathered, bad.rows)
-        bad.rows = []
-        bad._seen.clear()
         for rows in gathered:
-            for r in rows:
-                if (r["where"], r["id"]) not in bad._seen:
-                    bad._seen.add((r["where"], r["id"]))
-                    bad.rows.append(r)
+            bad.add(rows)
     aligner.provenance = {
         "source": _describe(src),
         "target": _describe(tgt),

@@ -125,7 +125,7 @@ def store_info(
     import numpy as np
 
     from modgap.store import EmbeddingStore
-    from modgap.store.checks import row_norms
+    from modgap.store.checks import bad_row_mask, row_norms
 
     store = EmbeddingStore.open(store_dir, verify=verify)
     m = store.manifest
@@ -135,8 +135,9 @@ def store_info(
         vecs.append(np.asarray(chunk.embeddings, dtype=np.float32))
         break
     n = np.concatenate(norms) if norms else np.zeros(0)
-    finite = n[np.isfinite(n) & (n > 0)]
-    unit_mean = (np.concatenate(vecs)[np.isfinite(n) & (n > 0)] / finite[:, None]).mean(0) if len(finite) else None
+    usable = ~bad_row_mask(n)
+    finite = n[usable]
+    unit_mean = (np.concatenate(vecs)[usable] / finite[:, None]).mean(0) if len(finite) else None
     stats = {
         "rows_sampled": len(n),
         "norm_min": float(finite.min()) if len(finite) else None,
@@ -400,6 +401,7 @@ def gap(
 ) -> None:
     """Measure the modality gap between a text and an image store (and what an aligner does to it)."""
     from modgap.align import load_aligner
+    from modgap.atomic import write_text
     from modgap.gap import gap_report, read_pairs, report_html, report_json, report_rows
 
     aligner = load_aligner(aligner_dir) if aligner_dir else None
@@ -429,9 +431,7 @@ def gap(
         (html_out, report_html(report) if html_out else None),
     ):
         if path and text is not None:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text(path, text)
             out.print(f"wrote {path}")
 
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from modgap.atomic import write_jsonl, write_text
 from modgap.distributed import barrier, init_from_env
 from modgap.embed.inputs import Inputs
 from modgap.encoders import IMAGE, TEXT, Encoder, Prepared
@@ -182,7 +182,7 @@ def embed_modality(
             embedded = _embed_texts(encoder, todo, writer, options, failures, advance)
         else:
             embedded = _embed_images(encoder, todo, inputs, writer, options, failures, advance)
-    _write_failures(target, failures, rank)
+    _write_failures(target, failures)
     if world > 1:
         barrier()
         if rank == 0:
@@ -270,14 +270,9 @@ def _embed_images(
     return written
 
 
-def _write_failures(store_dir: Path, failures: list[dict[str, str]], rank: int) -> None:
+def _write_failures(store_dir: Path, failures: list[dict[str, str]]) -> None:
     """Replace the list of failures with this run's (earlier failures were retried in this run)."""
-    path = store_dir / FAILURES
-    tmp = store_dir / f".{FAILURES}.tmp-{rank}"
-    with open(tmp, "w") as f:
-        for r in failures:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(store_dir / FAILURES, failures)
 
 
 def merge_rank_stores(out: Path, world: int) -> Manifest:
@@ -318,7 +313,5 @@ def merge_rank_stores(out: Path, world: int) -> Manifest:
             failures += (sub / FAILURES).read_text().splitlines()
         shutil.rmtree(sub)
     merged.save(out)
-    tmp = out / f".{FAILURES}.tmp"
-    tmp.write_text("".join(line + "\n" for line in failures))
-    os.replace(tmp, out / FAILURES)
+    write_text(out / FAILURES, "".join(line + "\n" for line in failures))
     return merged

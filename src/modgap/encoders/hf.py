@@ -32,6 +32,19 @@ def weights_revision(path: Path) -> str | None:
     return f"xxh3_128:{h.hexdigest()}"
 
 
+def load_kwargs(paths: list[str], online: bool, trust_remote_code: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments; offline, every path must be a local model directory."""
+    for p in paths:
+        if not online and not Path(p).is_dir():
+            raise ModgapError(f"{p}: no such model directory (pass --online to download a Hub model)")
+    return {"local_files_only": not online, "trust_remote_code": trust_remote_code}
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU; fp32 on CPU, where half-precision matmuls are far slower."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def _features(out: Any) -> torch.Tensor:
     # transformers 5 returns an output object whose pooler_output is the projected embedding;
     # earlier versions returned the tensor itself.
@@ -141,11 +154,9 @@ class HFDualEncoder(Encoder):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
         local = Path(path)
-        if not local.is_dir() and not online:
-            raise ModgapError(f"{path}: no such model directory (pass --online to download a Hub model)")
+        kwargs = load_kwargs([path], online, trust_remote_code)
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        kwargs: dict[str, Any] = {"local_files_only": not online, "trust_remote_code": trust_remote_code}
+        self.dtype = dtype or default_dtype(self.device)
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
             model = AutoModel.from_pretrained(path, dtype=self.dtype, **kwargs)

@@ -17,7 +17,16 @@ from typing import Any
 import torch
 
 from modgap.encoders.base import IMAGE, Encoder, Prepared
-from modgap.encoders.hf import FastImagePrep, ImagePrep, _features, image_prep_for, pixel_values, weights_revision
+from modgap.encoders.hf import (
+    FastImagePrep,
+    ImagePrep,
+    _features,
+    default_dtype,
+    image_prep_for,
+    load_kwargs,
+    pixel_values,
+    weights_revision,
+)
 from modgap.errors import ModgapError
 
 # (prefix, suffix) around each text; pooling covers the text and the suffix, as in LLM2Vec.
@@ -65,14 +74,11 @@ class LLM2CLIPEncoder(Encoder):
     ):
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        for p in (vision_path, text_path):
-            if not Path(p).is_dir() and not online:
-                raise ModgapError(f"{p}: no such model directory (pass --online to download a Hub model)")
+        kwargs = load_kwargs([vision_path, text_path], online, trust_remote_code)
         if template not in TEMPLATES:
             raise ModgapError(f"unknown LLM2Vec template {template!r}; choose one of {sorted(TEMPLATES)}")
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        kwargs: dict[str, Any] = {"local_files_only": not online, "trust_remote_code": trust_remote_code}
+        self.dtype = dtype or default_dtype(self.device)
         try:
             clip = AutoModel.from_pretrained(vision_path, dtype=self.dtype, **kwargs)
             self.image_processor = AutoImageProcessor.from_pretrained(vision_path, **kwargs)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from modgap.atomic import write_jsonl
 from modgap.errors import BadVectorsError, ModgapError
 
 OnBad = Literal["error", "skip"]
@@ -64,15 +63,14 @@ class BadRows:
                 "rerun with --on-bad skip to leave them out and list them in a report",
                 bad_ids,
             )
-        for k, r in zip(bad_ids, reasons, strict=True):
-            if (where, k) not in self._seen:
-                self._seen.add((where, k))
-                self.rows.append({"where": where, "id": k, "reason": r})
+        self.add([{"where": where, "id": k, "reason": r} for k, r in zip(bad_ids, reasons, strict=True)])
+
+    def add(self, rows: Iterable[dict[str, str]]) -> None:
+        """Record report rows, once per (where, id): later passes and other ranks see the same rows."""
+        for r in rows:
+            if (r["where"], r["id"]) not in self._seen:
+                self._seen.add((r["where"], r["id"]))
+                self.rows.append(r)
 
     def write(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            for r in self.rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
+        write_jsonl(path, self.rows)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modgap.atomic import write_text
 from modgap.errors import ModgapError
 
 MANIFEST_NAME = "manifest.json"
@@ -92,7 +92,4 @@ class Manifest:
 
     def save(self, store_dir: Path) -> None:
         """Write atomically: a reader sees the old manifest or the new one, never half of one."""
-        path = Path(store_dir) / MANIFEST_NAME
-        tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(Path(store_dir) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
