@@ -12,6 +12,7 @@ from typing import Any
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replace ``path`` with ``text``; a reader sees the old file or the new one, never half of one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

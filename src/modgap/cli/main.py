@@ -435,6 +435,11 @@ def gap(
             out.print(f"wrote {path}")
 
 
+from modgap.cli.mllm import register as _register_mllm  # noqa: E402
+
+_register_mllm(app)
+
+
 def main() -> None:
     try:
         app()

@@ -49,7 +49,7 @@ def read_inputs(path: str | Path, image_root: str | Path | None = None, columns:
     elif path.name.endswith(".json") and not path.name.endswith(".jsonl"):
         inputs = _revision_json(path, image_root)
     elif path.suffix == ".jsonl":
-        inputs = _records(path, _jsonl(path), columns, image_root)
+        inputs = _records(path, read_jsonl(path), columns, image_root)
     elif path.suffix in (".csv", ".tsv"):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, dialect="excel-tab" if path.suffix == ".tsv" else "excel"))
@@ -73,7 +73,7 @@ def _check_unique(path: Path, what: str, items: list[tuple[str, Any]]) -> None:
         raise ModgapError(f"{path}: duplicate {what} id(s): {', '.join(map(repr, dupes[:10]))}")
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():

@@ -83,6 +83,7 @@ class EmbeddingStore:
         self.manifest = manifest
         self._offsets = np.cumsum([0] + [s.rows for s in manifest.shards])
         self._id_index: dict[str, int] | None = None
+        self._views: tuple[np.ndarray, list[np.ndarray]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = False) -> EmbeddingStore:
@@ -252,13 +253,18 @@ class EmbeddingStore:
     def empty_schema(self) -> pa.Schema:
         return store_schema(self.dim, self.manifest.dtype, self.metadata_columns)
 
-    def row_of(self, ids: Iterable[str]) -> np.ndarray:
-        """Global row indices of ``ids``; unknown ids raise an error naming them."""
+    def id_index(self) -> dict[str, int]:
+        """id → global row (built once, kept)."""
         if self._id_index is None:
             self._id_index = {k: n for n, k in enumerate(self.ids())}
+        return self._id_index
+
+    def row_of(self, ids: Iterable[str]) -> np.ndarray:
+        """Global row indices of ``ids``; unknown ids raise an error naming them."""
+        index = self.id_index()
         rows, missing = [], []
         for k in ids:
-            r = self._id_index.get(k)
+            r = index.get(k)
             if r is None:
                 missing.append(k)
             rows.append(r)
@@ -268,25 +274,34 @@ class EmbeddingStore:
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Embeddings of ``ids`` in the given order."""
-        rows = self.row_of(ids)
+        return self.take(self.row_of(ids))
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Embeddings of global row indices (random access through the memory map; a copy)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ModgapError(f"{self.path}: row index out of range 0..{len(self) - 1}")
+        starts, views = self._batch_views()
         out = np.empty((len(rows), self.dim), dtype=self.dtype)
-        order = np.argsort(rows, kind="stable")
-        cache: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for j in order:
-            r = int(rows[j])
-            shard = self.shard_of_row(r)
-            if shard not in cache:
-                cache.clear()
-                pos = int(self._offsets[shard])
-                cache[shard] = []
-                for batch in self._shard_batches(shard):
-                    cache[shard].append((pos, self.batch_embeddings(batch, self.dim)))
-                    pos += batch.num_rows
-            for b0, emb in cache[shard]:
-                if b0 <= r < b0 + len(emb):
-                    out[j] = emb[r - b0]
-                    break
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for j, (w, r) in enumerate(zip(which.tolist(), rows.tolist(), strict=False)):
+            out[j] = views[w][r - starts[w]]
         return out
+
+    def _batch_views(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        # Zero-copy views of every record batch, kept for random access; pages come from the page cache.
+        if self._views is None:
+            starts, views = [], []
+            for i in range(self.num_shards):
+                reader, _ = self._map_shard(i)
+                pos = int(self._offsets[i])
+                for b in range(reader.num_record_batches):
+                    emb = self.batch_embeddings(reader.get_batch(b), self.dim)
+                    starts.append(pos)
+                    views.append(emb)
+                    pos += len(emb)
+            self._views = (np.asarray(starts, dtype=np.int64), views)
+        return self._views
 
 
 def _join(pieces: list[Chunk]) -> Chunk:

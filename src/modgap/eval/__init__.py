@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics (pycocoevalcap BLEU/CIDEr) and model-level caption evaluation."""

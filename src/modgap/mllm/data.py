@@ -1,0 +1,232 @@
+"""Training data: conversation or caption files joined by id to embedding stores, tokenised up front.
+
+Each ``(data file, store)`` pair is a *source*. Rows are LLaVA/Bunny conversations
+(``{"id", "conversations": [{"from": "human"|"gpt", "value"}]}``) or captions (``{"id", "caption"}``,
+a string or a list of strings, one sample each), in JSON (a list) or JSONL. Documented behaviours:
+
+- a row whose id is not in the store is skipped and counted; the run stops if the skipped fraction
+  exceeds ``max_missing``;
+- a conversation without ``<image>`` gets it in front of its first user turn (counted);
+- a sample longer than ``max_length`` tokens is cut from the end (counted); if no reply token would
+  remain it is dropped (counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modgap.align.base import Aligner
+from modgap.embed.inputs import read_jsonl
+from modgap.errors import ModgapError
+from modgap.mllm.chat import IGNORE, caption_messages, encode, llava_messages, place_image
+from modgap.mllm.model import visual_view
+from modgap.progress import ProgressFactory, silent
+from modgap.store.store import EmbeddingStore
+
+KEEP_IDS = 1000  # missing ids listed in the report (the count is always exact)
+
+
+@dataclasses.dataclass
+class SourceReport:
+    data: str
+    store: str
+    modality: str
+    rows: int = 0
+    samples: int = 0
+    missing: int = 0
+    missing_ids: list[str] = dataclasses.field(default_factory=list)
+    placeholder_added: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+
+    def line(self) -> str:
+        parts = [f"{self.data}: {self.samples} samples from {self.rows} rows ({self.modality} embeddings)"]
+        if self.missing:
+            parts.append(f"{self.missing} rows skipped (id not in {self.store}; e.g. {self.missing_ids[:3]})")
+        if self.placeholder_added:
+            parts.append(f"<image> added to {self.placeholder_added}")
+        if self.truncated:
+            parts.append(f"{self.truncated} cut to max_length")
+        if self.dropped_overlong:
+            parts.append(f"{self.dropped_overlong} dropped (over max_length, no reply left)")
+        return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class Source:
+    store: EmbeddingStore
+    modality: str
+
+
+@dataclasses.dataclass
+class TrainingSet:
+    """Tokenised samples: ``input_ids[i]``/``labels[i]`` (int32 arrays) and where their embedding lives."""
+
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]
+    source: np.ndarray  # which source each sample's embedding comes from
+    row: np.ndarray  # its row in that source's store
+    sources: list[Source]
+    reports: list[SourceReport]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def num_tokens(self, indices: Sequence[int]) -> int:
+        return int(sum(len(self.input_ids[i]) for i in indices))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON list or JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModgapError(f"{path}: no such data file")
+    if path.suffix == ".jsonl":
+        rows = read_jsonl(path)
+    else:
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModgapError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ModgapError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
+    return rows
+
+
+def row_conversations(row: dict[str, Any], where: str, prompt: str) -> list[list[dict[str, str]]]:
+    """The conversations one data row contributes (one per caption for caption rows)."""
+    if "conversations" in row:
+        return [llava_messages(row["conversations"], where)]
+    caption = row.get("caption")
+    captions = caption if isinstance(caption, list) else [caption]
+    if caption is None or not all(isinstance(c, str) and c.strip() for c in captions):
+        raise ModgapError(f"{where}: row needs 'conversations' or a non-empty 'caption' (string or list)")
+    return [caption_messages(c, prompt) for c in captions]
+
+
+def build_training_set(
+    pairs: Sequence[tuple[str | Path, str | Path]],
+    tokenizer: Any,
+    num_visual_tokens: int,
+    *,
+    prompt: str,
+    max_length: int,
+    max_missing: float = 0.01,
+    id_key: str = "id",
+    progress: ProgressFactory = silent,
+) -> TrainingSet:
+    ids_out: list[np.ndarray] = []
+    labels_out: list[np.ndarray] = []
+    src_out: list[int] = []
+    row_out: list[int] = []
+    sources, reports = [], []
+    for s, (data_path, store_path) in enumerate(pairs):
+        store = EmbeddingStore.open(store_path)
+        modality = store.manifest.modality or "image"
+        if modality not in ("text", "image"):
+            raise ModgapError(f"{store_path}: store modality is {modality!r}; expected text or image")
+        rows = read_rows(data_path)
+        report = SourceReport(str(data_path), str(store_path), modality, rows=len(rows))
+        keys = []
+        for n, row in enumerate(rows):
+            if id_key not in row:
+                raise ModgapError(f"{data_path}: row {n} has no {id_key!r} field")
+            keys.append(str(row[id_key]))
+        index = store.id_index()
+        with progress(f"tokenising {Path(data_path).name}", len(rows)) as advance:
+            for n, (row, key) in enumerate(zip(rows, keys, strict=False)):
+                advance(1)
+                where = f"{data_path}: row {n} (id {key!r})"
+                store_row = index.get(key)
+                if store_row is None:
+                    report.missing += 1
+                    if len(report.missing_ids) < KEEP_IDS:
+                        report.missing_ids.append(key)
+                    continue
+                for messages in row_conversations(row, where, prompt):
+                    messages, added = place_image(messages, where)
+                    report.placeholder_added += added
+                    try:
+                        enc = encode(tokenizer, messages, num_visual_tokens, max_length=max_length)
+                    except ModgapError as e:
+                        if "max_length" not in str(e):
+                            raise ModgapError(f"{where}: {e}") from e
+                        report.dropped_overlong += 1
+                        continue
+                    report.truncated += enc.truncated
+                    report.samples += 1
+                    ids_out.append(np.asarray(enc.input_ids, dtype=np.int32))
+                    labels_out.append(np.asarray(enc.labels, dtype=np.int32))
+                    src_out.append(s)
+                    row_out.append(store_row)
+        if rows and report.missing / len(rows) > max_missing:
+            raise ModgapError(
+                f"{data_path}: {report.missing} of {len(rows)} rows ({report.missing / len(rows):.1%}) have no "
+                f"embedding in {store_path} (e.g. {report.missing_ids[:5]}); the limit is {max_missing:.1%} "
+                "(--max-missing)"
+            )
+        sources.append(Source(store, modality))
+        reports.append(report)
+    if not ids_out:
+        raise ModgapError("no training samples left (see the data report)")
+    return TrainingSet(ids_out, labels_out, np.asarray(src_out), np.asarray(row_out), sources, reports)
+
+
+def collate(data: TrainingSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` of the samples ``indices``."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for j, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[j, :n] = torch.from_numpy(data.input_ids[i])
+        labels[j, :n] = torch.from_numpy(data.labels[i])
+        mask[j, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_visual(
+    data: TrainingSet,
+    indices: Sequence[int],
+    aligner: Aligner | None,
+    *,
+    train: bool,
+    generator: torch.Generator | None = None,
+    noise_std: float = 0.0,
+) -> torch.Tensor:
+    """The visual inputs of the samples ``indices`` as the projector reads them (see :func:`visual_view`)."""
+    indices = np.asarray(indices)
+    out: torch.Tensor | None = None
+    for s, source in enumerate(data.sources):
+        sel = np.nonzero(data.source[indices] == s)[0]
+        if not len(sel):
+            continue
+        raw = source.store.take(data.row[indices[sel]])
+        view = visual_view(raw, source.modality, aligner, train=train, generator=generator, noise_std=noise_std)
+        if out is None:
+            out = torch.empty((len(indices), view.shape[1]), dtype=view.dtype)
+        out[torch.from_numpy(sel)] = view
+    assert out is not None
+    return out
+
+
+def epoch_batches(
+    n: int, batch_size: int, world_size: int, rank: int, *, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
+    """This rank's micro-batches for one epoch: a permutation fixed by (seed, epoch), cut into global
+    batches of ``batch_size * world_size`` (the last partial one dropped), each split across ranks."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    step = batch_size * world_size
+    return [order[b + rank * batch_size : b + (rank + 1) * batch_size] for b in range(0, n - step + 1, step)]

@@ -1,0 +1,259 @@
+"""ReVision training on stock 🤗 models: tiny Llama/Qwen2 from configs, tokenizer trained offline."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_store, run_cli
+from modgap.errors import ModgapError
+from modgap.mllm.chat import IGNORE, VISUAL_ID, caption_messages, encode, ensure_chat_template, place_image
+from modgap.mllm.lm import train_causal_lm
+from modgap.mllm.model import VisionLanguageModel
+from modgap.mllm.tiny import build_chat_tokenizer, save_tiny_llm
+from modgap.mllm.train import TrainConfig, train
+
+COLOURS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle", "star"]
+PROMPT = "describe the image briefly ."
+D = 16
+
+
+def toy_world(n: int, seed: int):
+    """Captions 'a <colour> <shape> .' and embeddings that encode them (plus noise)."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(99).standard_normal((8, D))
+    c, s = rng.integers(4, size=n), rng.integers(4, size=n)
+    vecs = basis[c] + basis[4 + s] + 0.1 * rng.standard_normal((n, D))
+    return [caption(COLOURS[a], SHAPES[b]) for a, b in zip(c, s)], vecs.astype(np.float32)
+
+
+def caption(colour: str, shape: str) -> str:
+    return f"there is a {colour} {shape} in the picture ."
+
+
+def write_captions(path: Path, captions: list[str], prefix: str) -> Path:
+    path.write_text("".join(json.dumps({"id": f"{prefix}{i}", "caption": c}) + "\n" for i, c in enumerate(captions)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny chat LM that already speaks the caption language (as a real LLM would), plus data."""
+    root = tmp_path_factory.mktemp("mllm")
+    captions, vecs = toy_world(256, seed=0)
+    corpus = [*(caption(c, s) for c in COLOURS for s in SHAPES), PROMPT, "what is shown ?"]
+    raw = save_tiny_llm(root / "raw-llm", corpus, kind="llama")
+    tok = build_chat_tokenizer(corpus)
+    # Captions, and replies that repeat what the user said: the in-context use a real LLM brings along.
+    texts = [tok.apply_chat_template(caption_messages(c, PROMPT), tokenize=False) for c in corpus[:16]]
+    texts += [tok.apply_chat_template(caption_messages(c, f"{c} {PROMPT}"), tokenize=False) for c in corpus[:16]]
+    train_causal_lm(raw, texts, root / "llm", steps=200, batch_size=16)
+    make_store(root / "text", vecs, prefix="t", modality="text")
+    test_captions, test_vecs = toy_world(64, seed=1)
+    make_store(root / "test", test_vecs, prefix="x", modality="image")
+    return {
+        "root": root,
+        "llm": root / "llm",
+        "captions": captions,
+        "vecs": vecs,
+        "data": write_captions(root / "caps.jsonl", captions, "t"),
+        "store": root / "text",
+        "test_data": write_captions(root / "test.jsonl", test_captions, "x"),
+        "test_store": root / "test",
+    }
+
+
+def config(world, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        stage="pretrain", out=str(out), data=[str(world["data"])], embeddings=[str(world["store"])],
+        llm=str(world["llm"]), batch_size=16, lr=3e-3, report_to="none", prompt=PROMPT,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def logits(model: VisionLanguageModel, vecs: np.ndarray) -> torch.Tensor:
+    enc = encode(model.tokenizer, caption_messages("a red star .", PROMPT), model.config.num_visual_tokens)
+    ids = torch.tensor([enc.input_ids] * len(vecs))
+    model.eval()
+    with torch.no_grad():
+        return model(ids, torch.ones_like(ids), model.visual_inputs(vecs, "text")).logits
+
+
+# -- chat formatting -------------------------------------------------------------------------------
+def test_labels_cover_exactly_the_assistant_reply():
+    tok = build_chat_tokenizer(["a red star .", PROMPT])
+    enc = encode(tok, caption_messages("a red star .", PROMPT), 4)
+    assert enc.input_ids.count(VISUAL_ID) == 4
+    learned = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]
+    assert tok.convert_ids_to_tokens(learned) == ["a", "red", "star", ".", "<|end|>"]
+    assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels))
+
+
+def test_fallback_template_for_tokenizers_without_one():
+    tok = build_chat_tokenizer(["a red star .", PROMPT, "user", "assistant", ":"], chat_template=None)
+    ensure_chat_template(tok)
+    messages = [{"role": "user", "content": "<image>\nwhat ?"}, {"role": "assistant", "content": "a star ."},
+                {"role": "user", "content": "colour ?"}, {"role": "assistant", "content": "red"}]
+    enc = encode(tok, messages, 2)
+    learned = tok.convert_ids_to_tokens([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert learned == ["a", "star", ".", "<|end|>", "red", "<|end|>"]  # both replies, their end tokens
+
+
+def test_placeholder_rules():
+    messages = [{"role": "user", "content": "what ?"}, {"role": "assistant", "content": "a star"}]
+    placed, added = place_image(messages, "row 0")
+    assert added and placed[0]["content"].startswith("<image>\n")
+    twice = [{"role": "user", "content": "<image> <image>"}, {"role": "assistant", "content": "x"}]
+    with pytest.raises(ModgapError, match="row 7: <image> must appear once"):
+        place_image(twice, "row 7")
+
+
+def test_overlong_sample_is_cut_from_the_end_or_dropped():
+    tok = build_chat_tokenizer(["a red star .", PROMPT])
+    messages = caption_messages("a red star . a red star . a red star .", PROMPT)
+    full = encode(tok, messages, 4)
+    cut = encode(tok, messages, 4, max_length=len(full.input_ids) - 3)
+    assert cut.truncated and cut.input_ids == full.input_ids[:-3]
+    with pytest.raises(ModgapError, match="no reply token left"):
+        encode(tok, messages, 4, max_length=12)
+
+
+# -- training --------------------------------------------------------------------------------------
+def test_pretrain_drives_the_loss_down_and_captions_held_out_embeddings(world, tmp_path):
+    result = train(config(world, tmp_path / "run", epochs=20, lr=1e-2), show_progress=False)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.5 * first, (first, last)  # the rest is the frozen LM's own uncertainty
+    model = VisionLanguageModel.load(result.model_dir)
+    assert model.config.llm_weights is None  # the frozen LLM is not copied
+    assert not (result.model_dir / "llm").exists()
+    captions, vecs = toy_world(32, seed=5)
+    replies = model.generate(model.visual_inputs(vecs, "text"))
+    assert np.mean([r.replace(" .", ".") == c.replace(" .", ".") for r, c in zip(replies, captions)]) > 0.8
+    # The base LLM is untouched by pretraining.
+    base = load_file(str(world["llm"] / "model.safetensors"))
+    for name, p in model.llm.named_parameters():
+        assert torch.equal(p, base[name])
+
+
+def test_save_then_load_gives_identical_logits(world, tmp_path):
+    result = train(config(world, tmp_path / "run", max_steps=3), show_progress=False)
+    model = VisionLanguageModel.load(result.model_dir)
+    again = VisionLanguageModel.load(result.model_dir)
+    vecs = world["vecs"][:4]
+    assert torch.equal(logits(model, vecs), logits(again, vecs))
+
+
+def test_resume_takes_the_same_steps_as_an_uninterrupted_run(world, tmp_path):
+    full = train(config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05),
+                 show_progress=False)
+    stopped = train(config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05,
+                           stop_after=5), show_progress=False)
+    assert stopped.stopped_early and stopped.steps == 5
+    assert not (tmp_path / "cut" / "model").exists()
+    resumed = train(config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05,
+                           resume=True), show_progress=False)
+    assert resumed.steps == 12
+    assert stopped.losses + resumed.losses == pytest.approx(full.losses, rel=1e-6)
+    a = load_file(str(full.model_dir / "projector.safetensors"))
+    b = load_file(str(resumed.model_dir / "projector.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_refuses_changed_settings(world, tmp_path):
+    train(config(world, tmp_path / "run", max_steps=4, stop_after=2), show_progress=False)
+    with pytest.raises(ModgapError, match="lr"):
+        train(config(world, tmp_path / "run", max_steps=4, lr=1e-2, resume=True), show_progress=False)
+    with pytest.raises(ModgapError, match="already exists"):
+        train(config(world, tmp_path / "run", max_steps=4), show_progress=False)
+
+
+@pytest.mark.parametrize("tune", ["full", "lora"])
+def test_sft_after_pretrain(world, tmp_path, tune):
+    pre = train(config(world, tmp_path / "pre", epochs=4), show_progress=False)
+    sft = train(
+        config(world, tmp_path / "sft", stage="sft", llm=None, init=str(pre.model_dir), tune=tune, epochs=3,
+               data=[str(world["test_data"])], embeddings=[str(world["test_store"])], lr=1e-3, batch_size=8),
+        show_progress=False,
+    )
+    assert np.mean(sft.losses[-3:]) < np.mean(sft.losses[:3])
+    saved = sft.model_dir / ("adapter" if tune == "lora" else "llm")
+    assert saved.is_dir()
+    model = VisionLanguageModel.load(sft.model_dir)
+    assert model.config.llm_weights == ("adapter" if tune == "lora" else "llm")
+    base = load_file(str(world["llm"] / "model.safetensors"))
+    if tune == "full":
+        assert not torch.equal(model.llm.get_input_embeddings().weight, base["model.embed_tokens.weight"])
+    again = VisionLanguageModel.load(sft.model_dir)
+    vecs = world["vecs"][:3]
+    assert torch.equal(logits(model, vecs), logits(again, vecs))
+
+
+def test_missing_ids_are_counted_and_stop_the_run_over_the_limit(world, tmp_path):
+    rows = [{"id": f"t{i}", "caption": c} for i, c in enumerate(world["captions"][:40])]
+    rows += [{"id": "nope-1", "caption": "a red star ."}, {"id": "nope-2", "caption": "a red star ."}]
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(rows))
+    result = train(config(world, tmp_path / "ok", data=[str(data)], max_steps=1, max_missing=0.1), show_progress=False)
+    report = json.loads((tmp_path / "ok" / "data_report.json").read_text())[0]
+    assert report["missing"] == 2 and report["missing_ids"] == ["nope-1", "nope-2"] and report["samples"] == 40
+    assert result.steps == 1
+    with pytest.raises(ModgapError, match=r"2 of 42 rows .* no embedding .*nope-1"):
+        train(config(world, tmp_path / "bad", data=[str(data)], max_steps=1, max_missing=0.01), show_progress=False)
+    assert not (tmp_path / "bad" / "model").exists()
+
+
+def test_qwen2_and_repeat_projector(world, tmp_path):
+    llm = save_tiny_llm(tmp_path / "qwen", world["captions"] + [PROMPT], kind="qwen2")
+    result = train(config(world, tmp_path / "run", llm=str(llm), token_mode="repeat", num_visual_tokens=32,
+                          projector="linear", max_steps=3), show_progress=False)
+    model = VisionLanguageModel.load(result.model_dir)
+    tokens = model.projector(torch.randn(2, D))
+    assert tokens.shape == (2, 32, model.config.hidden_size)
+    assert torch.equal(tokens[:, 0], tokens[:, 31])  # the reference design: k identical tokens
+
+
+# -- command line ----------------------------------------------------------------------------------
+def test_cli_pretrain_generate_and_eval(world, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", "pretrain", "--llm", world["llm"], "--data", world["data"], "--embeddings", world["store"],
+            "--out", run, "--epochs", "20", "--batch-size", "16", "--lr", "1e-2", "--prompt", PROMPT)
+    assert list((run / "logs").rglob("events.out.tfevents.*"))  # TensorBoard by default
+    proc = run_cli("generate", "--model", run, "--embeddings", world["test_store"], "--ids", "x0,x1")
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["x0", "x1"]
+    proc = run_cli("eval", "caption", "--model", run, "--data", world["test_data"], "--embeddings",
+                   world["test_store"], "--out", tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["samples"] == 64 and metrics["bleu4"] > 0.5 and metrics["cider"] > 1.0
+    preds = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert preds[0]["id"] == "x0" and preds[0]["references"]
+
+
+def test_cli_errors_are_one_line(world, tmp_path):
+    proc = run_cli("train", "pretrain", "--llm", tmp_path / "missing", "--data", world["data"], "--embeddings",
+                   world["store"], "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "no such model directory" in proc.stderr
+    proc = run_cli("train", "sft", "--init", tmp_path, "--data", world["data"], "--embeddings", world["store"],
+                   "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "not a modgap model directory" in proc.stderr
+
+
+def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
+    from test_distributed import torchrun
+
+    common = ["train", "pretrain", "--llm", world["llm"], "--data", world["data"], "--embeddings", world["store"],
+              "--max-steps", "4", "--lr", "3e-3", "--report-to", "none", "--prompt", PROMPT]
+    proc = torchrun(*common, "--out", tmp_path / "ddp", "--batch-size", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(*common, "--out", tmp_path / "one", "--batch-size", "8")
+    a = load_file(str(tmp_path / "ddp" / "model" / "projector.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model" / "projector.safetensors"))
+    for k in a:  # every caption has the same length, so the mean of rank means is the global mean
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
