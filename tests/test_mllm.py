@@ -1,8 +1,6 @@
 """ReVision training on stock 🤗 models: tiny Llama/Qwen2 from configs, tokenizer trained offline."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ def toy_world(n: int, seed: int):
     basis = np.random.default_rng(99).standard_normal((8, D))
     c, s = rng.integers(4, size=n), rng.integers(4, size=n)
     vecs = basis[c] + basis[4 + s] + 0.1 * rng.standard_normal((n, D))
-    return [caption(COLOURS[a], SHAPES[b]) for a, b in zip(c, s)], vecs.astype(np.float32)
+    return [caption(COLOURS[a], SHAPES[b]) for a, b in zip(c, s, strict=False)], vecs.astype(np.float32)
 
 
 def caption(colour: str, shape: str) -> str:
@@ -71,8 +69,15 @@ def world(tmp_path_factory):
 
 def config(world, out: Path, **kw) -> TrainConfig:
     base = dict(
-        stage="pretrain", out=str(out), data=[str(world["data"])], embeddings=[str(world["store"])],
-        llm=str(world["llm"]), batch_size=16, lr=3e-3, report_to="none", prompt=PROMPT,
+        stage="pretrain",
+        out=str(out),
+        data=[str(world["data"])],
+        embeddings=[str(world["store"])],
+        llm=str(world["llm"]),
+        batch_size=16,
+        lr=3e-3,
+        report_to="none",
+        prompt=PROMPT,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -90,18 +95,22 @@ def test_labels_cover_exactly_the_assistant_reply():
     tok = build_chat_tokenizer(["a red star .", PROMPT])
     enc = encode(tok, caption_messages("a red star .", PROMPT), 4)
     assert enc.input_ids.count(VISUAL_ID) == 4
-    learned = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]
+    learned = [t for t, lab in zip(enc.input_ids, enc.labels, strict=False) if lab != IGNORE]
     assert tok.convert_ids_to_tokens(learned) == ["a", "red", "star", ".", "<|end|>"]
-    assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels))
+    assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels, strict=False))
 
 
 def test_fallback_template_for_tokenizers_without_one():
     tok = build_chat_tokenizer(["a red star .", PROMPT, "user", "assistant", ":"], chat_template=None)
     ensure_chat_template(tok)
-    messages = [{"role": "user", "content": "<image>\nwhat ?"}, {"role": "assistant", "content": "a star ."},
-                {"role": "user", "content": "colour ?"}, {"role": "assistant", "content": "red"}]
+    messages = [
+        {"role": "user", "content": "<image>\nwhat ?"},
+        {"role": "assistant", "content": "a star ."},
+        {"role": "user", "content": "colour ?"},
+        {"role": "assistant", "content": "red"},
+    ]
     enc = encode(tok, messages, 2)
-    learned = tok.convert_ids_to_tokens([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    learned = tok.convert_ids_to_tokens([t for t, lab in zip(enc.input_ids, enc.labels, strict=False) if lab != IGNORE])
     assert learned == ["a", "star", ".", "<|end|>", "red", "<|end|>"]  # both replies, their end tokens
 
 
@@ -134,7 +143,9 @@ def test_pretrain_drives_the_loss_down_and_captions_held_out_embeddings(world, t
     assert not (result.model_dir / "llm").exists()
     captions, vecs = toy_world(32, seed=5)
     replies = model.generate(model.visual_inputs(vecs, "text"))
-    assert np.mean([r.replace(" .", ".") == c.replace(" .", ".") for r, c in zip(replies, captions)]) > 0.8
+    assert (
+        np.mean([r.replace(" .", ".") == c.replace(" .", ".") for r, c in zip(replies, captions, strict=False)]) > 0.8
+    )
     # The base LLM is untouched by pretraining.
     base = load_file(str(world["llm"] / "model.safetensors"))
     for name, p in model.llm.named_parameters():
@@ -150,14 +161,19 @@ def test_save_then_load_gives_identical_logits(world, tmp_path):
 
 
 def test_resume_takes_the_same_steps_as_an_uninterrupted_run(world, tmp_path):
-    full = train(config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05),
-                 show_progress=False)
-    stopped = train(config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05,
-                           stop_after=5), show_progress=False)
+    full = train(
+        config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05), show_progress=False
+    )
+    stopped = train(
+        config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, stop_after=5),
+        show_progress=False,
+    )
     assert stopped.stopped_early and stopped.steps == 5
     assert not (tmp_path / "cut" / "model").exists()
-    resumed = train(config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05,
-                           resume=True), show_progress=False)
+    resumed = train(
+        config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, resume=True),
+        show_progress=False,
+    )
     assert resumed.steps == 12
     assert stopped.losses + resumed.losses == pytest.approx(full.losses, rel=1e-6)
     a = load_file(str(full.model_dir / "projector.safetensors"))
@@ -178,8 +194,19 @@ def test_resume_refuses_changed_settings(world, tmp_path):
 def test_sft_after_pretrain(world, tmp_path, tune):
     pre = train(config(world, tmp_path / "pre", epochs=4), show_progress=False)
     sft = train(
-        config(world, tmp_path / "sft", stage="sft", llm=None, init=str(pre.model_dir), tune=tune, epochs=3,
-               data=[str(world["test_data"])], embeddings=[str(world["test_store"])], lr=1e-3, batch_size=8),
+        config(
+            world,
+            tmp_path / "sft",
+            stage="sft",
+            llm=None,
+            init=str(pre.model_dir),
+            tune=tune,
+            epochs=3,
+            data=[str(world["test_data"])],
+            embeddings=[str(world["test_store"])],
+            lr=1e-3,
+            batch_size=8,
+        ),
         show_progress=False,
     )
     assert np.mean(sft.losses[-3:]) < np.mean(sft.losses[:3])
@@ -211,8 +238,18 @@ def test_missing_ids_are_counted_and_stop_the_run_over_the_limit(world, tmp_path
 
 def test_qwen2_and_repeat_projector(world, tmp_path):
     llm = save_tiny_llm(tmp_path / "qwen", world["captions"] + [PROMPT], kind="qwen2")
-    result = train(config(world, tmp_path / "run", llm=str(llm), token_mode="repeat", num_visual_tokens=32,
-                          projector="linear", max_steps=3), show_progress=False)
+    result = train(
+        config(
+            world,
+            tmp_path / "run",
+            llm=str(llm),
+            token_mode="repeat",
+            num_visual_tokens=32,
+            projector="linear",
+            max_steps=3,
+        ),
+        show_progress=False,
+    )
     model = VisionLanguageModel.load(result.model_dir)
     tokens = model.projector(torch.randn(2, D))
     assert tokens.shape == (2, 32, model.config.hidden_size)
@@ -222,14 +259,42 @@ def test_qwen2_and_repeat_projector(world, tmp_path):
 # -- command line ----------------------------------------------------------------------------------
 def test_cli_pretrain_generate_and_eval(world, tmp_path):
     run = tmp_path / "run"
-    run_cli("train", "pretrain", "--llm", world["llm"], "--data", world["data"], "--embeddings", world["store"],
-            "--out", run, "--epochs", "20", "--batch-size", "16", "--lr", "1e-2", "--prompt", PROMPT)
+    run_cli(
+        "train",
+        "pretrain",
+        "--llm",
+        world["llm"],
+        "--data",
+        world["data"],
+        "--embeddings",
+        world["store"],
+        "--out",
+        run,
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--prompt",
+        PROMPT,
+    )
     assert list((run / "logs").rglob("events.out.tfevents.*"))  # TensorBoard by default
     proc = run_cli("generate", "--model", run, "--embeddings", world["test_store"], "--ids", "x0,x1")
     lines = proc.stdout.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["x0", "x1"]
-    proc = run_cli("eval", "caption", "--model", run, "--data", world["test_data"], "--embeddings",
-                   world["test_store"], "--out", tmp_path / "eval")
+    proc = run_cli(
+        "eval",
+        "caption",
+        "--model",
+        run,
+        "--data",
+        world["test_data"],
+        "--embeddings",
+        world["test_store"],
+        "--out",
+        tmp_path / "eval",
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["samples"] == 64 and metrics["bleu4"] > 0.5 and metrics["cider"] > 1.0
     preds = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -237,19 +302,57 @@ def test_cli_pretrain_generate_and_eval(world, tmp_path):
 
 
 def test_cli_errors_are_one_line(world, tmp_path):
-    proc = run_cli("train", "pretrain", "--llm", tmp_path / "missing", "--data", world["data"], "--embeddings",
-                   world["store"], "--out", tmp_path / "r", check=False)
+    proc = run_cli(
+        "train",
+        "pretrain",
+        "--llm",
+        tmp_path / "missing",
+        "--data",
+        world["data"],
+        "--embeddings",
+        world["store"],
+        "--out",
+        tmp_path / "r",
+        check=False,
+    )
     assert proc.returncode == 2 and "no such model directory" in proc.stderr
-    proc = run_cli("train", "sft", "--init", tmp_path, "--data", world["data"], "--embeddings", world["store"],
-                   "--out", tmp_path / "r", check=False)
+    proc = run_cli(
+        "train",
+        "sft",
+        "--init",
+        tmp_path,
+        "--data",
+        world["data"],
+        "--embeddings",
+        world["store"],
+        "--out",
+        tmp_path / "r",
+        check=False,
+    )
     assert proc.returncode == 2 and "not a modgap model directory" in proc.stderr
 
 
 def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_path):
     from test_distributed import torchrun
 
-    common = ["train", "pretrain", "--llm", world["llm"], "--data", world["data"], "--embeddings", world["store"],
-              "--max-steps", "4", "--lr", "3e-3", "--report-to", "none", "--prompt", PROMPT]
+    common = [
+        "train",
+        "pretrain",
+        "--llm",
+        world["llm"],
+        "--data",
+        world["data"],
+        "--embeddings",
+        world["store"],
+        "--max-steps",
+        "4",
+        "--lr",
+        "3e-3",
+        "--report-to",
+        "none",
+        "--prompt",
+        PROMPT,
+    ]
     proc = torchrun(*common, "--out", tmp_path / "ddp", "--batch-size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_cli(*common, "--out", tmp_path / "one", "--batch-size", "8")
