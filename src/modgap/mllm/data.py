@@ -175,7 +175,7 @@ def build_training_set(
         sources.append(Source(store, modality))
         reports.append(report)
     if not ids_out:
-        raise ModgapError("no training samples left (see the data report)")
+        raise ModgapError("no training samples left: " + " | ".join(r.line() for r in reports))
     return TrainingSet(ids_out, labels_out, np.asarray(src_out), np.asarray(row_out), sources, reports)
 
 

@@ -151,8 +151,17 @@ class VisionLanguageModel(nn.Module):
         model = cls(llm, proj, tokenizer, config, aligner)
         return model.to(device=device, dtype=dtype) if dtype else model.to(device)
 
-    def save(self, path: str | Path, created_by: dict[str, Any] | None = None) -> Path:
-        """Write the model directory atomically (LLM weights only if they were trained)."""
+    def save(
+        self,
+        path: str | Path,
+        created_by: dict[str, Any] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write the model directory atomically (LLM weights only if they were trained).
+
+        ``state_dict``: the full state gathered by the engine when parameters are sharded (DeepSpeed
+        ZeRO-3, FSDP); its ``llm.``/``projector.`` entries replace the module's own.
+        """
         from modgap.store.store import atomic_output_dir
 
         llm = self.llm
@@ -292,6 +301,12 @@ def visual_view(
     if train and noise_std > 0:
         out = normalize_rows(out + noise_std * torch.randn(out.shape, generator=generator, dtype=out.dtype))
     return out
+
+
+def _sub_state(state: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    if state is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or None
 
 
 def _is_peft(module: nn.Module) -> bool:

@@ -110,6 +110,7 @@ class TrainResult:
     losses: list[float]
     tokens_per_second: float
     stopped_early: bool
+    seconds: float = 0.0  # wall time of the optimizer steps taken by this call
 
 
 def _checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -362,21 +363,27 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
     accelerator.wait_for_everyone()
     model_dir = out / MODEL_SUBDIR
     stopped_early = step < total_steps
-    if main and not stopped_early:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save(
-            model_dir,
-            created_by={
-                "command": " ".join(sys.argv),
-                "stage": cfg.stage,
-                "steps": step,
-                "train_config": dataclasses.asdict(cfg),
-            },
-        )
+    if not stopped_early:
+        from accelerate.utils import DistributedType
+
+        # Sharded engines gather the full state (a collective: every process takes part).
+        sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        full_state = accelerator.get_state_dict(model) if sharded else None
+        if main:
+            accelerator.unwrap_model(model).save(
+                model_dir,
+                created_by={
+                    "command": " ".join(sys.argv),
+                    "stage": cfg.stage,
+                    "steps": step,
+                    "train_config": dataclasses.asdict(cfg),
+                },
+                state_dict=full_state,
+            )
     accelerator.wait_for_everyone()
     if log_with:
         accelerator.end_training()
-    return TrainResult(model_dir, step, last_loss, losses, tps, stopped_early)
+    return TrainResult(model_dir, step, last_loss, losses, tps, stopped_early, elapsed)
 
 
 def _register_trainable_checkpointing(accelerator: Any) -> None:
