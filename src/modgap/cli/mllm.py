@@ -70,7 +70,7 @@ def _make_train_command(stage: str):
         embeddings: Annotated[
             list[Path] | None, typer.Option(help="Store joined by id to the matching --data; repeatable.")
         ] = None,
-        llm: Annotated[str | None, typer.Option(help="Base causal LM directory (starts a new model).")] = None,
+        llm: Annotated[str | None, typer.Option(help="Base causal LM directory (default: builtin:tiny-lm).")] = None,
         init: Annotated[
             Path | None, typer.Option(help="modgap model directory to start from (sft: the pretrained one).")
         ] = None,

@@ -12,7 +12,7 @@ from modgap.encoders.base import IMAGE, TEXT, Encoder, Prepared
 from modgap.errors import ModgapError
 
 SPEC_HELP = (
-    "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online) or "
+    "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online), builtin:tiny-clip or "
     "llm2clip:VISION_DIR,LLM2VEC_DIR (needs --trust-remote-code for the published checkpoints)"
 )
 
@@ -28,6 +28,13 @@ def load_encoder(
     kind, sep, rest = spec.partition(":")
     if not sep or len(kind) == 1:  # a bare path (a Windows drive letter is not a kind)
         kind, rest = "hf", spec
+    if kind == "builtin":
+        from modgap.encoders.hf import HFDualEncoder
+        from modgap.world.builtin import resolve
+
+        encoder = HFDualEncoder(resolve(spec), device=device, max_text_length=max_text_length)
+        encoder.name = spec  # the manifest records the portable name, not this installation's path
+        return encoder
     if kind == "hf":
         from modgap.encoders.hf import HFDualEncoder
 

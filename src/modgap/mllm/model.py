@@ -33,7 +33,9 @@ def load_llm(path: str, *, online: bool = False, trust_remote_code: bool = False
     from transformers import AutoModelForCausalLM
 
     from modgap.encoders.hf import load_kwargs
+    from modgap.world.builtin import resolve
 
+    path = resolve(path)
     kwargs = load_kwargs([path], online, trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
@@ -45,7 +47,9 @@ def load_tokenizer(path: str, *, online: bool = False, trust_remote_code: bool =
     from transformers import AutoTokenizer
 
     from modgap.encoders.hf import load_kwargs
+    from modgap.world.builtin import resolve
 
+    path = resolve(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, **load_kwargs([path], online, trust_remote_code))
     except (OSError, ValueError) as e:
@@ -99,7 +103,7 @@ class VisionLanguageModel(nn.Module):
             proj = Projector(embed_dim, hidden, num_visual_tokens, projector, token_mode)
         local = Path(llm_path)
         config = MLLMConfig(
-            base_llm=str(local.resolve()) if local.is_dir() else llm_path,
+            base_llm=str(local.resolve()) if local.is_dir() and ":" not in llm_path else llm_path,
             embed_dim=embed_dim,
             hidden_size=hidden,
             num_visual_tokens=num_visual_tokens,
@@ -133,7 +137,9 @@ class VisionLanguageModel(nn.Module):
         if config.llm_weights == "llm":
             llm = load_llm(str(path / LLM_DIR), trust_remote_code=remote, dtype=dtype)
         else:
-            if not online and not Path(config.base_llm).is_dir():
+            from modgap.world.builtin import PREFIX
+
+            if not online and not config.base_llm.startswith(PREFIX) and not Path(config.base_llm).is_dir():
                 raise ModgapError(
                     f"{path}: base LM {config.base_llm} not found (moved? pass --base-llm with its new location)"
                 )

@@ -47,7 +47,7 @@ class TrainConfig:
     out: str
     data: list[str]
     embeddings: list[str]
-    llm: str | None = None  # base causal LM (a new model); or
+    llm: str | None = None  # base causal LM (a new model; default builtin:tiny-lm); or
     init: str | None = None  # a modgap model directory to start from (sft: the pretrained one)
     aligner: str | None = None  # applied to text stores (and its target view to image stores)
     num_visual_tokens: int = 8
@@ -89,8 +89,10 @@ class TrainConfig:
             raise ModgapError(f"unknown stage {self.stage!r}")
         if len(self.data) != len(self.embeddings) or not self.data:
             raise ModgapError("give one --embeddings store per --data file (in the same order)")
-        if (self.llm is None) == (self.init is None):
-            raise ModgapError("give either --llm (a base causal LM) or --init (a modgap model directory)")
+        if self.llm is not None and self.init is not None:
+            raise ModgapError("give either --llm (a base causal LM) or --init (a modgap model directory), not both")
+        if self.llm is None and self.init is None:
+            self.llm = "builtin:tiny-lm"  # the built-in world's LM: everything runs offline out of the box
         if self.tune is None:
             self.tune = "projector" if self.stage == "pretrain" else "full"
         if self.tune not in ("projector", "full", "lora"):

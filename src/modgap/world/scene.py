@@ -1,0 +1,194 @@
+"""A procedural image-caption world, fully determined by a seed.
+
+A scene has one *main* object (shape, colour, size, position) and 1 to 3 small *distractors* on a
+tinted background. Captions always describe the main object, in one of several phrasings, and only
+sometimes one distractor: the image holds more than its caption says. That information imbalance is
+what makes a contrastive encoder trained on this world show a modality gap like real ones (see the
+README's figures). Captions parse back to attributes, so generated captions can be scored per attribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ["circle", "square", "triangle", "star", "cross"]
+COLOURS = {
+    "red": (220, 45, 45),
+    "green": (50, 175, 70),
+    "blue": (55, 90, 230),
+    "yellow": (235, 215, 50),
+    "purple": (150, 70, 200),
+    "white": (240, 240, 240),
+}
+SIZES = {"small": 5.0, "large": 9.0}  # radius in pixels of a 32-pixel image (scaled with the image)
+POSITIONS = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72), "middle": (0.5, 0.5)}
+ATTRIBUTES = ("shape", "colour", "size", "position")
+DISTRACTOR_RADIUS = 2.5
+SIZE_WORDS = {"small": "small", "little": "small", "large": "large", "big": "large"}
+PLACE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+         "middle": "in the middle"}
+TEMPLATES = [
+    "a {size} {colour} {shape} {place}",
+    "there is a {size} {colour} {shape} {place}",
+    "the image shows a {size} {colour} {shape} {place}",
+    "a {colour} {shape} , {size} , {place}",
+    "{place} there is a {size} {colour} {shape}",
+]
+SIZE_SYNONYMS = {"small": ["small", "little"], "large": ["large", "big"]}
+DISTRACTOR_PROBABILITY = 0.3
+PROMPT = "describe the image briefly ."
+
+
+@dataclasses.dataclass
+class Thing:
+    shape: str
+    colour: str
+    size: str = "small"
+    position: str | None = None  # main object: a named position; distractors: free
+    xy: tuple[float, float] = (0.5, 0.5)  # centre as a fraction of the image side
+    angle: float = 0.0
+
+
+@dataclasses.dataclass
+class Scene:
+    main: Thing
+    distractors: list[Thing]
+    background: tuple[int, int, int]
+    seed: int  # the scene's own seed: its image and captions depend on nothing else
+
+    def attributes(self) -> dict[str, str]:
+        return {"shape": self.main.shape, "colour": self.main.colour, "size": self.main.size,
+                "position": str(self.main.position)}
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Scene:
+        return cls(Thing(**{**d["main"], "xy": tuple(d["main"]["xy"])}),
+                   [Thing(**{**t, "xy": tuple(t["xy"])}) for t in d["distractors"]], tuple(d["background"]), d["seed"])
+
+
+def make_scene(seed: int) -> Scene:
+    rng = np.random.default_rng(seed)
+    position = str(rng.choice(list(POSITIONS)))
+    cx, cy = POSITIONS[position]
+    jitter = rng.uniform(-0.05, 0.05, size=2)
+    main = Thing(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))), position,
+                 (cx + jitter[0], cy + jitter[1]), float(rng.uniform(0, 360)))
+    distractors = [
+        Thing(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), "small", None,
+              tuple(rng.uniform(0.08, 0.92, size=2).tolist()), float(rng.uniform(0, 360)))
+        for _ in range(int(rng.integers(1, 4)))
+    ]
+    background = tuple(int(v) for v in rng.integers(0, 70, size=3))
+    return Scene(main, distractors, background, seed)  # type: ignore[arg-type]
+
+
+def make_scenes(n: int, seed: int, split: str) -> list[Scene]:
+    """``n`` scenes of a named split; splits of one seed never share a scene seed."""
+    base = (seed * 7919 + sum(ord(c) * 31**i for i, c in enumerate(split))) % (2**31) * 10_000_019
+    return [make_scene(base + i) for i in range(n)]
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:
+    def ring(k: int, radii: list[float], offset: float) -> list[tuple[float, float]]:
+        pts = []
+        for i in range(k * len(radii)):
+            a = math.radians(angle + offset) + 2 * math.pi * i / (k * len(radii))
+            rr = radii[i % len(radii)]
+            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+        return pts
+
+    if shape == "square":
+        return ring(4, [r * 1.15], 45)
+    if shape == "triangle":
+        return ring(3, [r * 1.2], -90)
+    if shape == "star":
+        return ring(5, [r * 1.25, r * 0.5], -90)
+    if shape == "cross":
+        w = r * 0.38
+        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
+               (-w, -w)]
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+    return None  # circle
+
+
+def _draw(draw: ImageDraw.ImageDraw, thing: Thing, side: int, radius: float) -> None:
+    cx, cy = thing.xy[0] * side, thing.xy[1] * side
+    colour = COLOURS[thing.colour]
+    poly = _polygon(thing.shape, cx, cy, radius, thing.angle)
+    if poly is None:
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+    else:
+        draw.polygon(poly, fill=colour)
+
+
+def render(scene: Scene, side: int = 32) -> Image.Image:
+    """The scene's image (RGB, ``side`` x ``side``); speckle noise from the scene's own seed."""
+    scale = side / 32
+    rng = np.random.default_rng(scene.seed + 1)
+    base = np.asarray(scene.background, dtype=np.int16)
+    pixels = np.clip(base + rng.integers(-12, 13, size=(side, side, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    for d in scene.distractors:
+        _draw(draw, d, side, DISTRACTOR_RADIUS * scale)
+    _draw(draw, scene.main, side, SIZES[scene.main.size] * scale)
+    return image
+
+
+def caption(scene: Scene, variant: int | None = None, rng: np.random.Generator | None = None) -> str:
+    """One caption of the scene: phrasing ``variant`` (or drawn from ``rng``), sometimes a distractor."""
+    rng = rng if rng is not None else np.random.default_rng(scene.seed + 2)
+    template = TEMPLATES[variant % len(TEMPLATES)] if variant is not None else str(rng.choice(TEMPLATES))
+    m = scene.main
+    size = str(rng.choice(SIZE_SYNONYMS[m.size]))
+    text = template.format(size=size, colour=m.colour, shape=m.shape, place=PLACE[str(m.position)])
+    if scene.distractors and rng.random() < DISTRACTOR_PROBABILITY:
+        d = scene.distractors[int(rng.integers(len(scene.distractors)))]
+        text += f" , next to a small {d.colour} {d.shape}"
+    return text + " ."
+
+
+def references(scene: Scene) -> list[str]:
+    """Reference captions for scoring: every phrasing, without distractor clauses."""
+    m = scene.main
+    return [
+        t.format(size=m.size, colour=m.colour, shape=m.shape, place=PLACE[str(m.position)]) + " ." for t in TEMPLATES
+    ]
+
+
+_TOKEN = re.compile(r"[a-z]+")
+_POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "middle": "middle"}
+
+
+def parse_caption(text: str) -> dict[str, str | None]:
+    """The main object's attributes named by a caption (the clause before any 'next to')."""
+    main = text.lower().split("next to")[0]
+    words = _TOKEN.findall(main)
+    found: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
+    for w in words:
+        if found["shape"] is None and w in SHAPES:
+            found["shape"] = w
+        elif found["colour"] is None and w in COLOURS:
+            found["colour"] = w
+        elif found["size"] is None and w in SIZE_WORDS:
+            found["size"] = SIZE_WORDS[w]
+        elif found["position"] is None and w in _POSITION_WORDS:
+            found["position"] = _POSITION_WORDS[w]
+    return found
+
+
+def vocabulary() -> list[str]:
+    """Every word the world's captions and prompts use (for tokenizers)."""
+    words = set(_TOKEN.findall(" ".join(TEMPLATES + list(PLACE.values()) + [PROMPT, "next to a"])))
+    words |= set(SHAPES) | set(COLOURS) | set(SIZE_WORDS)
+    return sorted(words - {"size", "colour", "shape", "place"}) + [",", ".", "?"]
