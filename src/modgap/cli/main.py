@@ -436,8 +436,10 @@ def gap(
 
 
 from modgap.cli.mllm import register as _register_mllm  # noqa: E402
+from modgap.cli.world import register as _register_world  # noqa: E402
 
 _register_mllm(app)
+_register_world(app)
 
 
 def main() -> None:

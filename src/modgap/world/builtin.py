@@ -19,8 +19,9 @@ def builtin_path(name: str) -> Path:
         raise ModgapError(f"unknown built-in model {name!r}; choose from {', '.join(REGENERATE)}")
     path = BUILTIN_DIR / name
     if not (path / "config.json").is_file():
-        raise ModgapError(f"built-in model {name!r} is missing from {path}; regenerate it with "
-                          + REGENERATE[name].format(path=path))
+        raise ModgapError(
+            f"built-in model {name!r} is missing from {path}; regenerate it with " + REGENERATE[name].format(path=path)
+        )
     return path
 
 

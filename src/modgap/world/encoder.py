@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ def train_encoder(
     width: int = 64,
     layers: int = 3,
     projection_dim: int = 32,
+    patch_size: int = 4,
     seed: int = 0,
     progress: ProgressFactory = silent,
 ) -> dict:
@@ -51,10 +51,15 @@ def train_encoder(
     )
     tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=4)
     config = CLIPConfig(
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=32,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(tower, image_size=image_size, patch_size=4),
+        text_config=dict(
+            tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=32,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim,
         logit_scale_init_value=math.log(1 / temperature),
     )
@@ -78,8 +83,12 @@ def train_encoder(
             idx = rng.choice(pairs, size=batch_size, replace=False)
             texts = [caption(scenes[i], rng=rng) for i in idx]
             tok = tokenizer(texts, padding=True, return_tensors="pt")
-            result = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
-                        pixel_values=pixels[torch.from_numpy(idx)], return_loss=True)
+            result = model(
+                input_ids=tok["input_ids"],
+                attention_mask=tok["attention_mask"],
+                pixel_values=pixels[torch.from_numpy(idx)],
+                return_loss=True,
+            )
             result.loss.backward()
             optimizer.step()
             scheduler.step()
@@ -87,10 +96,20 @@ def train_encoder(
             losses.append(result.loss.item())
             advance(1)
     provenance = {
-        "command": " ".join(["modgap", *sys.argv[1:]]) if sys.argv else "",
-        "seed": seed, "pairs": pairs, "steps": steps, "batch_size": batch_size, "lr": lr,
-        "temperature": temperature, "image_size": image_size, "width": width, "layers": layers,
-        "projection_dim": projection_dim, "final_loss": float(np.mean(losses[-20:])),
+        # The command that regenerates these weights (the output path aside).
+        "command": f"modgap world train-encoder --pairs {pairs} --steps {steps} --seed {seed}",
+        "seed": seed,
+        "pairs": pairs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "temperature": temperature,
+        "image_size": image_size,
+        "width": width,
+        "layers": layers,
+        "projection_dim": projection_dim,
+        "patch_size": patch_size,
+        "final_loss": float(np.mean(losses[-20:])),
     }
     with atomic_output_dir(out, overwrite=True) as tmp:
         model.eval()

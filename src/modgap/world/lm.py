@@ -8,7 +8,6 @@ what lets a projector steer a frozen LM.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +51,16 @@ def train_world_lm(
     corpus = lm_texts(texts // 2, seed, tokenizer)
     with atomic_output_dir(out, overwrite=True) as tmp:
         save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed)
-        losses = train_causal_lm(tmp / "init", corpus, tmp / "trained", steps=steps, batch_size=batch_size,
-                                 lr=lr, seed=seed, progress=progress)
+        losses = train_causal_lm(
+            tmp / "init",
+            corpus,
+            tmp / "trained",
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+        )
         for f in (tmp / "trained").iterdir():
             f.rename(tmp / f.name)
         for d in ("init", "trained"):
@@ -61,9 +68,15 @@ def train_world_lm(
                 f.unlink()
             (tmp / d).rmdir()
         provenance = {
-            "command": " ".join(["modgap", *sys.argv[1:]]) if sys.argv else "",
-            "seed": seed, "texts": len(corpus), "steps": steps, "batch_size": batch_size, "lr": lr,
-            "width": width, "layers": layers, "final_loss": float(np.mean(losses[-20:])),
+            "command": f"modgap world train-lm --texts {texts} --steps {steps} --seed {seed}",
+            "seed": seed,
+            "texts": len(corpus),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "width": width,
+            "layers": layers,
+            "final_loss": float(np.mean(losses[-20:])),
         }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance

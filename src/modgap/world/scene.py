@@ -31,8 +31,13 @@ POSITIONS = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bot
 ATTRIBUTES = ("shape", "colour", "size", "position")
 DISTRACTOR_RADIUS = 2.5
 SIZE_WORDS = {"small": "small", "little": "small", "large": "large", "big": "large"}
-PLACE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-         "middle": "in the middle"}
+PLACE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "middle": "in the middle",
+}
 TEMPLATES = [
     "a {size} {colour} {shape} {place}",
     "there is a {size} {colour} {shape} {place}",
@@ -63,16 +68,24 @@ class Scene:
     seed: int  # the scene's own seed: its image and captions depend on nothing else
 
     def attributes(self) -> dict[str, str]:
-        return {"shape": self.main.shape, "colour": self.main.colour, "size": self.main.size,
-                "position": str(self.main.position)}
+        return {
+            "shape": self.main.shape,
+            "colour": self.main.colour,
+            "size": self.main.size,
+            "position": str(self.main.position),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
-        return cls(Thing(**{**d["main"], "xy": tuple(d["main"]["xy"])}),
-                   [Thing(**{**t, "xy": tuple(t["xy"])}) for t in d["distractors"]], tuple(d["background"]), d["seed"])
+        return cls(
+            Thing(**{**d["main"], "xy": tuple(d["main"]["xy"])}),
+            [Thing(**{**t, "xy": tuple(t["xy"])}) for t in d["distractors"]],
+            tuple(d["background"]),
+            d["seed"],
+        )
 
 
 def make_scene(seed: int) -> Scene:
@@ -80,11 +93,23 @@ def make_scene(seed: int) -> Scene:
     position = str(rng.choice(list(POSITIONS)))
     cx, cy = POSITIONS[position]
     jitter = rng.uniform(-0.05, 0.05, size=2)
-    main = Thing(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))), position,
-                 (cx + jitter[0], cy + jitter[1]), float(rng.uniform(0, 360)))
+    main = Thing(
+        str(rng.choice(SHAPES)),
+        str(rng.choice(list(COLOURS))),
+        str(rng.choice(list(SIZES))),
+        position,
+        (cx + jitter[0], cy + jitter[1]),
+        float(rng.uniform(0, 360)),
+    )
     distractors = [
-        Thing(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), "small", None,
-              tuple(rng.uniform(0.08, 0.92, size=2).tolist()), float(rng.uniform(0, 360)))
+        Thing(
+            str(rng.choice(SHAPES)),
+            str(rng.choice(list(COLOURS))),
+            "small",
+            None,
+            tuple(rng.uniform(0.08, 0.92, size=2).tolist()),
+            float(rng.uniform(0, 360)),
+        )
         for _ in range(int(rng.integers(1, 4)))
     ]
     background = tuple(int(v) for v in rng.integers(0, 70, size=3))
@@ -114,8 +139,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return ring(5, [r * 1.25, r * 0.5], -90)
     if shape == "cross":
         w = r * 0.38
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
-               (-w, -w)]
+        pts = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
     return None  # circle
@@ -191,4 +228,4 @@ def vocabulary() -> list[str]:
     """Every word the world's captions and prompts use (for tokenizers)."""
     words = set(_TOKEN.findall(" ".join(TEMPLATES + list(PLACE.values()) + [PROMPT, "next to a"])))
     words |= set(SHAPES) | set(COLOURS) | set(SIZE_WORDS)
-    return sorted(words - {"size", "colour", "shape", "place"}) + [",", ".", "?"]
+    return [*sorted(words - {"size", "colour", "shape", "place"}), ",", ".", "?"]

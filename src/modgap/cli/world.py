@@ -1,0 +1,85 @@
+"""``modgap demo`` and ``modgap world``: the built-in world and its tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modgap.progress import rich_progress
+
+world_app = typer.Typer(help="The built-in world: regenerate its tiny models.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the world, stores, models and report go (resumable).")] = Path(
+        "modgap-demo"
+    ),
+    quick: Annotated[bool, typer.Option(help="Smaller pools and budget (about 3 minutes on 2 CPU cores).")] = False,
+    seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
+    sft: Annotated[int, typer.Option(help="After text-only pretraining, tune on this many paired samples.")] = 0,
+) -> None:
+    """The whole method offline: gap, aligners, text-only pretraining, evaluation on held-out images."""
+    from modgap.world.demo import COLUMNS, run_demo, table_rows
+
+    _quiet_transformers()
+    result = run_demo(
+        workdir, quick=quick, seed=seed, sft=sft, progress=rich_progress(), log=lambda m: err.print(m, highlight=False)
+    )
+    table = Table(title=f"modgap demo (seed {seed}{', quick' if quick else ''}): captions of held-out images")
+    table.add_column("model")
+    for _, header in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in table_rows(result.rows):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"report: {workdir / 'report.md'}  ({result.seconds:.0f} s)")
+
+
+@world_app.command(
+    "train-encoder", epilog="Example: modgap world train-encoder --out src/modgap/world/builtin/tiny-clip"
+)
+def train_encoder_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CLIPModel.")],
+    pairs: Annotated[int, typer.Option(help="World scenes to train on.")] = 20000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 800,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train the tiny CLIP on world pairs (fixed temperature 0.01) and save it in 🤗 format."""
+    from modgap.world.encoder import train_encoder
+
+    _quiet_transformers()
+    info = train_encoder(out_dir, pairs=pairs, steps=steps, seed=seed, progress=rich_progress())
+    out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
+
+
+@world_app.command("train-lm", epilog="Example: modgap world train-lm --out src/modgap/world/builtin/tiny-lm")
+def train_lm_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the causal LM.")],
+    texts: Annotated[int, typer.Option(help="World texts to train on.")] = 20000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train the tiny chat LM on world language and save it in 🤗 format."""
+    from modgap.world.lm import train_world_lm
+
+    _quiet_transformers()
+    info = train_world_lm(out_dir, texts=texts, steps=steps, seed=seed, progress=rich_progress())
+    out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo", epilog="Example: modgap demo --quick --workdir /tmp/demo")(demo)
+    app.add_typer(world_app, name="world")

@@ -1,0 +1,98 @@
+"""The built-in world, its shipped tiny models, and `modgap demo --quick`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from modgap.world.builtin import builtin_path
+from modgap.world.evaluate import chance_levels, score_captions
+from modgap.world.scene import ATTRIBUTES, caption, make_scenes, parse_caption, references, render
+
+
+def test_world_is_determined_by_its_seed():
+    a, b = make_scenes(20, 3, "test"), make_scenes(20, 3, "test")
+    assert [s.to_json() for s in a] == [s.to_json() for s in b]
+    assert all(np.array_equal(np.asarray(render(x)), np.asarray(render(y))) for x, y in zip(a, b, strict=True))
+    assert [caption(s) for s in a] == [caption(s) for s in b]
+    other = make_scenes(20, 3, "paired")
+    assert not {s.seed for s in a} & {s.seed for s in other}  # splits never share a scene
+    assert [s.to_json() for s in make_scenes(20, 4, "test")] != [s.to_json() for s in a]
+
+
+def test_captions_parse_back_to_the_main_object():
+    rng = np.random.default_rng(0)
+    for scene in make_scenes(200, 0, "parse"):
+        for text in [caption(scene, rng=rng), *references(scene)]:
+            assert parse_caption(text) == scene.attributes(), text
+
+
+def test_scoring_counts_attributes_independently():
+    scenes = make_scenes(2, 0, "score")
+    wrong_colour = references(scenes[1])[0]
+    for colour in ("red", "green", "blue", "yellow", "purple", "white"):
+        if colour != scenes[1].main.colour:
+            wrong_colour = wrong_colour.replace(scenes[1].main.colour, colour, 1)
+            break
+    scores = score_captions([references(scenes[0])[1], wrong_colour], scenes)
+    assert scores["shape"] == scores["size"] == scores["position"] == 1.0
+    assert scores["colour"] == 0.5 and scores["exact"] == 0.5
+    assert 0 < scores["bleu4"] <= 1
+
+
+@pytest.mark.parametrize("name", ["tiny-clip", "tiny-lm"])
+def test_builtin_models_record_where_they_came_from(name):
+    info = json.loads((builtin_path(name) / "modgap_world.json").read_text())
+    assert info["seed"] == 0 and info["steps"] > 0 and info["command"].startswith("modgap world train-")
+
+
+def test_builtin_encoder_matches_a_direct_transformers_forward():
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    from modgap.encoders import load_encoder
+
+    path = builtin_path("tiny-clip")
+    enc = load_encoder("builtin:tiny-clip")
+    assert enc.name == "builtin:tiny-clip"
+    scenes = make_scenes(4, 0, "check")
+    images, texts = [render(s) for s in scenes], [caption(s) for s in scenes]
+    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=proc(images=images, return_tensors="pt")["pixel_values"])
+        txt = model.get_text_features(**tok(texts, padding=True, return_tensors="pt"))
+    img, txt = (torch.nn.functional.normalize(x.pooler_output, dim=-1) for x in (img, txt))
+    torch.testing.assert_close(enc.encode_images(images), img, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.encode_texts(texts), txt, atol=1e-5, rtol=1e-5)
+
+
+def test_builtin_lm_loads_through_the_public_loader_and_speaks_the_world():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = builtin_path("tiny-lm")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    scene = make_scenes(1, 0, "lm-check")[0]
+    text = caption(scene, variant=0)
+    messages = [{"role": "user", "content": f"{text} say it another way ."}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    reply = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert parse_caption(reply) == scene.attributes(), reply  # it restates what it was told
+
+
+def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):
+    proc = run_cli("demo", "--quick", "--workdir", tmp_path / "demo")
+    assert "paired images" in proc.stdout and "realign" in proc.stdout
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results["rows"]) == {"none", "mean-shift", "c3", "realign", "gaussian-ot", "paired images"}
+    upper = results["rows"]["paired images"]
+    chance = chance_levels()
+    for attribute in ATTRIBUTES:
+        assert upper[attribute] > chance[attribute] + 0.5 * (1 - chance[attribute]), (attribute, upper)
+    assert results["gap_before"]["centroid_distance"] > 0.1  # the encoder has a real gap
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| realign |" in report and "Chance per attribute" in report
