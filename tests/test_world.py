@@ -75,13 +75,15 @@ def test_builtin_lm_loads_through_the_public_loader_and_speaks_the_world():
     path = builtin_path("tiny-lm")
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    scene = make_scenes(1, 0, "lm-check")[0]
-    text = caption(scene, variant=0)
-    messages = [{"role": "user", "content": f"{text} say it another way ."}]
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
-    reply = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert parse_caption(reply) == scene.attributes(), reply  # it restates what it was told
+    hits = []
+    for scene in make_scenes(20, 0, "lm-check"):
+        messages = [{"role": "user", "content": f"{caption(scene, variant=0)} say it another way ."}]
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+        reply = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        found, truth = parse_caption(reply), scene.attributes()
+        hits += [found[a] == truth[a] for a in ATTRIBUTES]
+    assert np.mean(hits) > 0.8  # it mostly restates what it was told (chance is about 0.3)
 
 
 def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):

@@ -99,7 +99,7 @@ def make_scene(seed: int) -> Scene:
         str(rng.choice(list(SIZES))),
         position,
         (cx + jitter[0], cy + jitter[1]),
-        float(rng.uniform(0, 360)),
+        float(rng.uniform(-10, 10)),  # upright, so a shape is recognisable at 32 pixels
     )
     distractors = [
         Thing(
