@@ -250,7 +250,6 @@ def generate(
     import torch
 
     from modgap.atomic import write_jsonl
-    from modgap.eval.caption import iter_batches
     from modgap.store.store import EmbeddingStore
 
     if sum(x is not None and x != [] for x in (embeddings, image, text)) != 1:
@@ -293,10 +292,8 @@ def generate(
         else:
             visual = model.visual_inputs(enc.encode_texts(list(text or [])), "text")
             items = list(zip(text or [], visual, strict=False))
-    rows = []
-    for batch in iter_batches(items, batch_size):
-        replies = model.generate(torch.stack([v for _, v in batch]), prompt, **kwargs)
-        rows.extend({"id": k, "reply": r} for (k, _), r in zip(batch, replies, strict=False))
+    replies = model.generate(torch.stack([v for _, v in items]), prompt, batch_size=batch_size, **kwargs)
+    rows = [{"id": k, "reply": r} for (k, _), r in zip(items, replies, strict=True)]
     if out_file:
         write_jsonl(out_file, rows)
         out.print(f"wrote {len(rows)} replies to {out_file}")

@@ -242,13 +242,29 @@ class VisionLanguageModel(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        batch_size: int | None = None,
     ) -> list[str]:
-        """Replies for a batch of (already prepared) visual embeddings (B, D); one prompt or one per row."""
+        """Replies for (already prepared) visual embeddings (B, D); one prompt or one per row. With
+        ``batch_size``, rows are generated that many at a time (each batch starts from ``seed``)."""
         n = visual.shape[0]
         if prompts is None or isinstance(prompts, str):
             prompts = [prompts or self.config.prompt] * n
         if len(prompts) != n:
             raise ModgapError(f"{len(prompts)} prompts for {n} embeddings")
+        if batch_size is not None and n > batch_size:
+            options = dict(
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+            )
+            return [
+                reply
+                for s in range(0, n, batch_size)
+                for reply in self.generate(visual[s : s + batch_size], prompts[s : s + batch_size], **options)
+            ]
         seqs = [
             encode(
                 self.tokenizer, caption_messages(None, p), self.config.num_visual_tokens, add_generation_prompt=True

@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
         write_text(out / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    micro_per_epoch = len(epoch_batches(len(data), cfg.batch_size, world, rank, seed=cfg.seed, epoch=0))
+    micro_per_epoch = len(data) // (cfg.batch_size * world)  # epoch_batches drops the last partial batch
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ModgapError(

@@ -171,9 +171,7 @@ def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, flo
     store = EmbeddingStore.open(root / "stores" / "test-image")
     raw = torch.from_numpy(store.get([f"test-{i}" for i in range(len(scenes))]).astype(np.float32))
     visual = model.visual_inputs(raw, "image")
-    replies: list[str] = []
-    for s in range(0, len(scenes), 128):
-        replies += model.generate(visual[s : s + 128], max_new_tokens=24)
+    replies = model.generate(visual, max_new_tokens=24, batch_size=128)
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
         [
