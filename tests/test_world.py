@@ -84,9 +84,8 @@ def test_builtin_lm_loads_through_the_public_loader_and_speaks_the_world():
         found, truth = parse_caption(reply), scene.attributes()
         for a in ATTRIBUTES:
             hits[a].append(found[a] == truth[a])
-    # It restates the colour and size it was told (chance 0.17 and 0.5). Shape and position it keeps far less
-    # often (measured 0.22 and 0.69): the known weakness the README reports, not asserted here.
-    assert np.mean(hits["colour"]) > 0.9 and np.mean(hits["size"]) > 0.9, hits
+    # It restates every attribute it was told (chance 0.2 to 0.5): the in-context use a projector steers.
+    assert all(np.mean(h) > 0.9 for h in hits.values()), hits
 
 
 def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):

@@ -68,8 +68,8 @@ def train_encoder_cmd(
 @world_app.command("train-lm", epilog="Example: modgap world train-lm --out src/modgap/world/builtin/tiny-lm")
 def train_lm_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the causal LM.")],
-    texts: Annotated[int, typer.Option(help="World texts to train on.")] = 20000,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
+    texts: Annotated[int, typer.Option(help="World texts to train on.")] = 40000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train the tiny chat LM on world language and save it in 🤗 format."""
