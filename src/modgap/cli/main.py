@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from modgap.cli.console import console
 from modgap.errors import ModgapError
 from modgap.progress import rich_progress
 
@@ -25,8 +25,8 @@ align_app = typer.Typer(help="Fit and apply modality aligners.", no_args_is_help
 app.add_typer(store_app, name="store")
 app.add_typer(align_app, name="align")
 
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 OnBadOpt = Annotated[
     str,

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from modgap.cli.console import console
 from modgap.errors import ModgapError
 from modgap.progress import rich_progress
 
@@ -19,8 +19,8 @@ train_app = typer.Typer(
     help="Train a vision-language model (ReVision: pretrain on aligned text, then sft).", no_args_is_help=True
 )
 eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 PRETRAIN_EXAMPLE = (
     "Example: modgap train pretrain --llm models/qwen2-0.5b-instruct --data captions.jsonl "

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from modgap.cli.console import console
 from modgap.progress import rich_progress
 
 world_app = typer.Typer(help="The built-in world: regenerate its tiny models.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 
 
 def _quiet_transformers() -> None:
