@@ -54,7 +54,7 @@ def demo(
 def train_encoder_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CLIPModel.")],
     pairs: Annotated[int, typer.Option(help="World scenes to train on.")] = 20000,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 800,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train the tiny CLIP on world pairs (fixed temperature 0.01) and save it in 🤗 format."""

@@ -40,7 +40,7 @@ class DemoSize:
     test: int
     steps: int
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 4e-3
 
 
 QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300)

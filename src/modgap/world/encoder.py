@@ -24,7 +24,7 @@ def train_encoder(
     out: str | Path,
     *,
     pairs: int = 20000,
-    steps: int = 800,
+    steps: int = 3000,
     batch_size: int = 256,
     lr: float = 1e-3,
     temperature: float = 0.01,
