@@ -89,16 +89,29 @@ def test_builtin_lm_loads_through_the_public_loader_and_speaks_the_world():
 
 
 def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):
-    proc = run_cli("demo", "--quick", "--workdir", tmp_path / "demo")
+    workdir = tmp_path / "demo"
+    proc = run_cli("demo", "--quick", "--workdir", workdir)
     assert "paired images" in proc.stdout and "realign" in proc.stdout
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    results = json.loads((workdir / "results.json").read_text())
     assert set(results["rows"]) == {"none", "mean-shift", "c3", "realign", "gaussian-ot", "paired images"}
     upper = results["rows"]["paired images"]
     chance = chance_levels()
-    # Shape is left out: with the current built-in encoder and LM every model, the upper bound included,
-    # names the shape at chance level (see the README). The other attributes prove training and scoring work.
-    for attribute in ("colour", "size", "position"):
+    for attribute in ATTRIBUTES:
         assert upper[attribute] > chance[attribute] + 0.4 * (1 - chance[attribute]), (attribute, upper)
     assert results["gap_before"]["centroid_distance"] > 0.1  # the encoder has a real gap
-    report = (tmp_path / "demo" / "report.md").read_text()
+    report = (workdir / "report.md").read_text()
     assert "| realign |" in report and "Chance per attribute" in report
+
+    # Rerun in the same workdir with --sft: finished steps are reused (same figures), only the tuning runs.
+    run_cli("demo", "--quick", "--sft", "100", "--workdir", workdir)
+    again = json.loads((workdir / "results.json").read_text())
+    for name, row in results["rows"].items():
+        assert again["rows"][name] == row, name
+    for method in ("none", "mean-shift", "c3", "realign", "gaussian-ot"):
+        tuned = again["rows"][f"{method} + sft 100"]
+        assert set(ATTRIBUTES) <= set(tuned) and (workdir / "runs" / f"{method}-sft100" / "model").is_dir()
+
+    # The same workdir with another seed would mix two worlds: refused, nothing touched.
+    refused = run_cli("demo", "--quick", "--seed", "1", "--workdir", workdir, check=False)
+    assert refused.returncode == 2 and "seed 0 -> 1" in refused.stderr, refused.stderr
+    assert json.loads((workdir / "results.json").read_text()) == again

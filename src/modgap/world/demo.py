@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from modgap.atomic import write_jsonl, write_text
+from modgap.errors import ModgapError
 from modgap.progress import ProgressFactory, silent
 from modgap.world.evaluate import chance_levels, score_captions
 from modgap.world.scene import ATTRIBUTES, PROMPT, Scene, caption, make_scenes, references, render
@@ -53,6 +54,19 @@ class DemoResult:
     gap_before: dict[str, float]
     seconds: float
     workdir: Path
+
+
+def _claim_workdir(root: Path, settings: dict[str, Any]) -> None:
+    """Record the settings a workdir is built with; resuming with other settings would mix two worlds."""
+    path = root / "demo.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != settings:
+            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+            raise ModgapError(f"{root} holds a demo run with other settings ({changed}); use another --workdir")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
@@ -198,6 +212,9 @@ def run_demo(
     started = time.perf_counter()
     root = Path(workdir)
     size = QUICK if quick else FULL
+    if sft < 0 or sft > size.paired:
+        raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
+    _claim_workdir(root, {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)})
     pools = _write_world(root, size, seed, log)
     _embed(root, progress, log)
     text_store = str(root / "stores" / "text_pool-text")

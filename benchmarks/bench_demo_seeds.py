@@ -1,0 +1,59 @@
+"""`modgap demo` over several seeds: mean and spread of every model's figures, and wall time per seed.
+
+Each seed runs in its own workdir under --root (resumable: finished seeds are only re-evaluated, and their
+recorded wall time is kept). Usage:
+    python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modgap.world.demo import run_demo
+
+FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+
+    per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    seconds: dict[int, float] = {}
+    gaps: list[float] = []
+    for seed in args.seeds:
+        workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        timing = workdir / "wall_seconds.json"
+        started = time.perf_counter()
+        result = run_demo(workdir, quick=args.quick, seed=seed, log=lambda _: None)
+        if not timing.is_file():  # first complete run of this seed: its time is the figure
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+        seconds[seed] = json.loads(timing.read_text())["seconds"]
+        per_seed[seed] = result.rows
+        gaps.append(result.gap_before["centroid_distance"])
+        print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
+
+    n = len(args.seeds)
+    print(f"\n{n} seeds ({'quick' if args.quick else 'full'}); centroid gap before alignment {np.mean(gaps):.3f}")
+    print("mean ± standard deviation over seeds\n")
+    print("| model | " + " | ".join(FIGURES) + " |")
+    print("|---" * (len(FIGURES) + 1) + "|")
+    for model in per_seed[args.seeds[0]]:
+        cells = []
+        for figure in FIGURES:
+            values = np.array([per_seed[s][model][figure] for s in args.seeds])
+            cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else 0.0:.3f}")
+        print(f"| {model} | " + " | ".join(cells) + " |")
+    print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
+
+
+if __name__ == "__main__":
+    main()
