@@ -110,6 +110,7 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     for method in ("none", "mean-shift", "c3", "realign", "gaussian-ot"):
         tuned = again["rows"][f"{method} + sft 100"]
         assert set(ATTRIBUTES) <= set(tuned) and (workdir / "runs" / f"{method}-sft100" / "model").is_dir()
+    assert set(ATTRIBUTES) <= set(again["rows"]["sft 100 only"])  # the same tuning without text pretraining
 
     # The same workdir with another seed would mix two worlds: refused, nothing touched.
     refused = run_cli("demo", "--quick", "--seed", "1", "--workdir", workdir, check=False)

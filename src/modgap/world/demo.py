@@ -240,13 +240,16 @@ def run_demo(
             **_evaluate(root, model_dir, pools["test"]),
         }
         if sft:
-            sft_dir = _sft(root, method, model_dir, size, seed, sft, pools)
+            sft_dir = _sft(root, method, size, seed, sft, init=model_dir)
             rows[f"{method} + sft {sft}"] = _evaluate(root, sft_dir, pools["test"])
     log("training on real paired image embeddings (upper bound)")
     paired_dir = _train(
         root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
     )
     rows[PAIRED] = _evaluate(root, paired_dir, pools["test"])
+    if sft:
+        # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
+        rows[f"sft {sft} only"] = _evaluate(root, _sft(root, None, size, seed, sft), pools["test"])
     result = DemoResult(rows, before, time.perf_counter() - started, root)
     write_text(
         root / "results.json",
@@ -259,8 +262,9 @@ def run_demo(
     return result
 
 
-def _sft(root: Path, method: str, init: Path, size: DemoSize, seed: int, n: int, pools: dict[str, list[Scene]]) -> Path:
-    """A short tuning on the first ``n`` paired samples (real image embeddings)."""
+def _sft(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init: Path | None = None) -> Path:
+    """A short tuning on the first ``n`` paired samples (real image embeddings), from ``init`` (a model
+    pretrained on text) or, without it, from the base LM and a new projector."""
     data = root / "world" / f"paired-first-{n}.jsonl"
     if not data.is_file():
         rows = [json.loads(line) for line in (root / "world" / "paired.jsonl").read_text().splitlines()[:n]]
@@ -268,14 +272,14 @@ def _sft(root: Path, method: str, init: Path, size: DemoSize, seed: int, n: int,
     steps = max(20, size.steps // 4)
     return _train(
         root,
-        f"{method}-sft{n}",
+        f"{method}-sft{n}" if method else f"sft{n}-only",
         size,
         seed,
         str(data),
         str(root / "stores" / "paired-image"),
         None,
         stage="sft",
-        init=str(init),
+        init=str(init) if init else None,
         steps=steps,
     )
 
