@@ -34,7 +34,8 @@ def main() -> None:
         timing = workdir / "wall_seconds.json"
         started = time.perf_counter()
         result = run_demo(workdir, quick=args.quick, seed=seed, log=lambda _: None)
-        if not timing.is_file():  # first complete run of this seed: its time is the figure
+        # The first complete run of a seed is its figure (a seed resumed from a killed run times only the rest).
+        if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         seconds[seed] = json.loads(timing.read_text())["seconds"]
         per_seed[seed] = result.rows

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from modgap.mllm.tiny import corpus_words
+
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]"]
 EOS = "[EOS]"
 
@@ -21,8 +23,7 @@ def build_word_tokenizer(corpus: Iterable[str], max_length: int):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for text in corpus for w in text.lower().replace(",", " , ").replace(".", " . ").split()})
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words, EOS])}
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *corpus_words(corpus), EOS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
