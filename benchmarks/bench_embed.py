@@ -23,7 +23,7 @@ from PIL import Image
 
 from modgap.embed import EmbedOptions, Inputs, embed_modality
 from modgap.encoders import load_encoder
-from modgap.encoders.tiny import save_tiny_clip
+from modgap.world.tiny import save_tiny_clip
 
 WORDS = [
     "a",

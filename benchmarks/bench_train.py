@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modgap.mllm.tiny import save_tiny_llm
+from modgap.world.tiny import save_tiny_llm
 from modgap.mllm.train import TrainConfig, train
 from modgap.store.store import StoreWriter
 
@@ -80,8 +80,8 @@ def main() -> None:
                 max_length=1024,
             )
             out = root / f"run-{mode}-{k}"
-            train(TrainConfig(out=str(out), max_steps=args.steps + 1, stop_after=1, **cfg), show_progress=False)
-            res = train(TrainConfig(out=str(out), max_steps=args.steps + 1, resume=True, **cfg), show_progress=False)
+            train(TrainConfig(out=str(out), max_steps=args.steps + 1, stop_after=1, **cfg))
+            res = train(TrainConfig(out=str(out), max_steps=args.steps + 1, resume=True, **cfg))
             step_s = res.seconds / args.steps
             rows.append((design, step_s, args.batch / step_s, res.tokens_per_second))
         base = rows[-1][1]

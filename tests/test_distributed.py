@@ -72,7 +72,7 @@ def test_two_process_fit_equals_single_process(tmp_path, rng, method):
 def test_two_process_embed_gives_one_store_equal_to_a_single_process_run(tmp_path):
     import json
 
-    from modgap.encoders.tiny import save_tiny_clip
+    from modgap.world.tiny import save_tiny_clip
     from modgap.store import EmbeddingStore
 
     texts = [f"a {c} {s} number {k}" for k in range(3) for c in ("red", "blue", "green") for s in ("circle", "square")]

@@ -86,5 +86,5 @@ def test_read_pairs_formats(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"text_id": "a", "image_id": "b"}\n')
     assert read_pairs(tmp_path / "p.tsv") == read_pairs(tmp_path / "p.jsonl") == [("a", "b")]
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(Exception, match="header must name text_id and image_id"):
+    with pytest.raises(Exception, match="needs text_id and image_id"):
         read_pairs(tmp_path / "bad.csv")

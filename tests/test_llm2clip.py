@@ -24,7 +24,7 @@ from transformers import (
 
 from modgap.encoders import load_encoder
 from modgap.encoders.llm2clip import TEMPLATES
-from modgap.encoders.tiny import build_word_tokenizer
+from modgap.world.tiny import build_word_tokenizer
 
 
 class TinyLLM2CLIPConfig(PretrainedConfig):

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from conftest import make_store, run_cli
 from modgap.errors import ModgapError
 from modgap.mllm.chat import IGNORE, VISUAL_ID, caption_messages, encode, ensure_chat_template, place_image
-from modgap.mllm.lm import train_causal_lm
+from modgap.world.lm import train_causal_lm
 from modgap.mllm.model import VisionLanguageModel
-from modgap.mllm.tiny import build_chat_tokenizer, save_tiny_llm
+from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 from modgap.mllm.train import TrainConfig, train
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -135,7 +135,7 @@ def test_overlong_sample_is_cut_from_the_end_or_dropped():
 
 # -- training --------------------------------------------------------------------------------------
 def test_pretrain_drives_the_loss_down_and_captions_held_out_embeddings(world, tmp_path):
-    result = train(config(world, tmp_path / "run", epochs=20, lr=1e-2), show_progress=False)
+    result = train(config(world, tmp_path / "run", epochs=20, lr=1e-2))
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < 0.5 * first, (first, last)  # the rest is the frozen LM's own uncertainty
     model = VisionLanguageModel.load(result.model_dir)
@@ -153,7 +153,7 @@ def test_pretrain_drives_the_loss_down_and_captions_held_out_embeddings(world, t
 
 
 def test_save_then_load_gives_identical_logits(world, tmp_path):
-    result = train(config(world, tmp_path / "run", max_steps=3), show_progress=False)
+    result = train(config(world, tmp_path / "run", max_steps=3))
     model = VisionLanguageModel.load(result.model_dir)
     again = VisionLanguageModel.load(result.model_dir)
     vecs = world["vecs"][:4]
@@ -162,17 +162,17 @@ def test_save_then_load_gives_identical_logits(world, tmp_path):
 
 def test_resume_takes_the_same_steps_as_an_uninterrupted_run(world, tmp_path):
     full = train(
-        config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05), show_progress=False
+        config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05)
     )
     stopped = train(
         config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, stop_after=5),
-        show_progress=False,
+        
     )
     assert stopped.stopped_early and stopped.steps == 5
     assert not (tmp_path / "cut" / "model").exists()
     resumed = train(
         config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, resume=True),
-        show_progress=False,
+        
     )
     assert resumed.steps == 12
     assert stopped.losses + resumed.losses == pytest.approx(full.losses, rel=1e-6)
@@ -183,16 +183,16 @@ def test_resume_takes_the_same_steps_as_an_uninterrupted_run(world, tmp_path):
 
 
 def test_resume_refuses_changed_settings(world, tmp_path):
-    train(config(world, tmp_path / "run", max_steps=4, stop_after=2), show_progress=False)
+    train(config(world, tmp_path / "run", max_steps=4, stop_after=2))
     with pytest.raises(ModgapError, match="lr"):
-        train(config(world, tmp_path / "run", max_steps=4, lr=1e-2, resume=True), show_progress=False)
+        train(config(world, tmp_path / "run", max_steps=4, lr=1e-2, resume=True))
     with pytest.raises(ModgapError, match="already exists"):
-        train(config(world, tmp_path / "run", max_steps=4), show_progress=False)
+        train(config(world, tmp_path / "run", max_steps=4))
 
 
 @pytest.mark.parametrize("tune", ["full", "lora"])
 def test_sft_after_pretrain(world, tmp_path, tune):
-    pre = train(config(world, tmp_path / "pre", epochs=4), show_progress=False)
+    pre = train(config(world, tmp_path / "pre", epochs=4))
     sft = train(
         config(
             world,
@@ -207,7 +207,7 @@ def test_sft_after_pretrain(world, tmp_path, tune):
             lr=1e-3,
             batch_size=8,
         ),
-        show_progress=False,
+        
     )
     assert np.mean(sft.losses[-3:]) < np.mean(sft.losses[:3])
     saved = sft.model_dir / ("adapter" if tune == "lora" else "llm")
@@ -227,12 +227,12 @@ def test_missing_ids_are_counted_and_stop_the_run_over_the_limit(world, tmp_path
     rows += [{"id": "nope-1", "caption": "a red star ."}, {"id": "nope-2", "caption": "a red star ."}]
     data = tmp_path / "d.json"
     data.write_text(json.dumps(rows))
-    result = train(config(world, tmp_path / "ok", data=[str(data)], max_steps=1, max_missing=0.1), show_progress=False)
+    result = train(config(world, tmp_path / "ok", data=[str(data)], max_steps=1, max_missing=0.1))
     report = json.loads((tmp_path / "ok" / "data_report.json").read_text())[0]
     assert report["missing"] == 2 and report["missing_ids"] == ["nope-1", "nope-2"] and report["samples"] == 40
     assert result.steps == 1
     with pytest.raises(ModgapError, match=r"2 of 42 rows .* no embedding .*nope-1"):
-        train(config(world, tmp_path / "bad", data=[str(data)], max_steps=1, max_missing=0.01), show_progress=False)
+        train(config(world, tmp_path / "bad", data=[str(data)], max_steps=1, max_missing=0.01))
     assert not (tmp_path / "bad" / "model").exists()
 
 
@@ -248,7 +248,7 @@ def test_qwen2_and_repeat_projector(world, tmp_path):
             projector="linear",
             max_steps=3,
         ),
-        show_progress=False,
+        
     )
     model = VisionLanguageModel.load(result.model_dir)
     tokens = model.projector(torch.randn(2, D))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from modgap.world.builtin import builtin_path
+from modgap.hub import builtin_path
 from modgap.world.evaluate import chance_levels, score_captions
 from modgap.world.scene import ATTRIBUTES, caption, make_scenes, parse_caption, references, render
 
@@ -114,5 +114,5 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
 
     # The same workdir with another seed would mix two worlds: refused, nothing touched.
     refused = run_cli("demo", "--quick", "--seed", "1", "--workdir", workdir, check=False)
-    assert refused.returncode == 2 and "seed 0 -> 1" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "seed (0 -> 1)" in refused.stderr, refused.stderr
     assert json.loads((workdir / "results.json").read_text()) == again

@@ -22,16 +22,23 @@ from rich.text import Text
 
 
 class Tracker(Protocol):
-    def __call__(self, n: int) -> None: ...
+    """Advance by ``n`` items; ``info`` replaces the bar's status text (a training loss, tokens/s)."""
+
+    def __call__(self, n: int, info: str | None = None) -> None: ...
 
 
 class ProgressFactory(Protocol):
-    def __call__(self, description: str, total: int | None) -> contextlib.AbstractContextManager[Tracker]: ...
+    """``with progress(description, total, completed) as advance: ...``; ``completed`` counts work done before
+    (a resumed run starts its bar there)."""
+
+    def __call__(
+        self, description: str, total: int | None, completed: int = 0
+    ) -> contextlib.AbstractContextManager[Tracker]: ...
 
 
 @contextlib.contextmanager
-def silent(description: str, total: int | None) -> Iterator[Tracker]:
-    yield lambda n: None
+def silent(description: str, total: int | None, completed: int = 0) -> Iterator[Tracker]:
+    yield lambda n, info=None: None
 
 
 class RateColumn(ProgressColumn):
@@ -51,7 +58,7 @@ def rich_progress(console: Console | None = None, unit: str = "rows") -> Progres
     console = console or Console(stderr=True)
 
     @contextlib.contextmanager
-    def track(description: str, total: int | None) -> Iterator[Tracker]:
+    def track(description: str, total: int | None, completed: int = 0) -> Iterator[Tracker]:
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -60,9 +67,17 @@ def rich_progress(console: Console | None = None, unit: str = "rows") -> Progres
             RateColumn(unit),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
         ]
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+            task = bar.add_task(description, total=total, completed=completed, info="")
+
+            def advance(n: int, info: str | None = None) -> None:
+                if info is None:
+                    bar.advance(task, n)
+                else:
+                    bar.update(task, advance=n, info=info)
+
+            yield advance
 
     return track

@@ -1,14 +1,16 @@
 """Modality aligners: move source (text) embeddings into the target (image) distribution."""
 
-from modgap.align.base import REGISTRY, Aligner, load_aligner, make_aligner, parse_params
-from modgap.align.fit import apply_to_store, fit
+from modgap.align.base import REGISTRY, Aligner, load_aligner, make_aligner, method_help, method_names, parse_params
+from modgap.align.fit import ALIGNER_SUBDIR, apply_to_store, fit, fit_and_apply, fit_and_save
 from modgap.align.methods import C3, GaussianNoise, GaussianOT, MeanShift, NoAlignment, ReAlign
 
-METHODS = tuple(REGISTRY)
+METHODS = method_names()
 
 __all__ = [
+    "ALIGNER_SUBDIR",
     "C3",
     "METHODS",
+    "REGISTRY",
     "Aligner",
     "GaussianNoise",
     "GaussianOT",
@@ -17,7 +19,11 @@ __all__ = [
     "ReAlign",
     "apply_to_store",
     "fit",
+    "fit_and_apply",
+    "fit_and_save",
     "load_aligner",
     "make_aligner",
+    "method_help",
+    "method_names",
     "parse_params",
 ]

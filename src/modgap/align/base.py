@@ -20,12 +20,14 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from modgap.align.stats import Moments
+from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.errors import ModgapError
+from modgap.files import atomic_output_dir
+from modgap.store.checks import unusable_rows
 
 ARTIFACT_TENSORS = "aligner.safetensors"
 ARTIFACT_CONFIG = "aligner.json"
-SOURCE, TARGET = "source", "target"
+KINDS = ("baseline", "aligner", "augmentation")
 
 REGISTRY: dict[str, type[Aligner]] = {}
 
@@ -35,9 +37,14 @@ def register(cls: type[Aligner]) -> type[Aligner]:
     return cls
 
 
-def unusable_rows(norms: torch.Tensor) -> torch.Tensor:
-    """Rows that cannot be normalised: a NaN/Inf component (non-finite norm) or all zeros."""
-    return ~torch.isfinite(norms) | (norms == 0)
+def method_names(*kinds: str) -> tuple[str, ...]:
+    """Registered method names in registration order, optionally only those of the given kinds."""
+    return tuple(m for m, cls in REGISTRY.items() if not kinds or cls.kind in kinds)
+
+
+def method_help() -> str:
+    """One line per method for ``--method`` help: name and the first line of its docstring."""
+    return "; ".join(f"{m}: {(cls.__doc__ or '').strip().splitlines()[0]}" for m, cls in REGISTRY.items())
 
 
 def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,6 +58,10 @@ class Aligner:
     """Base class. Subclasses are dataclasses whose fields are the method's hyper-parameters."""
 
     method: ClassVar[str] = ""
+    # "baseline" (no alignment), "aligner" (moves the source distribution), or "augmentation" (train-time
+    # noise only; not a comparison the demo makes).
+    kind: ClassVar[str] = "aligner"
+    normalizes_output: ClassVar[bool] = True  # whether transform() returns unit vectors
     passes: ClassVar[int] = 1  # streaming passes over the source that fit() needs
     target_passes: ClassVar[tuple[int, ...]] = (0,)  # passes that also read the target
     second_order: ClassVar[bool] = False  # whether pass 0 needs sums of outer products
@@ -76,6 +87,11 @@ class Aligner:
     def fitted(self) -> bool:
         return self.passes == 0 or bool(self.state)
 
+    @property
+    def output_normalized(self) -> bool:
+        """Whether aligned rows are unit vectors (a store of them is recorded as normalised)."""
+        return self.normalizes_output
+
     # -- transforms ---------------------------------------------------------------------------
     def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
         """Map raw float32 source rows ``x`` (with their norms) to aligned rows."""
@@ -86,8 +102,16 @@ class Aligner:
         return normalize_rows(x, norms)
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Train-time view of source rows (adds fresh noise for the noise-based methods)."""
-        return self.transform(x)
+        """Train-time view of source rows: the aligned rows plus :meth:`train_noise`."""
+        return self.train_noise(self.transform(x), generator)
+
+    def train_noise(self, aligned: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What training adds to already aligned rows (C3 corrupts them with fresh noise); identity by default.
+
+        Training on a store written by :func:`~modgap.align.fit.apply_to_store` applies only this, so it
+        sees the same rows as training on the raw store with the aligner applied on the fly.
+        """
+        return aligned
 
     def transform(self, x: Any, row_start: int = 0) -> torch.Tensor:
         """Align source vectors (array or tensor, any float dtype). Rows must be non-zero and finite."""
@@ -115,8 +139,6 @@ class Aligner:
     # -- artifact -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``aligner.safetensors`` + ``aligner.json`` into the directory ``path`` (atomically)."""
-        from modgap.store.store import atomic_output_dir
-
         self._require_fitted()
         with atomic_output_dir(path, overwrite=True) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS))

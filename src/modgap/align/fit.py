@@ -8,121 +8,26 @@ fit equals the single-process fit up to float64 rounding.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 
 from modgap import __version__
-from modgap.align.base import SOURCE, TARGET, Aligner, unusable_rows
-from modgap.align.methods import GaussianNoise, MeanShift
-from modgap.align.stats import Moments
+from modgap.align.stats import SOURCE, TARGET, Moments
+from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
+from modgap.files import atomic_output_dir
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
-from modgap.store.store import EmbeddingStore, StoreWriter, as_cpu_tensor, atomic_output_dir
+from modgap.store.store import EmbeddingStore, StoreWriter
+from modgap.store.stream import VectorSource
 
-CHUNK_BYTES = 4 * 2**20  # float32 work chunk: small enough to stay in cache between the ops on it
+if TYPE_CHECKING:
+    from modgap.align.base import Aligner
 
-
-def default_chunk_rows(dim: int) -> int:
-    return max(64, min(8192, CHUNK_BYTES // (4 * dim)))
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@dataclass
-class Rows:
-    """A chunk ready for an aligner: float32 rows (a reusable buffer), their norms, global start."""
-
-    x: torch.Tensor
-    norms: torch.Tensor
-    start: int
-    keep: np.ndarray | None  # rows kept from the chunk when bad rows were skipped
-    batch: pa.RecordBatch | None  # ids and metadata of the kept rows (stores only)
-
-
-class VectorSource:
-    """Rows of a store or of an array, streamed as float32 chunks with bad rows checked.
-
-    Arrays are treated like a store with ids "0", "1", ...
-    """
-
-    def __init__(
-        self,
-        data: Any,
-        name: str,
-        bad: BadRows,
-        chunk_rows: int | None = None,
-        device: torch.device | str = "cpu",
-    ):
-        self.name = name
-        self.bad = bad
-        self.device = torch.device(device)
-        if isinstance(data, (str, os.PathLike)):
-            data = EmbeddingStore.open(data)
-        if isinstance(data, EmbeddingStore):
-            self.store: EmbeddingStore | None = data
-            self.array = None
-            self.dim, self.rows = data.dim, len(data)
-            self.label = str(data.path)
-        else:
-            self.store = None
-            self.array = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
-            if self.array.ndim != 2:
-                raise ModgapError(f"{name}: expected a 2-D array of vectors, got shape {tuple(self.array.shape)}")
-            self.dim, self.rows = self.array.shape[1], self.array.shape[0]
-            self.label = f"<{name} array>"
-        if self.rows == 0:
-            raise ModgapError(f"{self.label}: the {name} is empty")
-        self.chunk_rows = chunk_rows or default_chunk_rows(self.dim)
-
-    def my_rows(self) -> tuple[int, int]:
-        rank, world = rank_and_world()
-        return self.rows * rank // world, self.rows * (rank + 1) // world
-
-    def _raw_chunks(
-        self, rows: tuple[int, int], columns: tuple[str, ...] | None
-    ) -> Iterator[tuple[str, Any, Any, int]]:
-        if self.store is not None:
-            for c in self.store.iter_chunks(self.chunk_rows, rows=rows, exact=False, columns=columns):
-                yield f"{self.label}/{self.store.manifest.shards[c.shard].file}", c.embeddings, c.batch, c.start
-        else:
-            for s in range(rows[0], rows[1], self.chunk_rows):
-                e = min(s + self.chunk_rows, rows[1])
-                yield self.label, self.array[s:e], None, s
-
-    def chunks(self, rows: tuple[int, int] | None = None, with_metadata: bool = False) -> Iterator[Rows]:
-        """This rank's rows (or ``rows``), as float32 tensors on the device with their norms.
-
-        ``with_metadata`` carries the store's metadata columns in ``Rows.batch`` (ids always are).
-        """
-        buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
-        for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
-            n = len(emb)
-            src = as_cpu_tensor(emb)
-            x = buf[:n]
-            x.copy_(src)
-            norms = torch.linalg.vector_norm(x, dim=1)
-            mask = unusable_rows(norms)
-            keep = None
-            if bool(mask.any()):
-                mask_np = mask.cpu().numpy()
-                ids = batch.column("id").to_pylist() if batch is not None else [str(start + i) for i in range(n)]
-                self.bad.handle(where, ids, src.cpu().numpy(), mask_np)
-                keep = ~mask_np
-                x, norms = x[~mask], norms[~mask]
-                batch = batch.filter(keep) if batch is not None else None
-            yield Rows(x, norms, start, keep, batch)
+ALIGNER_SUBDIR = "aligner"  # an aligned store carries the aligner that made it, so training can use it
 
 
 def _all_reduce(stats: dict[str, Moments]) -> None:
@@ -188,10 +93,6 @@ def _describe(s: VectorSource) -> dict[str, Any]:
     return d
 
 
-def output_is_normalized(aligner: Aligner) -> bool:
-    return not isinstance(aligner, MeanShift) and not (isinstance(aligner, GaussianNoise) and not aligner.renormalize)
-
-
 def apply_to_store(
     aligner: Aligner,
     store: EmbeddingStore | str | os.PathLike,
@@ -207,7 +108,11 @@ def apply_to_store(
     aligner_path: str | None = None,
     progress: ProgressFactory = silent,
 ) -> EmbeddingStore:
-    """Write ``aligner(store)`` as a new store at ``out``: same ids, order and metadata."""
+    """Write ``aligner(store)`` as a new store at ``out``: same ids, order and metadata.
+
+    The aligner itself is saved inside the store (``aligner/``) and named in ``manifest.extra["aligner"]``:
+    training on the store then uses its output as it is and carries the aligner into the model.
+    """
     bad = bad or BadRows(on_bad)
     if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open(store)
@@ -225,6 +130,7 @@ def apply_to_store(
         "path": aligner_path,
         "fitted_on": aligner.provenance,
         "input_store": str(store.path),
+        "dir": ALIGNER_SUBDIR,
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         with (
@@ -232,7 +138,7 @@ def apply_to_store(
                 tmp,
                 dim=store.dim,
                 dtype=dtype,
-                normalized=output_is_normalized(aligner),
+                normalized=aligner.output_normalized,
                 modality=m.modality,
                 encoder=m.encoder,
                 created_by=created_by,
@@ -251,4 +157,95 @@ def apply_to_store(
                 raise ModgapError(f"{store.path}: no usable vectors to align")
         if bad.rows:
             bad.write(Path(tmp) / "bad_rows.jsonl")
+        aligner.save(Path(tmp) / ALIGNER_SUBDIR)
     return EmbeddingStore.open(out)
+
+
+def fit_and_save(
+    method: str,
+    source: Any,
+    target: Any,
+    out: str | os.PathLike,
+    *,
+    params: dict[str, Any] | None = None,
+    on_bad: OnBad = "error",
+    chunk_rows: int | None = None,
+    device: torch.device | str = "cpu",
+    command: str | None = None,
+    progress: ProgressFactory = silent,
+) -> Aligner:
+    """``modgap align fit``: fit on every process (statistics merged), save on rank 0 with ``bad_rows.jsonl``
+    when rows were skipped. ``command`` is recorded in the aligner's provenance."""
+    from modgap.align.base import make_aligner
+
+    bad = BadRows(on_bad)
+    aligner = fit(
+        make_aligner(method, **(params or {})),
+        source,
+        target,
+        bad=bad,
+        chunk_rows=chunk_rows,
+        device=device,
+        progress=progress,
+    )
+    aligner.provenance["command"] = command
+    if rank_and_world()[0] == 0:
+        aligner.save(out)
+        if bad.rows:
+            bad.write(Path(out) / "bad_rows.jsonl")
+    barrier()
+    return aligner
+
+
+def fit_and_apply(
+    method: str,
+    source: Any,
+    target: Any,
+    out: str | os.PathLike,
+    *,
+    params: dict[str, Any] | None = None,
+    save_aligner: str | os.PathLike | None = None,
+    on_bad: OnBad = "error",
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: ProgressFactory = silent,
+) -> EmbeddingStore | None:
+    """``modgap align run``: fit on every process, then rank 0 writes the aligned source store (and the
+    aligner, with ``save_aligner``). Returns the store on rank 0, None elsewhere."""
+    from modgap.align.base import make_aligner
+
+    if Path(out).exists() and not overwrite:
+        raise ModgapError(f"{out}: already exists (pass --overwrite to replace it)")
+    bad = BadRows(on_bad)
+    aligner = fit(
+        make_aligner(method, **(params or {})),
+        source,
+        target,
+        bad=bad,
+        chunk_rows=chunk_rows,
+        device=device,
+        progress=progress,
+    )
+    aligner.provenance["command"] = command
+    store = None
+    if rank_and_world()[0] == 0:
+        if save_aligner:
+            aligner.save(save_aligner)
+        store = apply_to_store(
+            aligner,
+            source,
+            out,
+            bad=bad,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            device=device,
+            overwrite=overwrite,
+            created_by=command,
+            aligner_path=str(save_aligner) if save_aligner else None,
+            progress=progress,
+        )
+    barrier()
+    return store

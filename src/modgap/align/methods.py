@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from modgap.align.base import SOURCE, TARGET, Aligner, normalize_rows, register
-from modgap.align.stats import Moments
+from modgap.align.base import Aligner, normalize_rows, register
+from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.errors import ModgapError
 
 C3_NOISE_STD = math.sqrt(0.016)
@@ -75,6 +75,7 @@ class NoAlignment(_Params):
     """Identity (after L2 normalisation): the baseline."""
 
     method = "none"
+    kind = "baseline"
     passes = 0
 
     def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
@@ -87,6 +88,7 @@ class MeanShift(_Params):
     """Unicorn's representation transfer: x̂ - mu_t (not renormalised); with ``add_target_mean``, x̂ - mu_t + mu_i."""
 
     method = "mean-shift"
+    normalizes_output = False
     add_target_mean: bool = False
 
     def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
@@ -117,8 +119,8 @@ class C3(_Params):
     def transform_target_rows(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         return normalize_rows(normalize_rows(x, norms) - self.p("mu_i", x))
 
-    def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return _noisy(self.transform(x), self.noise_std, self.renormalize_noise, generator)
+    def train_noise(self, aligned: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return _noisy(aligned, self.noise_std, self.renormalize_noise, generator)
 
 
 @register
@@ -127,10 +129,15 @@ class GaussianNoise(_Params):
     """CapDec: x̂ + N(0, std^2). ``apply`` draws noise deterministically per row from ``seed``."""
 
     method = "noise"
+    kind = "augmentation"
     passes = 0
     std: float = C3_NOISE_STD
     renormalize: bool = False
     seed: int = 0
+
+    @property
+    def output_normalized(self) -> bool:
+        return self.renormalize
 
     def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
         noise = gaussian_noise_rows(self.seed, row_start, x.shape[0], x.shape[1]).to(x)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+SOURCE, TARGET = "source", "target"  # the two roles of a fit: the rows to move and the distribution to reach
+
 # Rows per block for the float32 partial sums; blocks are then added in float64.
 _BLOCK = 256
 

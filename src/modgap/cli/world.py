@@ -8,19 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from modgap.cli.console import console
+from modgap.cli.common import err, out, quiet_transformers
 from modgap.progress import rich_progress
 
 world_app = typer.Typer(help="The built-in world: regenerate its tiny models.", no_args_is_help=True)
-out = console()
-err = console(stderr=True)
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def demo(
@@ -34,7 +25,7 @@ def demo(
     """The whole method offline: gap, aligners, text-only pretraining, evaluation on held-out images."""
     from modgap.world.demo import COLUMNS, run_demo, table_rows
 
-    _quiet_transformers()
+    quiet_transformers()
     result = run_demo(
         workdir, quick=quick, seed=seed, sft=sft, progress=rich_progress(), log=lambda m: err.print(m, highlight=False)
     )
@@ -60,7 +51,7 @@ def train_encoder_cmd(
     """Train the tiny CLIP on world pairs (fixed temperature 0.01) and save it in 🤗 format."""
     from modgap.world.encoder import train_encoder
 
-    _quiet_transformers()
+    quiet_transformers()
     info = train_encoder(out_dir, pairs=pairs, steps=steps, seed=seed, progress=rich_progress())
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
@@ -75,11 +66,11 @@ def train_lm_cmd(
     """Train the tiny chat LM on world language and save it in 🤗 format."""
     from modgap.world.lm import train_world_lm
 
-    _quiet_transformers()
+    quiet_transformers()
     info = train_world_lm(out_dir, texts=texts, steps=steps, seed=seed, progress=rich_progress())
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo", epilog="Example: modgap demo --quick --workdir /tmp/demo")(demo)
-    app.add_typer(world_app, name="world")
+def register(root: typer.Typer) -> None:
+    root.command("demo", epilog="Example: modgap demo --quick --workdir /tmp/demo")(demo)
+    root.add_typer(world_app, name="world")

@@ -8,13 +8,13 @@ Everything is validated before any image is opened or any text encoded.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
+from modgap.files import read_rows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -48,16 +48,8 @@ def read_inputs(path: str | Path, image_root: str | Path | None = None, columns:
         inputs = _image_folder(path)
     elif path.name.endswith(".json") and not path.name.endswith(".jsonl"):
         inputs = _revision_json(path, image_root)
-    elif path.suffix == ".jsonl":
-        inputs = _records(path, read_jsonl(path), columns, image_root)
-    elif path.suffix in (".csv", ".tsv"):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, dialect="excel-tab" if path.suffix == ".tsv" else "excel"))
-        inputs = _records(path, rows, columns, image_root)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        inputs = _records(path, pq.read_table(path).to_pylist(), columns, image_root)
+    elif path.suffix in (".jsonl", ".csv", ".tsv", ".parquet"):
+        inputs = _records(path, read_rows(path, what="input file"), columns, image_root)
     else:
         raise ModgapError(f"{path}: unknown input format (dataset.json, .jsonl, .csv, .tsv, .parquet, a folder)")
     inputs.source = str(path)
@@ -71,17 +63,6 @@ def _check_unique(path: Path, what: str, items: list[tuple[str, Any]]) -> None:
     dupes = sorted({k for k, _ in items if k in seen or seen.add(k)})  # type: ignore[func-returns-value]
     if dupes:
         raise ModgapError(f"{path}: duplicate {what} id(s): {', '.join(map(repr, dupes[:10]))}")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ModgapError(f"{path}:{n}: not valid JSON ({e})") from e
-    return rows
 
 
 def _resolve(root: Path, p: str) -> str:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +24,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from modgap.atomic import write_jsonl, write_text
-from modgap.distributed import barrier, init_from_env
-from modgap.embed.inputs import Inputs
+from modgap.distributed import barrier, init_from_env, local_device, rank_slice
+from modgap.embed.inputs import Columns, Inputs, read_inputs
 from modgap.encoders import IMAGE, TEXT, Encoder, Prepared
 from modgap.errors import ModgapError
+from modgap.files import write_jsonl
+from modgap.hub import use_offline_mode
 from modgap.progress import ProgressFactory, silent
-from modgap.store.manifest import MANIFEST_NAME, Manifest
+from modgap.store.manifest import MANIFEST_NAME
+from modgap.store.merge import merge_sub_stores
 from modgap.store.store import EmbeddingStore, StoreWriter
 
 FAILURES = "failures.jsonl"
@@ -157,7 +158,8 @@ def embed_modality(
     items = inputs.texts if modality == TEXT else inputs.images
     if not items:
         raise ModgapError(f"{inputs.source}: no {modality} items")
-    mine = items[len(items) * rank // world : len(items) * (rank + 1) // world]
+    lo, hi = rank_slice(len(items), rank, world)
+    mine = items[lo:hi]
     target = out if world == 1 else out / RANK_DIR.format(rank=rank)
     done = _existing_ids(out) | (_existing_ids(target) if target != out else set())
     todo = [(i, k, v) for i, (k, v) in enumerate(mine) if k not in done]
@@ -186,7 +188,7 @@ def embed_modality(
     if world > 1:
         barrier()
         if rank == 0:
-            merge_rank_stores(out, world)
+            merge_sub_stores(out, [out / RANK_DIR.format(rank=r) for r in range(world)], concat=[FAILURES])
         barrier()
     return EmbedSummary(modality, str(out), embedded, len(mine) - len(todo), len(failures), time.perf_counter() - t0)
 
@@ -275,43 +277,42 @@ def _write_failures(store_dir: Path, failures: list[dict[str, str]]) -> None:
     write_jsonl(store_dir / FAILURES, failures)
 
 
-def merge_rank_stores(out: Path, world: int) -> Manifest:
-    """Move the shards of every rank's sub-store into ``out`` (one manifest), rank by rank."""
-    subs = [out / RANK_DIR.format(rank=r) for r in range(world)]
-    first = Manifest.load(subs[0])
-    if (out / MANIFEST_NAME).exists():
-        merged = Manifest.load(out)
-    else:
-        merged = Manifest(
-            dim=first.dim,
-            dtype=first.dtype,
-            normalized=first.normalized,
-            modality=first.modality,
-            encoder=first.encoder,
-            created_by=first.created_by,
-            metadata_columns=list(first.metadata_columns),
-            extra=dict(first.extra),
-        )
-    taken = {s.file for s in merged.shards}
-    failures: list[str] = []
-    for r, sub in enumerate(subs):
-        m = Manifest.load(sub)
-        while m.shards:
-            # Unlist, move, list: a crash in between leaves an unlisted file that the next writer removes
-            # and the next run recomputes; a row is never listed twice.
-            shard = m.shards.pop(0)
-            m.save(sub)
-            k = 0
-            while (name := f"shard-r{r}-{k:05d}.arrow") in taken:
-                k += 1
-            os.replace(sub / shard.file, out / name)
-            taken.add(name)
-            shard.file = name
-            merged.shards.append(shard)
-            merged.save(out)
-        if (sub / FAILURES).exists():
-            failures += (sub / FAILURES).read_text().splitlines()
-        shutil.rmtree(sub)
-    merged.save(out)
-    write_text(out / FAILURES, "".join(line + "\n" for line in failures))
-    return merged
+def embed_data(
+    encoder_spec: str,
+    data: str | os.PathLike,
+    outs: dict[str, str | os.PathLike | None],
+    *,
+    image_root: str | os.PathLike | None = None,
+    columns: Columns | None = None,
+    options: EmbedOptions | None = None,
+    device: str = "cpu",
+    online: bool = False,
+    trust_remote_code: bool = False,
+    max_text_length: int | None = None,
+    created_by: str | None = None,
+    progress: ProgressFactory = silent,
+) -> list[EmbedSummary]:
+    """``modgap embed``: read ``data``, load the encoder, and embed each modality named in ``outs``
+    (``{"image": STORE, "text": STORE}``) into its store. Offline unless ``online``; under torchrun each
+    process uses its own GPU for ``device="cuda"``."""
+    from modgap.encoders import load_encoder
+
+    use_offline_mode(online)
+    wanted = [m for m in (IMAGE, TEXT) if m in outs]
+    if not wanted or set(outs) - {IMAGE, TEXT}:
+        raise ModgapError(f"embed: modalities must be image and/or text, got {sorted(outs)}")
+    for m in wanted:
+        if outs[m] is None:
+            raise ModgapError(f"--out-{m} is required to embed {m}s")
+    inputs = read_inputs(data, image_root, columns or Columns())
+    init_from_env()
+    encoder = load_encoder(
+        encoder_spec,
+        device=local_device(device),
+        online=online,
+        trust_remote_code=trust_remote_code,
+        max_text_length=max_text_length,
+    )
+    return [
+        embed_modality(encoder, m, inputs, outs[m], options, created_by=created_by, progress=progress) for m in wanted
+    ]

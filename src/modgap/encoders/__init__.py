@@ -30,7 +30,7 @@ def load_encoder(
         kind, rest = "hf", spec
     if kind == "builtin":
         from modgap.encoders.hf import HFDualEncoder
-        from modgap.world.builtin import resolve
+        from modgap.hub import resolve
 
         encoder = HFDualEncoder(resolve(spec), device=device, max_text_length=max_text_length)
         encoder.name = spec  # the manifest records the portable name, not this installation's path

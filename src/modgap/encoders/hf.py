@@ -3,46 +3,19 @@
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 from PIL import Image
 
 from modgap.encoders.base import IMAGE, Encoder, Prepared
 from modgap.errors import ModgapError
+from modgap.hub import default_dtype, load_kwargs, weights_revision
 
 # Model types whose text towers pool the last position and were trained on max-length padding.
 PAD_TO_MAX_LENGTH = ("siglip", "siglip2")
-
-
-def weights_revision(path: Path) -> str | None:
-    """A content hash of the weight files of a local model directory (xxh3-128 over all of them)."""
-    files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        return None
-    h = xxhash.xxh3_128()
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(16 * 2**20):
-                h.update(block)
-    return f"xxh3_128:{h.hexdigest()}"
-
-
-def load_kwargs(paths: list[str], online: bool, trust_remote_code: bool) -> dict[str, Any]:
-    """``from_pretrained`` arguments; offline, every path must be a local model directory."""
-    for p in paths:
-        if not online and not Path(p).is_dir():
-            raise ModgapError(f"{p}: no such model directory (pass --online to download a Hub model)")
-    return {"local_files_only": not online, "trust_remote_code": trust_remote_code}
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPU; fp32 on CPU, where half-precision matmuls are far slower."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -196,7 +169,3 @@ class HFDualEncoder(Encoder):
         fn = self.model.get_image_features if modality == IMAGE else self.model.get_text_features
         feats = _features(fn(**batch)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu()
-
-
-def is_local_model(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir()

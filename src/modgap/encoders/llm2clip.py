@@ -17,17 +17,9 @@ from typing import Any
 import torch
 
 from modgap.encoders.base import IMAGE, Encoder, Prepared
-from modgap.encoders.hf import (
-    FastImagePrep,
-    ImagePrep,
-    _features,
-    default_dtype,
-    image_prep_for,
-    load_kwargs,
-    pixel_values,
-    weights_revision,
-)
+from modgap.encoders.hf import FastImagePrep, ImagePrep, _features, image_prep_for, pixel_values
 from modgap.errors import ModgapError
+from modgap.hub import default_dtype, load_kwargs, weights_revision
 
 # (prefix, suffix) around each text; pooling covers the text and the suffix, as in LLM2Vec.
 TEMPLATES = {

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from modgap.errors import ModgapError
+from modgap.files import read_rows
 from modgap.progress import ProgressFactory, silent
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -81,17 +80,13 @@ def evaluate_captions(
     **generate_kwargs: Any,
 ) -> CaptionEval:
     """Caption every row of ``data`` whose id is in ``embeddings`` and score the captions."""
-    import torch
-
-    from modgap.mllm.data import read_rows
-    from modgap.store.store import EmbeddingStore
+    from modgap.mllm.infer import StoreInputs
 
     rows = read_rows(data)
     if limit is not None:
         rows = rows[:limit]
-    store = EmbeddingStore.open(embeddings)
-    modality = store.manifest.modality or "image"
-    index = store.id_index()
+    inputs = StoreInputs(model, embeddings)
+    index = inputs.store.id_index()
     present, missing = [], []
     for n, row in enumerate(rows):
         key = str(row.get("id", ""))
@@ -104,8 +99,7 @@ def evaluate_captions(
     with progress("captioning", len(present)) as advance:
         for batch in iter_batches(present, batch_size):
             keys = [k for _, k, _ in batch]
-            raw = store.take(np.asarray([index[k] for k in keys]))
-            visual = model.visual_inputs(torch.from_numpy(raw.astype(np.float32)), modality)
+            visual = inputs.rows([index[k] for k in keys])
             replies = model.generate(visual, prompt, **generate_kwargs)
             for (n, key, row), reply in zip(batch, replies, strict=False):
                 refs = row_references(row, f"{data}: row {n} (id {key!r})")

@@ -7,7 +7,6 @@ Means are exact (streamed over every row); spectra come from a random sample of 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -19,37 +18,25 @@ import numpy as np
 import torch
 
 from modgap.align.base import Aligner, normalize_rows
-from modgap.align.fit import VectorSource
 from modgap.align.stats import Moments
 from modgap.errors import ModgapError
+from modgap.files import read_rows
 from modgap.gap import metrics
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.store import EmbeddingStore
+from modgap.store.stream import VectorSource
 
 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Pairs file: CSV/TSV with a header naming ``text_id`` and ``image_id``, or JSONL with those keys."""
+    """Pairs file: CSV/TSV with a header naming ``text_id`` and ``image_id``, or JSONL/JSON with those keys."""
     path = Path(path)
-    if not path.is_file():
-        raise ModgapError(f"{path}: pairs file not found")
+    rows = read_rows(path, what="pairs file")
     pairs: list[tuple[str, str]] = []
-    if path.suffix in (".jsonl", ".json"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                pairs.append((str(d["text_id"]), str(d["image_id"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ModgapError(f"{path}:{n}: expected a JSON object with text_id and image_id ({e})") from e
-    else:
-        with open(path, newline="") as f:
-            dialect = "excel-tab" if path.suffix == ".tsv" else "excel"
-            reader = csv.DictReader(f, dialect=dialect)
-            if not reader.fieldnames or not {"text_id", "image_id"} <= set(reader.fieldnames):
-                raise ModgapError(f"{path}: header must name text_id and image_id, got {reader.fieldnames}")
-            pairs = [(r["text_id"], r["image_id"]) for r in reader]
+    for n, row in enumerate(rows, 1):
+        if row.get("text_id") in (None, "") or row.get("image_id") in (None, ""):
+            raise ModgapError(f"{path}: row {n} needs text_id and image_id (has {sorted(row)})")
+        pairs.append((str(row["text_id"]), str(row["image_id"])))
     if not pairs:
         raise ModgapError(f"{path}: no pairs")
     return pairs

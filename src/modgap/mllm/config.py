@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
+from modgap.files import from_mapping
 
 CONFIG_FILE = "modgap_mllm.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -46,8 +47,6 @@ class MLLMConfig:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ModgapError(f"{path}: not valid JSON ({e})") from e
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ModgapError(f"{path}: unknown fields {sorted(unknown)} (written by a newer modgap?)")
-        return cls(**raw)
+        if not isinstance(raw, dict):
+            raise ModgapError(f"{path}: expected a JSON object")
+        return from_mapping(cls, raw, f"{path} (written by a newer modgap?)")

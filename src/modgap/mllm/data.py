@@ -9,12 +9,15 @@ a string or a list of strings, one sample each), in JSON (a list) or JSONL. Docu
 - a conversation without ``<image>`` gets it in front of its first user turn (counted);
 - a sample longer than ``max_length`` tokens is cut from the end (counted); if no reply token would
   remain it is dropped (counted).
+
+A store written by ``modgap align apply`` carries its aligner (``manifest.extra["aligner"]``); its rows are
+used as they are and that aligner goes into the model (:func:`training_aligner`), so training on an aligned
+store and training on the raw store with ``--aligner`` give the same visual inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modgap.align.base import Aligner
-from modgap.embed.inputs import read_jsonl
+from modgap.align.base import Aligner, load_aligner
 from modgap.errors import ModgapError
+from modgap.files import read_rows
 from modgap.mllm.chat import IGNORE, caption_messages, encode, llava_messages, place_image
 from modgap.mllm.model import visual_view
 from modgap.progress import ProgressFactory, silent
@@ -63,6 +66,56 @@ class SourceReport:
 class Source:
     store: EmbeddingStore
     modality: str
+    aligned: bool = False  # rows written by an aligner: used as they are
+
+
+def store_aligner(store: EmbeddingStore) -> Aligner | None:
+    """The aligner recorded by ``modgap align apply`` in an aligned store; None for a raw store."""
+    record = store.manifest.extra.get("aligner")
+    if not record:
+        return None
+    candidates = [store.path / record["dir"]] if record.get("dir") else []
+    if record.get("path"):
+        candidates.append(Path(record["path"]))
+    for path in candidates:
+        if (path / "aligner.json").is_file():
+            return load_aligner(path)
+    raise ModgapError(
+        f"{store.path}: the store was written by the {record.get('method')!r} aligner, but that aligner is "
+        "not saved with it (made by an older modgap); rerun 'modgap align apply' to rewrite the store"
+    )
+
+
+def same_aligner(a: Aligner, b: Aligner) -> bool:
+    """Same method, parameters and fitted tensors."""
+    if a.method != b.method or a.params() != b.params() or set(a.state) != set(b.state):
+        return False
+    return all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def training_aligner(stores: Sequence[EmbeddingStore], aligner_dir: str | None) -> Aligner | None:
+    """The aligner a model trained on ``stores`` reads through: the one recorded in aligned stores, or
+    ``--aligner`` for raw ones. Refuses the combinations that would align twice or inconsistently."""
+    recorded = [(s, a) for s in stores if (a := store_aligner(s)) is not None]
+    if not recorded:
+        return load_aligner(aligner_dir) if aligner_dir else None
+    store, aligner = recorded[0]
+    method = aligner.method
+    if aligner_dir:
+        raise ModgapError(
+            f"{store.path} is already aligned with {method!r} (its manifest records the aligner); drop "
+            "--aligner: training uses the store's rows as they are and the aligner recorded with them"
+        )
+    for other, other_aligner in recorded[1:]:
+        if not same_aligner(aligner, other_aligner):
+            raise ModgapError(f"{store.path} and {other.path} were written by different aligners")
+    raw_text = [s for s in stores if store_aligner(s) is None and (s.manifest.modality or "image") == "text"]
+    if raw_text:
+        raise ModgapError(
+            f"{raw_text[0].path} is a raw text store and {store.path} an aligned one; align it with the same "
+            "aligner ('modgap align apply') or train on raw stores with --aligner"
+        )
+    return aligner
 
 
 @dataclasses.dataclass
@@ -81,23 +134,6 @@ class TrainingSet:
 
     def num_tokens(self, indices: Sequence[int]) -> int:
         return int(sum(len(self.input_ids[i]) for i in indices))
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON list or JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModgapError(f"{path}: no such data file")
-    if path.suffix == ".jsonl":
-        rows = read_jsonl(path)
-    else:
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModgapError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ModgapError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
-    return rows
 
 
 def row_conversations(row: dict[str, Any], where: str, prompt: str) -> list[list[dict[str, str]]]:
@@ -172,7 +208,7 @@ def build_training_set(
                 f"embedding in {store_path} (e.g. {report.missing_ids[:5]}); the limit is {max_missing:.1%} "
                 "(--max-missing)"
             )
-        sources.append(Source(store, modality))
+        sources.append(Source(store, modality, aligned=store_aligner(store) is not None))
         reports.append(report)
     if not ids_out:
         raise ModgapError("no training samples left: " + " | ".join(r.line() for r in reports))
@@ -210,23 +246,11 @@ def batch_visual(
         if not len(sel):
             continue
         raw = source.store.take(data.row[indices[sel]])
-        view = visual_view(raw, source.modality, aligner, train=train, generator=generator, noise_std=noise_std)
+        view = visual_view(
+            raw, source.modality, aligner, aligned=source.aligned, train=train, generator=generator, noise_std=noise_std
+        )
         if out is None:
             out = torch.empty((len(indices), view.shape[1]), dtype=view.dtype)
         out[torch.from_numpy(sel)] = view
     assert out is not None
     return out
-
-
-def epoch_batches(
-    n: int, batch_size: int, world_size: int, rank: int, *, seed: int, epoch: int, shuffle: bool = True
-) -> list[list[int]]:
-    """This rank's micro-batches for one epoch: a permutation fixed by (seed, epoch), cut into global
-    batches of ``batch_size * world_size`` (the last partial one dropped), each split across ranks."""
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g).tolist()
-    else:
-        order = list(range(n))
-    step = batch_size * world_size
-    return [order[b + rank * batch_size : b + (rank + 1) * batch_size] for b in range(0, n - step + 1, step)]

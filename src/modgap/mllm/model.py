@@ -16,6 +16,8 @@ from torch import nn
 
 from modgap.align.base import Aligner, load_aligner, normalize_rows
 from modgap.errors import ModgapError
+from modgap.files import atomic_output_dir
+from modgap.hub import is_builtin, load_llm, load_tokenizer, portable_name
 from modgap.mllm.chat import IGNORE, VISUAL_ID, caption_messages, encode, ensure_chat_template
 from modgap.mllm.config import (
     ADAPTER_DIR,
@@ -26,39 +28,6 @@ from modgap.mllm.config import (
     MLLMConfig,
 )
 from modgap.mllm.projector import Projector
-
-
-def load_llm(path: str, *, online: bool = False, trust_remote_code: bool = False, dtype: Any = None) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with modgap's offline and remote-code rules."""
-    from transformers import AutoModelForCausalLM
-
-    from modgap.encoders.hf import load_kwargs
-    from modgap.world.builtin import resolve
-
-    path = resolve(path)
-    kwargs = load_kwargs([path], online, trust_remote_code)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModgapError(f"{path}: cannot load a causal LM ({e})") from e
-
-
-def load_tokenizer(path: str, *, online: bool = False, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
-    from modgap.encoders.hf import load_kwargs
-    from modgap.world.builtin import resolve
-
-    path = resolve(path)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **load_kwargs([path], online, trust_remote_code))
-    except (OSError, ValueError) as e:
-        raise ModgapError(f"{path}: cannot load a tokenizer ({e})") from e
-    if not getattr(tok, "is_fast", False):
-        raise ModgapError(f"{path}: needs a fast tokenizer (offsets locate the assistant tokens)")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 class VisionLanguageModel(nn.Module):
@@ -101,9 +70,8 @@ class VisionLanguageModel(nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             proj = Projector(embed_dim, hidden, num_visual_tokens, projector, token_mode)
-        local = Path(llm_path)
         config = MLLMConfig(
-            base_llm=str(local.resolve()) if local.is_dir() and ":" not in llm_path else llm_path,
+            base_llm=portable_name(llm_path),
             embed_dim=embed_dim,
             hidden_size=hidden,
             num_visual_tokens=num_visual_tokens,
@@ -137,9 +105,7 @@ class VisionLanguageModel(nn.Module):
         if config.llm_weights == "llm":
             llm = load_llm(str(path / LLM_DIR), trust_remote_code=remote, dtype=dtype)
         else:
-            from modgap.world.builtin import PREFIX
-
-            if not online and not config.base_llm.startswith(PREFIX) and not Path(config.base_llm).is_dir():
+            if not online and not is_builtin(config.base_llm) and not Path(config.base_llm).is_dir():
                 raise ModgapError(
                     f"{path}: base LM {config.base_llm} not found (moved? pass --base-llm with its new location)"
                 )
@@ -166,25 +132,29 @@ class VisionLanguageModel(nn.Module):
         """Write the model directory atomically (LLM weights only if they were trained).
 
         ``state_dict``: the full state gathered by the engine when parameters are sharded (DeepSpeed
-        ZeRO-3, FSDP); its ``llm.``/``projector.`` entries replace the module's own.
+        ZeRO-3, FSDP; see :func:`modgap.training.full_state_dict`); its ``llm.``/``projector.`` entries are
+        written instead of the module's own, which on a sharded engine are only this process's shards.
         """
-        from modgap.store.store import atomic_output_dir
-
         llm = self.llm
+        llm_state = projector_state = None
+        if state_dict is not None:
+            llm_state = _sub_state(state_dict, "llm.")
+            projector_state = _sub_state(state_dict, "projector.")
+            if projector_state is None:
+                raise ModgapError("the given state_dict has no projector.* entries (not this model's state?)")
         config = MLLMConfig(**{**self.config.__dict__})
         if created_by is not None:
             config.created_by = created_by
         with atomic_output_dir(path, overwrite=True) as tmp:
+            llm_kwargs = {} if llm_state is None else {"state_dict": llm_state}
             if _is_peft(llm):
-                llm.save_pretrained(str(tmp / ADAPTER_DIR))
+                llm.save_pretrained(str(tmp / ADAPTER_DIR), **llm_kwargs)
                 config.llm_weights = "adapter"
             elif any(p.requires_grad for p in llm.parameters()) or config.llm_weights == "llm":
-                llm.save_pretrained(str(tmp / LLM_DIR))
+                llm.save_pretrained(str(tmp / LLM_DIR), **llm_kwargs)
                 config.llm_weights = "llm"
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()},
-                str(tmp / PROJECTOR_FILE),
-            )
+            projector = projector_state if projector_state is not None else self.projector.state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in projector.items()}, str(tmp / PROJECTOR_FILE))
             self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
             if self.aligner is not None:
                 self.aligner.save(tmp / ALIGNER_DIR)
@@ -224,10 +194,11 @@ class VisionLanguageModel(nn.Module):
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
 
     # -- visual inputs --------------------------------------------------------------------------
-    def visual_inputs(self, x: Any, modality: str) -> torch.Tensor:
+    def visual_inputs(self, x: Any, modality: str, *, aligned: bool = False) -> torch.Tensor:
         """Embeddings as the model reads them at inference: text through the aligner, images through
-        the aligner's target transform (C3 centres images), both L2-normalised."""
-        return visual_view(x, modality, self.aligner)
+        the aligner's target transform (C3 centres images), both L2-normalised; ``aligned`` rows (from a
+        store the aligner wrote) as they are."""
+        return visual_view(x, modality, self.aligner, aligned=aligned)
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -301,20 +272,27 @@ def visual_view(
     modality: str,
     aligner: Aligner | None,
     *,
+    aligned: bool = False,
     train: bool = False,
     generator: torch.Generator | None = None,
     noise_std: float = 0.0,
 ) -> torch.Tensor:
-    """What the projector sees of raw embeddings ``x`` from a ``modality`` store.
+    """What the projector sees of embeddings ``x`` from a ``modality`` store.
 
-    Text goes through the aligner (its train-time view when ``train``: C3 and CapDec add fresh noise);
-    images through the aligner's target transform. ``noise_std`` adds Gaussian noise (then renormalises)
-    on top, during training only.
+    Raw text goes through the aligner (its train-time view when ``train``: C3 and CapDec add fresh
+    noise); images through the aligner's target transform. ``aligned`` rows were written by that aligner
+    (``modgap align apply``) and are kept as they are (mean shift's output is not unit-norm on purpose),
+    plus the aligner's train-time noise when ``train``. ``noise_std`` adds Gaussian noise (then
+    renormalises) on top, during training only.
     """
     from modgap.store.store import as_cpu_tensor
 
     x = as_cpu_tensor(x).float() if not isinstance(x, torch.Tensor) else x.float()
-    if aligner is None:
+    if aligned:
+        if aligner is None:
+            raise ModgapError("aligned rows need the aligner that wrote them")
+        out = aligner.train_noise(x, generator) if train else x
+    elif aligner is None:
         out = normalize_rows(x)
     elif modality == "text":
         out = aligner.train_transform(x, generator) if train else aligner.transform(x)
@@ -339,4 +317,4 @@ def _is_peft(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
-__all__ = ["IGNORE", "VisionLanguageModel", "load_llm", "load_tokenizer", "visual_view"]
+__all__ = ["IGNORE", "VisionLanguageModel", "visual_view"]

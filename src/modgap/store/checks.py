@@ -1,4 +1,9 @@
-"""Detection and reporting of vectors that cannot be used: NaN, Inf, or all zeros."""
+"""Detection and reporting of vectors that cannot be used: NaN, Inf, or all zeros.
+
+The one rule, in NumPy (:func:`bad_row_mask`) and torch (:func:`unusable_rows`) form: a row is unusable when
+its norm is not finite (a NaN or Inf component, or overflow) or zero. Everything that streams vectors
+(import, align, gap, training) applies it, so bad rows are never silently turned into zeros.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
-from modgap.atomic import write_jsonl
 from modgap.errors import BadVectorsError, ModgapError
+from modgap.files import write_jsonl
 
 OnBad = Literal["error", "skip"]
 ON_BAD_CHOICES = ("error", "skip")
@@ -18,6 +24,11 @@ ON_BAD_CHOICES = ("error", "skip")
 def bad_row_mask(norms: np.ndarray) -> np.ndarray:
     """Rows whose norm is non-finite (a NaN or Inf component, or overflow) or zero."""
     return ~np.isfinite(norms) | (norms == 0)
+
+
+def unusable_rows(norms: torch.Tensor) -> torch.Tensor:
+    """The torch form of :func:`bad_row_mask`."""
+    return ~torch.isfinite(norms) | (norms == 0)
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:

@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from modgap.errors import ModgapError
+from modgap.files import atomic_output_dir
 from modgap.store.checks import BadRows, OnBad, bad_row_mask, row_norms
 from modgap.store.safe_pickle import safe_load
-from modgap.store.store import EMBEDDING, ID, EmbeddingStore, StoreWriter, atomic_output_dir
+from modgap.store.store import EMBEDDING, ID, EmbeddingStore, StoreWriter
 
 IMPORT_FORMATS = ("revision-pkl", "npy", "parquet")
 EXPORT_FORMATS = ("npy", "parquet", "revision-pkl")

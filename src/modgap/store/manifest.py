@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modgap.atomic import write_text
 from modgap.errors import ModgapError
+from modgap.files import write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "modgap-embedding-store"

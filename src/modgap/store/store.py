@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
 import uuid
 import warnings
 from collections import deque
@@ -32,11 +31,11 @@ import torch
 import xxhash
 
 from modgap.errors import ModgapError
+from modgap.files import TMP_PREFIX
 from modgap.store.manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
 
 ID = "id"
 EMBEDDING = "embedding"
-TMP_PREFIX = ".tmp-"
 # Shards and record batches are sized in bytes so that memory use does not grow with the dimension.
 DEFAULT_SHARD_BYTES = 256 * 2**20
 DEFAULT_BATCH_BYTES = 16 * 2**20
@@ -608,26 +607,3 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
-
-
-@contextlib.contextmanager
-def atomic_output_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that becomes ``dest`` only if the block succeeds."""
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise ModgapError(f"{dest}: already exists (pass --overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dest.exists():
-        old = dest.with_name(f"{TMP_PREFIX}{dest.name}-old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from modgap.atomic import write_jsonl, write_text
+from modgap.align import method_names
 from modgap.errors import ModgapError
+from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
+from modgap.training import claim_run_dir
 from modgap.world.evaluate import chance_levels, score_captions
 from modgap.world.scene import ATTRIBUTES, PROMPT, Scene, caption, make_scenes, references, render
 
-ALIGNERS = ("none", "mean-shift", "c3", "realign", "gaussian-ot")
+ALIGNERS = method_names("baseline", "aligner")  # every registered method except train-time augmentations
 # Mean shift moves text onto the image centroid (x - mu_t + mu_i), the gap-closing variant; the others run
 # with their defaults.
 ALIGNER_PARAMS = {"mean-shift": {"add_target_mean": True}}
@@ -54,19 +56,6 @@ class DemoResult:
     gap_before: dict[str, float]
     seconds: float
     workdir: Path
-
-
-def _claim_workdir(root: Path, settings: dict[str, Any]) -> None:
-    """Record the settings a workdir is built with; resuming with other settings would mix two worlds."""
-    path = root / "demo.json"
-    if path.is_file():
-        before = json.loads(path.read_text())
-        if before != settings:
-            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
-            raise ModgapError(f"{root} holds a demo run with other settings ({changed}); use another --workdir")
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
@@ -107,8 +96,7 @@ def _write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], Non
 
 
 def _embed(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
-    from modgap.embed import EmbedOptions, embed_modality
-    from modgap.embed.inputs import Columns, read_inputs
+    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
     from modgap.encoders import load_encoder
 
     encoder = load_encoder(ENCODER)
@@ -171,20 +159,14 @@ def _train(
         resume=True,
         max_length=128,
     )
-    return train(cfg, show_progress=False).model_dir
+    return train(cfg).model_dir
 
 
 def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, float]:
-    import torch
+    from modgap.mllm.infer import StoreInputs, load_model
 
-    from modgap.mllm.model import VisionLanguageModel
-    from modgap.store.store import EmbeddingStore
-
-    model = VisionLanguageModel.load(model_dir)
-    model.eval()
-    store = EmbeddingStore.open(root / "stores" / "test-image")
-    raw = torch.from_numpy(store.get([f"test-{i}" for i in range(len(scenes))]).astype(np.float32))
-    visual = model.visual_inputs(raw, "image")
+    model = load_model(model_dir)
+    visual = StoreInputs(model, root / "stores" / "test-image").ids([f"test-{i}" for i in range(len(scenes))])
     replies = model.generate(visual, max_new_tokens=24, batch_size=128)
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
@@ -206,15 +188,19 @@ def run_demo(
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    from modgap.align import make_aligner
-    from modgap.align.base import load_aligner
+    from modgap.align import load_aligner, make_aligner
 
     started = time.perf_counter()
     root = Path(workdir)
     size = QUICK if quick else FULL
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
-    _claim_workdir(root, {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)})
+    claim_run_dir(
+        root,
+        {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
+        settings_file="demo.json",
+        hint="; use another --workdir",
+    )
     pools = _write_world(root, size, seed, log)
     _embed(root, progress, log)
     text_store = str(root / "stores" / "text_pool-text")
@@ -251,12 +237,9 @@ def run_demo(
         # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
         rows[f"sft {sft} only"] = _evaluate(root, _sft(root, None, size, seed, sft), pools["test"])
     result = DemoResult(rows, before, time.perf_counter() - started, root)
-    write_text(
+    write_json(
         root / "results.json",
-        json.dumps(
-            {"rows": rows, "gap_before": before, "seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
-            indent=2,
-        ),
+        {"rows": rows, "gap_before": before, "seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
     )
     write_text(root / "report.md", report_markdown(result, size, seed))
     return result

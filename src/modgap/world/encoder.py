@@ -39,8 +39,8 @@ def train_encoder(
     """Train on ``pairs`` scenes of the ``encoder`` split (a fresh caption phrasing each visit) and save."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from modgap.encoders.tiny import build_word_tokenizer
-    from modgap.store.store import atomic_output_dir
+    from modgap.files import atomic_output_dir
+    from modgap.world.tiny import build_word_tokenizer
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -10,15 +10,19 @@ hundred steps, shape only after ~1000 steps (its loss sits at log 5 until then),
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from modgap.errors import ModgapError
+from modgap.files import atomic_output_dir
 from modgap.mllm.chat import caption_messages
-from modgap.mllm.lm import train_causal_lm
-from modgap.mllm.tiny import build_chat_tokenizer, save_tiny_llm
 from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import PROMPT, caption, make_scenes, vocabulary
+from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
 PROVENANCE = "modgap_world.json"
 RESTATE = "say it another way ."
@@ -34,6 +38,62 @@ def lm_texts(n: int, seed: int, tokenizer) -> list[str]:
     return texts
 
 
+def train_causal_lm(
+    llm_dir: str | Path,
+    texts: Sequence[str],
+    out: str | Path,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    seed: int = 0,
+    progress: ProgressFactory = silent,
+) -> list[float]:
+    """Train the model in ``llm_dir`` on ``texts`` (already formatted; special tokens as text) and save it,
+    with its tokenizer, to ``out``. Returns the loss of every step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    if not texts:
+        raise ModgapError("no texts to train the LM on")
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), local_files_only=True, dtype=torch.float32)
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1 << 20 else 512
+    encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"] for t in texts]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    losses = []
+    model.train()
+    order: list[int] = []
+    with progress("training LM", steps) as advance:
+        for _ in range(steps):
+            if len(order) < batch_size:
+                order += torch.randperm(len(encoded), generator=g).tolist() * math.ceil(batch_size / len(encoded))
+            idx, order = order[:batch_size], order[batch_size:]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, i in enumerate(idx):
+                ids[j, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[j, : len(encoded[i])] = 1
+            labels = ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            advance(1)
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return losses
+
+
 def train_world_lm(
     out: str | Path,
     *,
@@ -47,8 +107,6 @@ def train_world_lm(
     seed: int = 0,
     progress: ProgressFactory = silent,
 ) -> dict:
-    from modgap.store.store import atomic_output_dir
-
     words = [*vocabulary(), *RESTATE.split(), "<image>"]
     tokenizer = build_chat_tokenizer(words, max_length=256)
     corpus = lm_texts(texts // 2, seed, tokenizer)

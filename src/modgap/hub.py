@@ -1,0 +1,128 @@
+"""How modgap finds and loads 🤗 checkpoints: names, the offline rule, load arguments, dtypes, weight hashes.
+
+* ``builtin:NAME`` names a tiny model shipped in the package (``modgap/builtin/NAME``), accepted wherever
+  a model path is.
+* Offline by default: without ``online`` every model must be a local directory and nothing is downloaded
+  (``HF_HUB_OFFLINE`` is set for the process); ``online=True`` allows Hub ids.
+* Remote code runs only with ``trust_remote_code=True``, which the user gives with ``--trust-remote-code``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+
+from modgap.errors import ModgapError
+
+PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+# The command that regenerates each shipped model (models are data here; the world package trains them).
+REGENERATE = {
+    "tiny-clip": "modgap world train-encoder --out {path}",
+    "tiny-lm": "modgap world train-lm --out {path}",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+def builtin_path(name: str) -> Path:
+    if name not in REGENERATE:
+        raise ModgapError(f"unknown built-in model {name!r}; choose from {', '.join(REGENERATE)}")
+    path = BUILTIN_DIR / name
+    if not (path / "config.json").is_file():
+        raise ModgapError(
+            f"built-in model {name!r} is missing from {path}; regenerate it with " + REGENERATE[name].format(path=path)
+        )
+    return path
+
+
+def is_builtin(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+def resolve(path_or_spec: str) -> str:
+    """``builtin:NAME`` → the shipped directory; anything else unchanged."""
+    if is_builtin(path_or_spec):
+        return str(builtin_path(path_or_spec[len(PREFIX) :]))
+    return path_or_spec
+
+
+def portable_name(spec: str) -> str:
+    """What records name a model by: ``builtin:NAME`` stays portable, a local directory becomes absolute."""
+    if is_builtin(spec):
+        return spec
+    local = Path(spec)
+    return str(local.resolve()) if local.is_dir() else spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading rules
+# ---------------------------------------------------------------------------------------------
+def use_offline_mode(online: bool) -> None:
+    """Keep the process off the network unless ``online`` (🤗 libraries read ``HF_HUB_OFFLINE``)."""
+    if not online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_kwargs(paths: list[str], online: bool, trust_remote_code: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments; offline, every path must be a local model directory."""
+    for p in paths:
+        if not online and not Path(p).is_dir():
+            raise ModgapError(f"{p}: no such model directory (pass --online to download a Hub model)")
+    return {"local_files_only": not online, "trust_remote_code": trust_remote_code}
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on GPU; fp32 on CPU, where half-precision matmuls are far slower."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def weights_revision(path: str | os.PathLike) -> str | None:
+    """A content hash of the weight files of a local model directory (xxh3-128 over all of them)."""
+    files = sorted(p for p in Path(path).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    h = xxhash.xxh3_128()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(16 * 2**20):
+                h.update(block)
+    return f"xxh3_128:{h.hexdigest()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal LMs and tokenizers
+# ---------------------------------------------------------------------------------------------
+def load_llm(
+    path: str, *, online: bool = False, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with modgap's names, offline and remote-code rules (fp32 default)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(path)
+    kwargs = load_kwargs([path], online, trust_remote_code)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModgapError(f"{path}: cannot load a causal LM ({e})") from e
+
+
+def load_tokenizer(path: str, *, online: bool = False, trust_remote_code: bool = False) -> Any:
+    """A fast tokenizer (offsets are needed to find reply tokens) with a pad token (the EOS token if none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **load_kwargs([path], online, trust_remote_code))
+    except (OSError, ValueError) as e:
+        raise ModgapError(f"{path}: cannot load a tokenizer ({e})") from e
+    if not getattr(tok, "is_fast", False):
+        raise ModgapError(f"{path}: needs a fast tokenizer (offsets locate the assistant tokens)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

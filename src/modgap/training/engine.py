@@ -1,0 +1,93 @@
+"""The Accelerate set-up every recipe shares, and the pieces of a loop that must agree across processes.
+
+* :func:`make_accelerator`: one call for CPU, one GPU, DDP, FSDP and DeepSpeed (the launcher's config
+  decides); on a machine without a GPU, Accelerate is told it is on CPU, the only way it joins a
+  ``torchrun``/``accelerate launch`` gloo process group there.
+* :func:`full_state_dict`: the gather step that sharded engines (DeepSpeed ZeRO-3, FSDP) need before a
+  final save; a collective, so every process calls it.
+* :func:`epoch_batches`: the data order, a function of (seed, epoch) only, which is what makes a resumed
+  run take exactly the steps of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from modgap.errors import ModgapError
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto``: bf16 on GPU, none on CPU (half-precision matmuls are far slower there)."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if setting not in ("no", "bf16", "fp16"):
+        raise ModgapError(f"--mixed-precision must be auto, no, bf16 or fp16, got {setting!r}")
+    return setting
+
+
+def make_accelerator(
+    out: str | os.PathLike, *, grad_accum: int = 1, mixed_precision: str = "auto", report_to: str = "none"
+) -> Any:
+    """An ``Accelerator`` logging to ``OUT/logs`` (``report_to``: tensorboard, wandb or none)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if report_to not in ("tensorboard", "wandb", "none"):
+        raise ModgapError(f"--report-to must be tensorboard, wandb or none, got {report_to!r}")
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=grad_accum,
+        mixed_precision=resolve_mixed_precision(mixed_precision),
+        log_with=None if report_to == "none" else report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=os.path.join(str(out), "logs")),
+    )
+
+
+def is_sharded(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def full_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor] | None:
+    """The gathered full state of a sharded model (every process must call this), or None when the
+    module's own parameters are complete (no sharding)."""
+    return accelerator.get_state_dict(model) if is_sharded(accelerator) else None
+
+
+def epoch_batches(
+    n: int, batch_size: int, world_size: int, rank: int, *, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
+    """This rank's micro-batches for one epoch: a permutation fixed by (seed, epoch), cut into global
+    batches of ``batch_size * world_size`` (the last partial one dropped), each split across ranks."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    step = batch_size * world_size
+    return [order[b + rank * batch_size : b + (rank + 1) * batch_size] for b in range(0, n - step + 1, step)]
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch of :func:`epoch_batches`; an error if the data cannot fill one."""
+    steps = (n // (batch_size * world_size)) // grad_accum
+    if steps == 0:
+        raise ModgapError(
+            f"{n} samples are fewer than one optimizer step needs "
+            f"(batch {batch_size} x {world_size} processes x {grad_accum} accumulation)"
+        )
+    return steps
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """A generator that is a function of (seed, step, micro-batch, rank): resumed runs draw the same noise."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
+
+
+def tracker_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as the trackers accept them (scalars; anything else as a string)."""
+    return {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in settings.items()}
