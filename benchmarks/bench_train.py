@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modgap.world.tiny import save_tiny_llm
 from modgap.mllm.train import TrainConfig, train
 from modgap.store.store import StoreWriter
+from modgap.world.tiny import save_tiny_llm
 
 WORDS = [
     "a",

@@ -72,8 +72,8 @@ def test_two_process_fit_equals_single_process(tmp_path, rng, method):
 def test_two_process_embed_gives_one_store_equal_to_a_single_process_run(tmp_path):
     import json
 
-    from modgap.world.tiny import save_tiny_clip
     from modgap.store import EmbeddingStore
+    from modgap.world.tiny import save_tiny_clip
 
     texts = [f"a {c} {s} number {k}" for k in range(3) for c in ("red", "blue", "green") for s in ("circle", "square")]
     model = save_tiny_clip(tmp_path / "clip", texts)

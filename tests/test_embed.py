@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 from conftest import run_cli
 from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
 from modgap.encoders import load_encoder
-from modgap.world.tiny import save_tiny_clip
 from modgap.errors import ModgapError
 from modgap.store import EmbeddingStore
+from modgap.world.tiny import save_tiny_clip
 
 COLOURS = ["red", "green", "blue", "yellow", "purple"]
 SHAPES = ["circle", "square"]

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from conftest import make_store, run_cli
 from modgap.errors import ModgapError
 from modgap.mllm.chat import IGNORE, VISUAL_ID, caption_messages, encode, ensure_chat_template, place_image
-from modgap.world.lm import train_causal_lm
 from modgap.mllm.model import VisionLanguageModel
-from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 from modgap.mllm.train import TrainConfig, train
+from modgap.world.lm import train_causal_lm
+from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "triangle", "star"]
@@ -161,18 +161,14 @@ def test_save_then_load_gives_identical_logits(world, tmp_path):
 
 
 def test_resume_takes_the_same_steps_as_an_uninterrupted_run(world, tmp_path):
-    full = train(
-        config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05)
-    )
+    full = train(config(world, tmp_path / "full", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05))
     stopped = train(
         config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, stop_after=5),
-        
     )
     assert stopped.stopped_early and stopped.steps == 5
     assert not (tmp_path / "cut" / "model").exists()
     resumed = train(
         config(world, tmp_path / "cut", max_steps=12, grad_accum=2, batch_size=8, noise_std=0.05, resume=True),
-        
     )
     assert resumed.steps == 12
     assert stopped.losses + resumed.losses == pytest.approx(full.losses, rel=1e-6)
@@ -207,7 +203,6 @@ def test_sft_after_pretrain(world, tmp_path, tune):
             lr=1e-3,
             batch_size=8,
         ),
-        
     )
     assert np.mean(sft.losses[-3:]) < np.mean(sft.losses[:3])
     saved = sft.model_dir / ("adapter" if tune == "lora" else "llm")
@@ -248,7 +243,6 @@ def test_qwen2_and_repeat_projector(world, tmp_path):
             projector="linear",
             max_steps=3,
         ),
-        
     )
     model = VisionLanguageModel.load(result.model_dir)
     tokens = model.projector(torch.randn(2, D))
@@ -360,3 +354,111 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(world, tmp_pat
     b = load_file(str(tmp_path / "one" / "model" / "projector.safetensors"))
     for k in a:  # every caption has the same length, so the mean of rank means is the global mean
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+# -- the gathered state of sharded engines, and the two routes of aligned text ---------------------
+@pytest.mark.parametrize("tune", ["full", "lora"])
+def test_save_writes_the_given_full_state_not_the_modules_own(world, tmp_path, tune):
+    """Under ZeRO-3/FSDP the module holds only shards; save(state_dict=gathered) must write the gathered one."""
+    from modgap.mllm.train import _set_trainable
+
+    cfg = config(world, tmp_path / "unused", tune=tune)
+    model = _set_trainable(VisionLanguageModel.build(str(world["llm"]), D, seed=0), cfg)
+    gathered = {k: v.detach().clone() + 0.5 for k, v in model.state_dict().items()}
+    model.save(tmp_path / "model", state_dict=gathered)
+    projector = load_file(str(tmp_path / "model" / "projector.safetensors"))
+    for k, v in projector.items():
+        assert torch.equal(v, gathered[f"projector.{k}"]) and not torch.equal(v, model.state_dict()[f"projector.{k}"])
+    again = VisionLanguageModel.load(tmp_path / "model")
+    trained = [k for k in gathered if k.startswith("llm.") and (tune == "full" or "lora_" in k)]
+    assert trained
+    for k in trained:
+        assert torch.equal(again.state_dict()[k], gathered[k]), k
+    with pytest.raises(ModgapError, match="no projector"):
+        model.save(tmp_path / "bad", state_dict={k: v for k, v in gathered.items() if k.startswith("llm.")})
+
+
+def _routes(world, tmp_path, method):
+    """Route (a): align apply -> aligned store; route (b): raw store + the aligner. Both as training sets."""
+    from modgap.align import apply_to_store, make_aligner
+    from modgap.hub import load_tokenizer
+    from modgap.mllm.data import build_training_set, training_aligner
+    from modgap.store import EmbeddingStore
+
+    aligner = make_aligner(method).fit(world["store"], world["test_store"])
+    aligner.save(tmp_path / f"{method}-aligner")
+    apply_to_store(aligner, world["store"], tmp_path / f"{method}-aligned")
+    tok = load_tokenizer(str(world["llm"]))
+    sets = {}
+    for route, store, aligner_dir in (
+        ("a", tmp_path / f"{method}-aligned", None),
+        ("b", world["store"], str(tmp_path / f"{method}-aligner")),
+    ):
+        chosen = training_aligner([EmbeddingStore.open(store)], aligner_dir)
+        data = build_training_set([(world["data"], store)], tok, 8, prompt=PROMPT, max_length=64)
+        sets[route] = (data, chosen)
+    return sets
+
+
+@pytest.mark.parametrize("method", ["none", "mean-shift", "c3", "realign", "gaussian-ot", "noise"])
+def test_aligned_store_and_aligner_on_the_fly_give_the_same_visual_inputs(world, tmp_path, method):
+    from modgap.mllm.data import batch_visual
+
+    sets = _routes(world, tmp_path, method)
+    (data_a, aligner_a), (data_b, aligner_b) = sets["a"], sets["b"]
+    assert aligner_a.method == aligner_b.method == method
+    everything = list(range(len(data_a)))  # the noise method draws its noise per store row: take them in order
+    a = batch_visual(data_a, everything, aligner_a, train=False)
+    b = batch_visual(data_b, everything, aligner_b, train=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    if method == "mean-shift":  # its output is not unit-norm on purpose; the old route re-normalised it
+        assert not torch.allclose(a.norm(dim=1), torch.ones(len(a)), atol=1e-3)
+    if method != "noise":  # the noise method adds fresh noise per step on the fly, a fixed draw in a store
+        rows = [5, 17, 3, 200]
+        a = batch_visual(data_a, rows, aligner_a, train=True, generator=torch.Generator().manual_seed(7))
+        b = batch_visual(data_b, rows, aligner_b, train=True, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+def test_training_on_an_aligned_store_carries_its_aligner_and_refuses_a_second_one(world, tmp_path):
+    _routes(world, tmp_path, "mean-shift")
+    aligned = str(tmp_path / "mean-shift-aligned")
+    with pytest.raises(ModgapError, match="already aligned with 'mean-shift'.*drop --aligner"):
+        train(config(world, tmp_path / "twice", embeddings=[aligned], aligner=str(tmp_path / "mean-shift-aligner")))
+    with pytest.raises(ModgapError, match="raw text store"):
+        train(
+            config(world, tmp_path / "mixed", data=[str(world["data"])] * 2, embeddings=[aligned, str(world["store"])])
+        )
+    a = train(config(world, tmp_path / "a", embeddings=[aligned], max_steps=3))
+    b = train(config(world, tmp_path / "b", aligner=str(tmp_path / "mean-shift-aligner"), max_steps=3))
+    assert a.losses == pytest.approx(b.losses, abs=1e-6)
+    model_a, model_b = VisionLanguageModel.load(a.model_dir), VisionLanguageModel.load(b.model_dir)
+    assert model_a.aligner is not None and model_a.aligner.method == "mean-shift"
+    torch.testing.assert_close(model_a.projector.state_dict(), model_b.projector.state_dict(), rtol=0, atol=1e-6)
+    # Generating from the aligned store uses its rows as they are; from the raw store, through the aligner.
+    from modgap.mllm.infer import StoreInputs
+
+    ids = ["t0", "t1", "t2"]
+    torch.testing.assert_close(
+        StoreInputs(model_a, aligned).ids(ids), StoreInputs(model_a, world["store"]).ids(ids), rtol=0, atol=2e-6
+    )
+
+
+def test_train_options_are_the_config_fields(tmp_path):
+    import dataclasses
+
+    import typer
+
+    from modgap.cli.train import app
+    from modgap.mllm.train import TrainConfig, load_config
+
+    command = typer.main.get_command(app)
+    for stage in ("pretrain", "sft"):
+        options = {p.name for p in command.commands[stage].params}
+        assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"stage"} | {"config"}
+    (tmp_path / "run.yaml").write_text("out: runs/x\nbatch_size: 3\nlr: 0.5\ndata: [a.jsonl]\nembeddings: [s]\n")
+    cfg = load_config("sft", tmp_path / "run.yaml", {"batch_size": 4})
+    assert (cfg.stage, cfg.batch_size, cfg.lr, cfg.data, cfg.tune) == ("sft", 4, 0.5, ["a.jsonl"], "full")
+    (tmp_path / "typo.yaml").write_text("out: runs/x\nbatchsize: 3\n")
+    proc = run_cli("train", "pretrain", "--config", tmp_path / "typo.yaml", check=False)
+    assert proc.returncode == 2 and "unknown settings ['batchsize']" in proc.stderr

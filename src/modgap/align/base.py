@@ -42,9 +42,9 @@ def method_names(*kinds: str) -> tuple[str, ...]:
     return tuple(m for m, cls in REGISTRY.items() if not kinds or cls.kind in kinds)
 
 
-def method_help() -> str:
-    """One line per method for ``--method`` help: name and the first line of its docstring."""
-    return "; ".join(f"{m}: {(cls.__doc__ or '').strip().splitlines()[0]}" for m, cls in REGISTRY.items())
+def method_help() -> dict[str, str]:
+    """Each method's one-line description (the first line of its docstring), for listings and errors."""
+    return {m: (cls.__doc__ or "").strip().splitlines()[0] for m, cls in REGISTRY.items()}
 
 
 def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,13 +7,34 @@ from typing import Annotated
 
 import typer
 
-from modgap.align.base import method_help
 from modgap.cli.common import ChunkOpt, DeviceOpt, OnBadOpt, OverwriteOpt, command_line, out
 from modgap.progress import rich_progress
 
 app = typer.Typer(help="Fit and apply modality aligners.", no_args_is_help=True)
 
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help=method_help())]
+
+@app.command("methods", epilog="Example: modgap align methods")
+def list_methods() -> None:
+    """List the registered alignment methods: name, kind, parameters (--param KEY=VALUE) and what each does."""
+    from rich.table import Table
+
+    from modgap.align import REGISTRY, method_help
+
+    summaries = method_help()
+    table = Table(title="alignment methods (--method)")
+    for column in ("method", "kind", "unit-norm output", "parameters", "what it does"):
+        table.add_column(column)
+    for name, cls in REGISTRY.items():
+        params = ", ".join(f"{k}={v!r}" for k, v in cls().params().items()) or "-"
+        table.add_row(name, cls.kind, str(cls().output_normalized), params, summaries[name])
+    out.print(table)
+
+
+# The method list lives in the aligner registry; importing it loads torch, which `--help` should not.
+MethodOpt = Annotated[
+    str,
+    typer.Option("--method", "-m", help="Alignment method; 'modgap align methods' lists them with their parameters."),
+]
 SourceOpt = Annotated[Path, typer.Option(help="Store to be moved (text).")]
 TargetOpt = Annotated[Path, typer.Option(help="Store whose distribution is the goal (images).")]
 OutDtypeOpt = Annotated[str | None, typer.Option(help="Output dtype (default: the source's).")]

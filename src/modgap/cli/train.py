@@ -36,7 +36,7 @@ CONFIG_OPTION = "config"
 
 
 def option_fields() -> list[dataclasses.Field]:
-    from modgap.mllm.train import TrainConfig
+    from modgap.mllm.config import TrainConfig
 
     return [f for f in dataclasses.fields(TrainConfig) if f.name not in SET_BY_COMMAND]
 
@@ -52,7 +52,7 @@ def _cli_type(tp: Any) -> Any:
 
 
 def _parameters() -> list[inspect.Parameter]:
-    from modgap.mllm.train import TrainConfig
+    from modgap.mllm.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
@@ -75,7 +75,8 @@ def _parameters() -> list[inspect.Parameter]:
 
 def _command(stage: str) -> Any:
     def command(ctx: typer.Context, **options: Any) -> None:
-        from modgap.mllm.train import load_config, train
+        from modgap.mllm.config import load_config
+        from modgap.mllm.train import train
 
         quiet_transformers()
         config_file = options.pop(CONFIG_OPTION)
@@ -104,13 +105,13 @@ def _command(stage: str) -> Any:
     return command
 
 
+app.command(
+    "pretrain", epilog=PRETRAIN_EXAMPLE, help="Stage 1: LLM frozen, projector learns to read aligned text embeddings."
+)(_command("pretrain"))
+app.command("sft", epilog=SFT_EXAMPLE, help="Stage 2: tune the LLM (full or LoRA) and projector on image embeddings.")(
+    _command("sft")
+)
+
+
 def register(root: typer.Typer) -> None:
-    app.command(
-        "pretrain",
-        epilog=PRETRAIN_EXAMPLE,
-        help="Stage 1: LLM frozen, projector learns to read aligned text embeddings.",
-    )(_command("pretrain"))
-    app.command(
-        "sft", epilog=SFT_EXAMPLE, help="Stage 2: tune the LLM (full or LoRA) and projector on image embeddings."
-    )(_command("sft"))
     root.add_typer(app, name="train")

@@ -1,14 +1,19 @@
-"""The saved description of a vision-language model: what to load and how to feed it."""
+"""The settings of a vision-language model and of its training, torch-free (the CLI builds its options here).
+
+:class:`MLLMConfig` is the saved description of a model: what to load and how to feed it.
+:class:`TrainConfig` holds every setting of ``modgap train``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.files import from_mapping
+from modgap.files import from_mapping, read_settings, setting
 
 CONFIG_FILE = "modgap_mllm.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -50,3 +55,88 @@ class MLLMConfig:
         if not isinstance(raw, dict):
             raise ModgapError(f"{path}: expected a JSON object")
         return from_mapping(cls, raw, f"{path} (written by a newer modgap?)")
+
+
+# Settings that may change between a run and its resumption without changing what it computes.
+RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "keep_checkpoints", "log_every", "report_to", "overwrite"}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of ``modgap train pretrain|sft``; the command's options are generated from these fields."""
+
+    stage: str = setting("pretrain", "pretrain or sft (set by the subcommand).")
+    out: str | None = setting(None, "Run directory (model in OUT/model).")
+    data: list[str] = setting(list, "Conversation or caption file (JSON/JSONL); repeatable.")
+    embeddings: list[str] = setting(list, "Store joined by id to the matching --data; repeatable.")
+    llm: str | None = setting(None, "Base causal LM directory (default: builtin:tiny-lm).")
+    init: str | None = setting(None, "modgap model directory to start from (sft: the pretrained one).")
+    aligner: str | None = setting(None, "Aligner for raw text stores (images get its target view).")
+    num_visual_tokens: int = setting(8, "k: visual tokens per embedding.", flag="--visual-tokens")
+    projector: str = setting("mlp", "mlp (2-layer GELU) or linear.")
+    token_mode: str = setting("expand", "expand (k distinct tokens) or repeat (reference design).")
+    prompt: str | None = setting(None, "Instruction of caption-only samples.")
+    chat_template: str | None = setting(None, "Jinja chat template (default: the tokenizer's).")
+    max_length: int = setting(512, "Longer samples are cut from the end.")
+    max_missing: float = setting(0.01, "Largest tolerated fraction of rows without an embedding.")
+    noise_std: float = setting(0.0, "Train-time Gaussian noise on visual inputs (CapDec-style).")
+    tune: str | None = setting(None, "projector | full | lora (default: projector for pretrain, full for sft).")
+    lora_r: int = setting(16, "LoRA rank.")
+    lora_alpha: int = setting(32, "LoRA alpha.")
+    lora_dropout: float = setting(0.05, "LoRA dropout.")
+    epochs: int = setting(1, "Passes over the data.")
+    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
+    batch_size: int = setting(8, "Samples per process per micro-batch.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
+    lr: float | None = setting(None, "Learning rate (default 1e-3 pretrain, 2e-5 sft).")
+    projector_lr: float | None = setting(None, "Projector learning rate (default: --lr).")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_ratio: float = setting(0.03, "Fraction of steps of linear warm-up.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
+    seed: int = setting(0, "Seed of the projector's initialisation, the data order and the noise.")
+    mixed_precision: str = setting("auto", "auto (bf16 on GPU) | no | bf16 | fp16.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations to save memory.")
+    save_every: int = setting(0, "Checkpoint every N optimizer steps (0: at the end).")
+    keep_checkpoints: int = setting(2, "Checkpoints kept.")
+    resume: bool = setting(False, "Continue from the latest checkpoint in --out.")
+    overwrite: bool = setting(False, "Start over if --out exists.")
+    stop_after: int | None = setting(None, "Stop after N optimizer steps (checkpointed; --resume continues).")
+    log_every: int = setting(10, "Log to the tracker every N steps.")
+    report_to: str = setting("tensorboard", "tensorboard | wandb | none.")
+    online: bool = setting(False, "Allow Hub downloads.")
+    trust_remote_code: bool = setting(False, "Run model code shipped with the checkpoint.")
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("pretrain", "sft"):
+            raise ModgapError(f"unknown stage {self.stage!r}")
+        if not self.out:
+            raise ModgapError("--out is required")
+        self.data, self.embeddings = [str(p) for p in self.data], [str(p) for p in self.embeddings]
+        for name in ("out", "init", "aligner"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+        if len(self.data) != len(self.embeddings) or not self.data:
+            raise ModgapError("give one --embeddings store per --data file (in the same order)")
+        if self.llm is not None and self.init is not None:
+            raise ModgapError("give either --llm (a base causal LM) or --init (a modgap model directory), not both")
+        if self.llm is None and self.init is None:
+            self.llm = "builtin:tiny-lm"  # the built-in world's LM: everything runs offline out of the box
+        if self.tune is None:
+            self.tune = "projector" if self.stage == "pretrain" else "full"
+        if self.tune not in ("projector", "full", "lora"):
+            raise ModgapError(f"unknown --tune {self.tune!r} (projector, full or lora)")
+        if self.lr is None:
+            self.lr = 1e-3 if self.stage == "pretrain" else 2e-5
+        for name in ("batch_size", "grad_accum", "epochs", "num_visual_tokens"):
+            if getattr(self, name) < 1:
+                raise ModgapError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def load_config(
+    stage: str, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """Settings from a JSON/YAML file (unknown keys refused), with ``given`` (options set on the command
+    line) on top, for ``stage``."""
+    settings = dict(read_settings(config_file)) if config_file else {}
+    settings.update(given or {})
+    return from_mapping(TrainConfig, settings, str(config_file or "settings"), stage=stage)
