@@ -201,3 +201,17 @@ def test_truncated_shard_and_malicious_pickle_via_cli(tmp_path, rng):
         pickle.dump([{"id": "x", "embed": Exploit()}], f)
     _fails("store", "import", tmp_path / "pkl", tmp_path / "st", match="unsafe pickle refused")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "st").exists()
+
+
+def test_align_methods_lists_the_registry():
+    from modgap.align import REGISTRY
+
+    proc = run_cli("align", "methods")
+    for name, cls in REGISTRY.items():
+        assert name in proc.stdout and cls.kind in proc.stdout
+    assert (
+        "unknown alignment method 'nope'"
+        in run_cli(
+            "align", "fit", "--method", "nope", "--source", "a", "--target", "b", "--out", "c", check=False
+        ).stderr
+    )

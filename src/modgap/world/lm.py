@@ -1,4 +1,5 @@
-"""Train the built-in tiny chat LM on world language (🤗 Llama config, word-level tokenizer).
+"""Train causal LMs on plain text (:func:`train_causal_lm`, also the tests' fixture trainer) and the built-in
+tiny chat LM on world language (🤗 Llama config, word-level tokenizer).
 
 It learns the captions as replies to captioning prompts, and to restate a description given in the
 user turn in another phrasing: the in-context use of content that a real LLM brings to ReVision, and
