@@ -161,6 +161,27 @@ def apply_to_store(
     return EmbeddingStore.open(out)
 
 
+def _fit_method(
+    method: str,
+    params: dict[str, Any] | None,
+    source: Any,
+    target: Any,
+    on_bad: OnBad,
+    chunk_rows: int | None,
+    device: torch.device | str,
+    command: str | None,
+    progress: ProgressFactory,
+) -> tuple[Aligner, BadRows]:
+    """Fit a new ``method`` aligner on every process; its provenance records ``command``."""
+    from modgap.align.base import make_aligner
+
+    bad = BadRows(on_bad)
+    aligner = make_aligner(method, **(params or {}))
+    fit(aligner, source, target, bad=bad, chunk_rows=chunk_rows, device=device, progress=progress)
+    aligner.provenance["command"] = command
+    return aligner, bad
+
+
 def fit_and_save(
     method: str,
     source: Any,
@@ -176,19 +197,7 @@ def fit_and_save(
 ) -> Aligner:
     """``modgap align fit``: fit on every process (statistics merged), save on rank 0 with ``bad_rows.jsonl``
     when rows were skipped. ``command`` is recorded in the aligner's provenance."""
-    from modgap.align.base import make_aligner
-
-    bad = BadRows(on_bad)
-    aligner = fit(
-        make_aligner(method, **(params or {})),
-        source,
-        target,
-        bad=bad,
-        chunk_rows=chunk_rows,
-        device=device,
-        progress=progress,
-    )
-    aligner.provenance["command"] = command
+    aligner, bad = _fit_method(method, params, source, target, on_bad, chunk_rows, device, command, progress)
     if rank_and_world()[0] == 0:
         aligner.save(out)
         if bad.rows:
@@ -215,21 +224,9 @@ def fit_and_apply(
 ) -> EmbeddingStore | None:
     """``modgap align run``: fit on every process, then rank 0 writes the aligned source store (and the
     aligner, with ``save_aligner``). Returns the store on rank 0, None elsewhere."""
-    from modgap.align.base import make_aligner
-
     if Path(out).exists() and not overwrite:
         raise ModgapError(f"{out}: already exists (pass --overwrite to replace it)")
-    bad = BadRows(on_bad)
-    aligner = fit(
-        make_aligner(method, **(params or {})),
-        source,
-        target,
-        bad=bad,
-        chunk_rows=chunk_rows,
-        device=device,
-        progress=progress,
-    )
-    aligner.provenance["command"] = command
+    aligner, bad = _fit_method(method, params, source, target, on_bad, chunk_rows, device, command, progress)
     store = None
     if rank_and_world()[0] == 0:
         if save_aligner:

@@ -69,11 +69,16 @@ class Source:
     aligned: bool = False  # rows written by an aligner: used as they are
 
 
+def is_aligned(store: EmbeddingStore) -> bool:
+    """Whether the store's rows were written by an aligner (``modgap align apply``/``run``)."""
+    return bool(store.manifest.extra.get("aligner"))
+
+
 def store_aligner(store: EmbeddingStore) -> Aligner | None:
     """The aligner recorded by ``modgap align apply`` in an aligned store; None for a raw store."""
-    record = store.manifest.extra.get("aligner")
-    if not record:
+    if not is_aligned(store):
         return None
+    record = store.manifest.extra["aligner"]
     candidates = [store.path / record["dir"]] if record.get("dir") else []
     if record.get("path"):
         candidates.append(Path(record["path"]))
@@ -109,7 +114,7 @@ def training_aligner(stores: Sequence[EmbeddingStore], aligner_dir: str | None) 
     for other, other_aligner in recorded[1:]:
         if not same_aligner(aligner, other_aligner):
             raise ModgapError(f"{store.path} and {other.path} were written by different aligners")
-    raw_text = [s for s in stores if store_aligner(s) is None and (s.manifest.modality or "image") == "text"]
+    raw_text = [s for s in stores if not is_aligned(s) and (s.manifest.modality or "image") == "text"]
     if raw_text:
         raise ModgapError(
             f"{raw_text[0].path} is a raw text store and {store.path} an aligned one; align it with the same "
@@ -208,7 +213,7 @@ def build_training_set(
                 f"embedding in {store_path} (e.g. {report.missing_ids[:5]}); the limit is {max_missing:.1%} "
                 "(--max-missing)"
             )
-        sources.append(Source(store, modality, aligned=store_aligner(store) is not None))
+        sources.append(Source(store, modality, aligned=is_aligned(store)))
         reports.append(report)
     if not ids_out:
         raise ModgapError("no training samples left: " + " | ".join(r.line() for r in reports))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from modgap.errors import ModgapError
-from modgap.store.checks import BadRows, OnBad
+from modgap.store.checks import BadRows, OnBad, unusable_rows
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
 
@@ -73,8 +73,9 @@ def search(
         raise ModgapError(f"queries have shape {tuple(q.shape)}; {src.label} holds D={src.dim} vectors")
     q_norms = torch.linalg.vector_norm(q, dim=1)
     if metric == "cosine":
-        if bool((~torch.isfinite(q_norms) | (q_norms == 0)).any()):
-            bad = torch.nonzero(~torch.isfinite(q_norms) | (q_norms == 0)).flatten().tolist()
+        unusable = unusable_rows(q_norms)
+        if bool(unusable.any()):
+            bad = torch.nonzero(unusable).flatten().tolist()
             raise ModgapError(f"queries {bad[:10]} are NaN, Inf or zero vectors")
         q = q / q_norms[:, None]
     q_sq = q_norms * q_norms
