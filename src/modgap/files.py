@@ -132,6 +132,20 @@ def read_rows(path: str | os.PathLike, *, what: str = "data file") -> list[dict[
 # ---------------------------------------------------------------------------------------------
 # Settings files → dataclasses
 # ---------------------------------------------------------------------------------------------
+def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Pairs file: CSV/TSV with a header naming ``text_id`` and ``image_id``, or JSONL/JSON with those keys."""
+    path = Path(path)
+    rows = read_rows(path, what="pairs file")
+    pairs: list[tuple[str, str]] = []
+    for n, row in enumerate(rows, 1):
+        if row.get("text_id") in (None, "") or row.get("image_id") in (None, ""):
+            raise ModgapError(f"{path}: row {n} needs text_id and image_id (has {sorted(row)})")
+        pairs.append((str(row["text_id"]), str(row["image_id"])))
+    if not pairs:
+        raise ModgapError(f"{path}: no pairs")
+    return pairs
+
+
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON or YAML mapping of settings."""
     path = Path(path)

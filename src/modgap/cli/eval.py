@@ -67,5 +67,73 @@ def eval_caption(
         out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
 
 
+@app.command(
+    "retrieval",
+    epilog="Example: modgap eval retrieval --image stores/test-images --text stores/test-captions "
+    "--pairs test_pairs.csv --json runs/eval/retrieval.json",
+)
+def eval_retrieval(
+    image: Annotated[Path, typer.Option(help="Store of image embeddings.")],
+    text: Annotated[Path, typer.Option(help="Store of caption embeddings (same space).")],
+    pairs: Annotated[Path, typer.Option(help="text_id,image_id rows (CSV/TSV/JSONL), several captions per image.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures (fractions) here.")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Recall@k cut-offs (repeatable; default 1 5 10).")] = None,
+    metric: Annotated[str, typer.Option(help="cosine, dot or l2.")] = "cosine",
+    block_rows: Annotated[int, typer.Option(help="Image queries scored per block (memory: block x chunk).")] = 4096,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Image→text and text→image Recall@k, exact and streamed (an image is right if any caption is in its top k)."""
+    from modgap.eval.retrieval import DEFAULT_KS, retrieval_recall
+    from modgap.files import read_pairs, write_json
+
+    result = retrieval_recall(
+        image,
+        text,
+        read_pairs(pairs),
+        ks=tuple(k or DEFAULT_KS),
+        metric=metric,
+        block_rows=block_rows,
+        device=device,
+        progress=rich_progress(unit="images"),
+    )
+    _print_figures(f"retrieval: {result.metrics['images']} images, {result.metrics['texts']} captions", result.metrics)
+    if json_out:
+        write_json(json_out, result.metrics)
+        out.print(f"wrote {json_out}")
+
+
+@app.command(
+    "compositional",
+    epilog="Example: modgap eval compositional --image stores/img --text stores/captions --triples swaps.jsonl",
+)
+def eval_compositional(
+    image: Annotated[Path, typer.Option(help="Store of image embeddings.")],
+    text: Annotated[Path, typer.Option(help="Store holding the true and the negative captions' embeddings.")],
+    triples: Annotated[
+        Path, typer.Option(help="Rows with image_id, positive_id, negative_id and an optional category.")
+    ],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the accuracies here.")] = None,
+    metric: Annotated[str, typer.Option(help="cosine, dot or l2.")] = "cosine",
+) -> None:
+    """SugarCrepe-style accuracy per category: the true caption must score above its hard negative."""
+    from modgap.eval.compositional import compositional_accuracy, read_triples
+    from modgap.files import write_json
+
+    acc = compositional_accuracy(image, text, read_triples(triples), metric=metric)
+    _print_figures(f"compositional: {acc['triples']} triples", acc)
+    if json_out:
+        write_json(json_out, acc)
+        out.print(f"wrote {json_out}")
+
+
+def _print_figures(title: str, figures: dict[str, float]) -> None:
+    table = Table(title=title)
+    shown = {k: v for k, v in figures.items() if isinstance(v, float)}
+    for key in shown:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{v:.4f}" for v in shown.values()))
+    out.print(table)
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="eval")

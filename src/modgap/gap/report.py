@@ -11,7 +11,6 @@ import html
 import io
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,26 +19,11 @@ import torch
 from modgap.align.base import Aligner, normalize_rows
 from modgap.align.stats import Moments
 from modgap.errors import ModgapError
-from modgap.files import read_rows
 from modgap.gap import metrics
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
-
-
-def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Pairs file: CSV/TSV with a header naming ``text_id`` and ``image_id``, or JSONL/JSON with those keys."""
-    path = Path(path)
-    rows = read_rows(path, what="pairs file")
-    pairs: list[tuple[str, str]] = []
-    for n, row in enumerate(rows, 1):
-        if row.get("text_id") in (None, "") or row.get("image_id") in (None, ""):
-            raise ModgapError(f"{path}: row {n} needs text_id and image_id (has {sorted(row)})")
-        pairs.append((str(row["text_id"]), str(row["image_id"])))
-    if not pairs:
-        raise ModgapError(f"{path}: no pairs")
-    return pairs
 
 
 def _sample(src: VectorSource, n: int, seed: int) -> np.ndarray:

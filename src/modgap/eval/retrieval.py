@@ -1,0 +1,239 @@
+"""Image↔text retrieval Recall@k over two stores, exact and streamed (the Flickr30K/COCO protocol).
+
+The pairs name the queries and the galleries: every image that appears in a pair is an image query and a
+gallery item for the caption queries; every caption is a caption query (its one image is the answer) and a
+gallery item for the image queries. An image query is correct at k when *any* of its captions is among its
+k best texts; rows of the stores that no pair names take no part.
+
+Exactness. Ranks are counted, not top-k lists kept: a query's rank is the number of gallery items that
+beat its (best) positive. Scores are computed in float64 from the stored float32 vectors, so they are the
+exact scores up to ~1e-15; two scores within ``TIE_TOLERANCE`` are a tie, and ties go to the item that comes
+first in its store (the same rule as :func:`modgap.store.search`). Memory is bounded by the blocks:
+``block_rows`` images x one text chunk of scores at a time, plus one integer per query, so a million by a
+million streams.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from modgap.errors import ModgapError
+from modgap.progress import ProgressFactory, silent
+from modgap.store.checks import BadRows
+from modgap.store.search import METRICS
+from modgap.store.store import EmbeddingStore
+from modgap.store.stream import VectorSource
+
+TIE_TOLERANCE = 1e-9
+DEFAULT_KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalResult:
+    metrics: dict[str, float]  # i2t_R@k / t2i_R@k as fractions in [0, 1], plus counts
+    i2t_rank: np.ndarray  # per image query (in image-store row order): 0 = a caption came first
+    t2i_rank: np.ndarray  # per caption query (in text-store row order)
+    image_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    text_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+
+
+def _open(store: EmbeddingStore | str | os.PathLike) -> EmbeddingStore:
+    return store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
+
+
+def _prepare(x: np.ndarray | torch.Tensor, metric: str) -> torch.Tensor:
+    x = torch.as_tensor(x).to(torch.float64)
+    if metric == "cosine":
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x
+
+
+def _scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """(len(a), len(b)) scores, higher = closer; ``a``/``b`` already through :func:`_prepare`."""
+    s = a @ b.T
+    if metric == "l2":
+        s = 2 * s - (a * a).sum(1)[:, None] - (b * b).sum(1)[None, :]
+    return s
+
+
+def _pair_scores(t: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
+    s = (t * v).sum(1)
+    if metric == "l2":
+        s = 2 * s - (t * t).sum(1) - (v * v).sum(1)
+    return s
+
+
+def _error_bound(a: torch.Tensor, b: torch.Tensor, metric: str) -> float:
+    """A bound on |float32 block score - float64 score| for rows of ``a`` against rows of ``b``.
+
+    Rounding the inputs to float32 and a length-D float32 dot product err by at most about
+    (D + 2) * 2**-24 * |a| * |b|; doubled for safety, plus the tie tolerance.
+    """
+    na = float(torch.linalg.vector_norm(a, dim=1).max())
+    nb = float(torch.linalg.vector_norm(b, dim=1).max())
+    scale = 2.0 * (a.shape[1] + 2) * 2.0**-24
+    bound = scale * na * nb
+    if metric == "l2":  # 2 a.b - |a|^2 - |b|^2, each term rounded
+        bound = 2 * bound + scale * (na * na + nb * nb)
+    return bound + TIE_TOLERANCE
+
+
+def _count_beaten(
+    s32: torch.Tensor,
+    threshold: torch.Tensor,
+    err: float,
+    *,
+    items: torch.Tensor,
+    queries: torch.Tensor,
+    metric: str,
+    item_rows: torch.Tensor,
+    pos_rows: torch.Tensor,
+    own: torch.Tensor,
+    owner: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per query (a column of ``s32``: items x queries), how many items beat its positive.
+
+    Items clearly above the threshold count. Items in the uncertain band around it are rescored in float64
+    (from ``items`` and ``queries``) and count when they beat the positive exactly: higher, or tied and
+    earlier. ``owner`` (item -> query row) marks an item as the query's own positive, which never counts;
+    without it, the item whose row is ``own`` is the positive.
+    """
+    margin = err + 2.0**-22 * threshold.abs()  # also covers rounding the threshold to float32
+    above = (threshold + margin).to(s32.dtype)
+    below = (threshold - margin).to(s32.dtype)
+    n_above = (s32 > above).sum(0, dtype=torch.int32)  # int32 sums: twice as fast as int64 here
+    n_band = (s32 >= below).sum(0, dtype=torch.int32) - n_above
+    unsure = torch.nonzero(n_band).flatten()
+    if len(unsure):
+        sub = s32[:, unsure]
+        item, q = torch.nonzero((sub >= below[unsure]) & (sub <= above[unsure]), as_tuple=True)
+        query = unsure[q]
+        exact = _pair_scores(items[item], queries[query], metric)  # float64
+        thr = threshold[query].to(exact.dtype)
+        beats = _beats(exact, thr, item_rows[item], pos_rows[query])
+        mine = owner[item] == own[query] if owner is not None else item_rows[item] == own[query]
+        extra = torch.zeros_like(n_above)
+        extra.index_add_(0, query, (beats & ~mine).to(extra.dtype))
+        n_above = n_above + extra
+    return n_above
+
+
+def _beats(
+    scores: torch.Tensor, threshold: torch.Tensor, item_rows: torch.Tensor, pos_rows: torch.Tensor
+) -> torch.Tensor:
+    """Which items beat a query's positive: a higher score, or a tie and an earlier row."""
+    above = scores > threshold + TIE_TOLERANCE
+    tie = (scores - threshold).abs() <= TIE_TOLERANCE
+    return above | (tie & (item_rows < pos_rows))
+
+
+def retrieval_recall(
+    image: EmbeddingStore | str | os.PathLike,
+    text: EmbeddingStore | str | os.PathLike,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    metric: str = "cosine",
+    block_rows: int = 4096,
+    chunk_rows: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory = silent,
+) -> RetrievalResult:
+    """Recall@k both ways for ``pairs`` of (text_id, image_id); see the module docstring for the protocol."""
+    if metric not in METRICS:
+        raise ModgapError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    if not pairs:
+        raise ModgapError("no pairs to evaluate")
+    image_store, text_store = _open(image), _open(text)
+    if image_store.dim != text_store.dim:
+        raise ModgapError(f"{image_store.path} holds {image_store.dim}-d vectors, {text_store.path} {text_store.dim}-d")
+    image_of: dict[str, str] = {}
+    for t_id, i_id in pairs:
+        if image_of.setdefault(t_id, i_id) != i_id:
+            raise ModgapError(f"caption {t_id!r} is paired with two images ({image_of[t_id]!r}, {i_id!r})")
+    t_ids = list(image_of)
+    t_rows = text_store.row_of(t_ids)
+    t_pos = image_store.row_of([image_of[t] for t in t_ids])  # each caption's image, as an image-store row
+    order = np.argsort(t_rows, kind="stable")
+    t_rows, t_pos = t_rows[order], t_pos[order]
+    i_rows = np.unique(t_pos)
+    device = torch.device(device)
+
+    # Positives. Per caption: the score of its image. Per image: its best caption's score, and that
+    # caption's row (the earliest among ties), which decides ties against other texts.
+    t_pos_score = np.empty(len(t_rows), dtype=np.float64)
+    for s in range(0, len(t_rows), 65536):
+        tv = _prepare(text_store.take(t_rows[s : s + 65536]), metric)
+        iv = _prepare(image_store.take(t_pos[s : s + 65536]), metric)
+        t_pos_score[s : s + 65536] = _pair_scores(tv, iv, metric).numpy()
+    _check_finite(t_pos_score, t_rows, text_store, t_pos, image_store)
+    slot = np.searchsorted(i_rows, t_pos)  # image query index of each caption
+    best = np.full(len(i_rows), -np.inf)
+    np.maximum.at(best, slot, t_pos_score)
+    is_best = np.abs(t_pos_score - best[slot]) <= TIE_TOLERANCE
+    best_row = np.full(len(i_rows), np.iinfo(np.int64).max)
+    np.minimum.at(best_row, slot[is_best], t_rows[is_best])  # t_rows ascending: the earliest best caption
+
+    # One pass over (image block x text chunk) score blocks, counting what beats each positive. Blocks are
+    # scored in float32; only entries within float32's error bound of a threshold are rescored in float64.
+    i2t_beaten = torch.zeros(len(i_rows), dtype=torch.long, device=device)
+    t2i_beaten = torch.zeros(len(t_rows), dtype=torch.long, device=device)
+    t_rows_d = torch.from_numpy(t_rows).to(device)
+    t_img = torch.from_numpy(t_pos).to(device)
+    t_thr = torch.from_numpy(t_pos_score).to(device)
+    i_thr = torch.from_numpy(best).to(device)
+    i_best_row = torch.from_numpy(best_row).to(device)
+    texts = VectorSource(text_store, "text store", BadRows("error"), chunk_rows, device)
+    with progress("retrieval", len(i_rows)) as advance:
+        for b in range(0, len(i_rows), block_rows):
+            i_sl = slice(b, b + block_rows)
+            q_rows = torch.from_numpy(i_rows[i_sl]).to(device)
+            q64 = _prepare(image_store.take(i_rows[i_sl]), metric).to(device)
+            q32 = q64.float()
+            for chunk in texts.chunks(rows=(0, texts.rows)):
+                lo, hi = np.searchsorted(t_rows, [chunk.start, chunk.start + len(chunk.x)])  # no rows skipped
+                if lo == hi:
+                    continue
+                # The paired captions inside this chunk (t_rows is sorted, so they are a contiguous slice).
+                cols = slice(int(lo), int(hi))
+                c64 = _prepare(chunk.x[torch.from_numpy(t_rows[cols] - chunk.start).to(device)], metric)
+                c32 = c64.float()
+                s32 = _scores(q32, c32, metric)
+                err = _error_bound(q64, c64, metric)
+
+                # text -> image: per caption column, images beating the caption's image.
+                t2i_beaten[cols] += _count_beaten(
+                    s32, t_thr[cols], err, items=q64, queries=c64, metric=metric,
+                    item_rows=q_rows, pos_rows=t_img[cols], own=t_img[cols],
+                )  # fmt: skip
+                # image -> text: per image row, captions (not its own) beating its best caption.
+                i2t_beaten[i_sl] += _count_beaten(
+                    s32.T, i_thr[i_sl], err, items=c64, queries=q64, metric=metric,
+                    item_rows=t_rows_d[cols], pos_rows=i_best_row[i_sl], own=q_rows, owner=t_img[cols],
+                )  # fmt: skip
+            advance(len(q_rows))
+    i2t_rank, t2i_rank = i2t_beaten.cpu().numpy(), t2i_beaten.cpu().numpy()
+    metrics: dict[str, float] = {"images": len(i_rows), "texts": len(t_rows)}
+    for k in ks:
+        metrics[f"i2t_R@{k}"] = float(np.mean(i2t_rank < k))
+    for k in ks:
+        metrics[f"t2i_R@{k}"] = float(np.mean(t2i_rank < k))
+    return RetrievalResult(metrics, i2t_rank, t2i_rank, i_rows, t_rows)
+
+
+def _check_finite(
+    scores: np.ndarray, t_rows: np.ndarray, text: EmbeddingStore, i_rows: np.ndarray, image: EmbeddingStore
+) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        j = int(bad[0])
+        t_id, i_id = text.ids()[t_rows[j]], image.ids()[i_rows[j]]
+        raise ModgapError(
+            f"{len(bad)} pair(s) have no usable score (NaN, Inf or zero vector), e.g. caption {t_id!r} "
+            f"in {text.path} with image {i_id!r} in {image.path}"
+        )
