@@ -1,19 +1,27 @@
 """Encoders: contrastive dual encoders behind one interface, chosen by a spec string.
 
 Specs: ``hf:PATH_OR_HUB_ID`` (a bare directory path means the same) for 🤗 CLIP, SigLIP/SigLIP2 and any
-model with ``get_image_features``/``get_text_features``; ``llm2clip:VISION,LLM2VEC`` for LLM2CLIP.
+model with ``get_image_features``/``get_text_features``; ``llm2clip:VISION,LLM2VEC`` for LLM2CLIP;
+``text:PATH`` for a text-only sentence embedder (sentence-transformers layout). Other kinds come from the
+``modgap.encoders`` entry-point group (``embedder:DIR`` is one): a package registers ``KIND = "module:load"``
+and ``load(rest, **options)`` returns the encoder.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from modgap.encoders.base import IMAGE, TEXT, Encoder, Prepared
 from modgap.errors import ModgapError
 
+ENTRY_POINT_GROUP = "modgap.encoders"
+
 SPEC_HELP = (
-    "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online), builtin:tiny-clip or "
-    "llm2clip:VISION_DIR,LLM2VEC_DIR (needs --trust-remote-code for the published checkpoints)"
+    "hf:PATH (a 🤗 CLIP/SigLIP-style model directory, or a Hub id with --online), builtin:tiny-clip, "
+    "llm2clip:VISION_DIR,LLM2VEC_DIR (needs --trust-remote-code for the published checkpoints), "
+    "text:PATH (a sentence-transformers text embedder) or embedder:DIR (a trained modgap embedder)"
 )
 
 
@@ -55,7 +63,26 @@ def load_encoder(
             trust_remote_code=trust_remote_code,
             max_text_length=max_text_length,
         )
+    if kind == "text":
+        from modgap.encoders.sentence import SentenceEncoder
+
+        return SentenceEncoder(
+            rest, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
+        )
+    plugin = _plugin(kind)
+    if plugin is not None:
+        return plugin(
+            rest, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
+        )
     raise ModgapError(f"unknown encoder spec {spec!r}; expected {SPEC_HELP}")
+
+
+def _plugin(kind: str) -> Any:
+    """The loader an installed package registers for ``kind`` (entry-point group ``modgap.encoders``)."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
+    return found[0].load() if found else None
 
 
 __all__ = ["IMAGE", "SPEC_HELP", "TEXT", "Encoder", "Prepared", "load_encoder"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from modgap.errors import ModgapError
 from modgap.files import from_mapping, read_settings, setting
+from modgap.training.settings import RunSettings
 
 CONFIG_FILE = "modgap_mllm.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -57,16 +58,11 @@ class MLLMConfig:
         return from_mapping(cls, raw, f"{path} (written by a newer modgap?)")
 
 
-# Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "keep_checkpoints", "log_every", "report_to", "overwrite"}
-
-
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Every setting of ``modgap train pretrain|sft``; the command's options are generated from these fields."""
 
     stage: str = setting("pretrain", "pretrain or sft (set by the subcommand).")
-    out: str | None = setting(None, "Run directory (model in OUT/model).")
     data: list[str] = setting(list, "Conversation or caption file (JSON/JSONL); repeatable.")
     embeddings: list[str] = setting(list, "Store joined by id to the matching --data; repeatable.")
     llm: str | None = setting(None, "Base causal LM directory (default: builtin:tiny-lm).")
@@ -94,17 +90,6 @@ class TrainConfig:
     warmup_ratio: float = setting(0.03, "Fraction of steps of linear warm-up.")
     max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
     seed: int = setting(0, "Seed of the projector's initialisation, the data order and the noise.")
-    mixed_precision: str = setting("auto", "auto (bf16 on GPU) | no | bf16 | fp16.")
-    gradient_checkpointing: bool = setting(False, "Recompute activations to save memory.")
-    save_every: int = setting(0, "Checkpoint every N optimizer steps (0: at the end).")
-    keep_checkpoints: int = setting(2, "Checkpoints kept.")
-    resume: bool = setting(False, "Continue from the latest checkpoint in --out.")
-    overwrite: bool = setting(False, "Start over if --out exists.")
-    stop_after: int | None = setting(None, "Stop after N optimizer steps (checkpointed; --resume continues).")
-    log_every: int = setting(10, "Log to the tracker every N steps.")
-    report_to: str = setting("tensorboard", "tensorboard | wandb | none.")
-    online: bool = setting(False, "Allow Hub downloads.")
-    trust_remote_code: bool = setting(False, "Run model code shipped with the checkpoint.")
 
     def __post_init__(self) -> None:
         if self.stage not in ("pretrain", "sft"):

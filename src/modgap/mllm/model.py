@@ -7,6 +7,7 @@ input embeddings at the :data:`~modgap.mllm.chat.VISUAL_ID` positions and the LM
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,11 @@ class VisionLanguageModel(nn.Module):
         path: str | Path,
         created_by: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
+        extra_json: dict[str, Any] | None = None,
     ) -> Path:
         """Write the model directory atomically (LLM weights only if they were trained).
+
+        ``extra_json``: file name -> JSON content written inside it (e.g. an embedder's settings).
 
         ``state_dict``: the full state gathered by the engine when parameters are sharded (DeepSpeed
         ZeRO-3, FSDP; see :func:`modgap.training.full_state_dict`); its ``llm.``/``projector.`` entries are
@@ -160,6 +164,8 @@ class VisionLanguageModel(nn.Module):
                 self.aligner.save(tmp / ALIGNER_DIR)
             config.has_aligner = self.aligner is not None
             config.save(tmp)
+            for name, content in (extra_json or {}).items():
+                (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         self.config = config
         return Path(path)
 
@@ -169,7 +175,8 @@ class VisionLanguageModel(nn.Module):
         return self.llm.get_input_embeddings().weight.device
 
     def embed_inputs(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with the projected ``visual`` (B, D) written at the VISUAL_ID positions."""
+        """Token embeddings with the projected ``visual`` written at the VISUAL_ID positions: one row of
+        ``visual`` per sample that has visual positions, in batch order (samples without any are text only)."""
         where = input_ids == VISUAL_ID
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(where, 0))
         k = self.config.num_visual_tokens
@@ -178,8 +185,11 @@ class VisionLanguageModel(nn.Module):
             if where.any():
                 raise ModgapError("input has visual positions but no visual embeddings were given")
             return embeds
-        if not bool((per_row == k).all()):
-            raise ModgapError(f"each sample needs exactly {k} visual positions (got {per_row.tolist()})")
+        with_visual = per_row > 0
+        if not bool((per_row[with_visual] == k).all()):
+            raise ModgapError(f"each sample with an image needs exactly {k} visual positions (got {per_row.tolist()})")
+        if int(with_visual.sum()) != visual.shape[0]:
+            raise ModgapError(f"{int(with_visual.sum())} samples with an image but {visual.shape[0]} visual embeddings")
         tokens = self.projector(visual.to(self.projector.first.weight.dtype)).to(embeds.dtype)
         return embeds.masked_scatter(where.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]))
 

@@ -24,12 +24,13 @@ import torch
 from modgap.align.base import Aligner
 from modgap.errors import ModgapError
 from modgap.files import write_json
-from modgap.mllm.config import RESUMABLE_CHANGES, TrainConfig, load_config
+from modgap.mllm.config import TrainConfig, load_config
 from modgap.mllm.data import batch_visual, build_training_set, collate, training_aligner
 from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
 from modgap.store.store import EmbeddingStore
 from modgap.training import (
+    RESUMABLE_CHANGES,
     check_run_dir,
     clear_run_dir,
     epoch_batches,
@@ -43,6 +44,7 @@ from modgap.training import (
     step_generator,
     steps_per_epoch,
     tracker_config,
+    train_lora,
 )
 
 MODEL_SUBDIR = "model"
@@ -68,20 +70,7 @@ def _set_trainable(model: VisionLanguageModel, cfg: TrainConfig) -> VisionLangua
     if cfg.tune == "full":
         model.llm.requires_grad_(True)
     elif cfg.tune == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if isinstance(model.llm, PeftModel):
-            for name, p in model.llm.named_parameters():
-                p.requires_grad_("lora_" in name)
-        else:
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-            )
-            model.llm = get_peft_model(model.llm, lora)
+        model.llm = train_lora(model.llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     return model
 
 

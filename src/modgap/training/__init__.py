@@ -1,49 +1,45 @@
-"""The training engine every recipe shares: run directories, checkpoints, the Accelerate set-up, data order.
+"""The training engine every recipe shares: run directories, checkpoints, the Accelerate set-up, data order,
+the run settings every recipe has, LoRA.
 
-Recipes (``modgap.mllm.train``, and the ones to come) stay linear files that call these functions; there is
-no trainer class to subclass.
+Recipes (``modgap.mllm.train``, ``modgap.embedder.train``) stay linear files that call these functions; there
+is no trainer class to subclass. Names are imported on first use, so that ``modgap.training.settings`` (the
+shared settings, which the CLI reads) loads without torch.
 """
 
-from modgap.training.checkpoint import (
-    CHECKPOINTS,
-    STATE_FILE,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    register_trainable_checkpointing,
-    save_checkpoint,
-)
-from modgap.training.engine import (
-    epoch_batches,
-    full_state_dict,
-    is_sharded,
-    make_accelerator,
-    resolve_mixed_precision,
-    step_generator,
-    steps_per_epoch,
-    tracker_config,
-)
-from modgap.training.run import check_run_dir, claim_run_dir, clear_run_dir, record_settings, settings_changes
+from __future__ import annotations
 
-__all__ = [
-    "CHECKPOINTS",
-    "STATE_FILE",
-    "check_run_dir",
-    "claim_run_dir",
-    "clear_run_dir",
-    "epoch_batches",
-    "full_state_dict",
-    "is_sharded",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "load_checkpoint",
-    "make_accelerator",
-    "record_settings",
-    "register_trainable_checkpointing",
-    "resolve_mixed_precision",
-    "save_checkpoint",
-    "settings_changes",
-    "step_generator",
-    "steps_per_epoch",
-    "tracker_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CHECKPOINTS": "checkpoint",
+    "STATE_FILE": "checkpoint",
+    "latest_checkpoint": "checkpoint",
+    "list_checkpoints": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "register_trainable_checkpointing": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "epoch_batches": "engine",
+    "full_state_dict": "engine",
+    "is_sharded": "engine",
+    "make_accelerator": "engine",
+    "resolve_mixed_precision": "engine",
+    "step_generator": "engine",
+    "steps_per_epoch": "engine",
+    "tracker_config": "engine",
+    "train_lora": "lora",
+    "check_run_dir": "run",
+    "claim_run_dir": "run",
+    "clear_run_dir": "run",
+    "record_settings": "run",
+    "settings_changes": "run",
+    "RESUMABLE_CHANGES": "settings",
+    "RunSettings": "settings",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"modgap.training.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'modgap.training' has no attribute {name!r}")

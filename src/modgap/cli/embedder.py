@@ -1,0 +1,65 @@
+"""``modgap embedder distill|tune``: universal embedders (UniME); options generated from EmbedderTrainConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from modgap.cli.common import out, quiet_transformers
+from modgap.cli.options import settings_command
+from modgap.progress import rich_progress
+
+app = typer.Typer(
+    help="Train a universal multimodal embedder from a vision-language model (UniME: distill, then tune).",
+    no_args_is_help=True,
+)
+
+DISTILL_EXAMPLE = (
+    "Example: modgap embed --encoder text:models/all-MiniLM-L6-v2 --modality text --texts texts.jsonl "
+    "--out-text stores/teacher && modgap embedder distill --init runs/sft/model --data texts.jsonl "
+    "--teacher-embeddings stores/teacher --out runs/distill"
+)
+TUNE_EXAMPLE = (
+    "Example: modgap embedder tune --init runs/distill/model --data mmeb_train.jsonl --embeddings stores/images "
+    "--hard-negatives 8 --fn-margin 0.1 --temperature 0.02 --out runs/tune   (then: --encoder embedder:runs/tune)"
+)
+
+
+def _command(stage: str) -> Any:
+    from modgap.embedder.config import EmbedderTrainConfig
+
+    def run(given: dict[str, Any], config_file: Path | None) -> None:
+        from modgap.embedder.config import load_train_config
+        from modgap.embedder.train import train
+
+        quiet_transformers()
+        cfg = load_train_config(stage, config_file, given)
+        result = train(cfg, progress=rich_progress(unit="steps"))
+        if result.stopped_early:
+            out.print(f"stopped after step {result.steps} (checkpoint in {cfg.out}/checkpoints; --resume continues)")
+        else:
+            out.print(
+                f"trained {result.steps} steps, final loss {result.final_loss:.4f}, "
+                f"{result.samples_per_second:,.1f} samples/s; embedder in {result.model_dir} "
+                f"(use it as --encoder embedder:{result.model_dir})"
+            )
+
+    return settings_command(EmbedderTrainConfig, ("stage",), run)
+
+
+app.command(
+    "distill",
+    epilog=DISTILL_EXAMPLE,
+    help="Stage 1: text only; the LM's in-batch similarities learn the teacher's (KL divergence).",
+)(_command("distill"))
+app.command(
+    "tune",
+    epilog=TUNE_EXAMPLE,
+    help="Stage 2: InfoNCE on query/positive pairs with false-negative filtering and hard negatives.",
+)(_command("tune"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="embedder")

@@ -1,0 +1,76 @@
+"""Commands whose options are generated from a settings dataclass (``modgap train``, ``modgap embedder``).
+
+Each field is one option: its metadata holds the help text and, where it differs from ``--field-name``,
+the flag (see :func:`modgap.files.setting`). ``--config FILE`` takes the same settings from JSON/YAML;
+options given on the command line win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+CONFIG_OPTION = "config"
+
+
+def _cli_type(tp: Any) -> Any:
+    """The type Typer parses: paths stay strings, lists of strings are repeatable options."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is list:
+        return list[str] | None
+    if args and len(args) == 1:
+        return args[0] | None
+    return tp
+
+
+def option_fields(cls: type, skip: tuple[str, ...]) -> list[dataclasses.Field]:
+    """The options of ``cls``: its own fields first, then those it inherits (the run settings every recipe has)."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    return [f for f in fields if f.name not in inherited] + [f for f in fields if f.name in inherited]
+
+
+def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, Any], Path | None], None]) -> Any:
+    """A Typer command with one option per field of ``cls`` (except ``skip``) plus ``--config``; it calls
+    ``run(given, config_file)`` with the options the user set (all of them when there is no config file)."""
+
+    def command(ctx: typer.Context, **options: Any) -> None:
+        config_file = options.pop(CONFIG_OPTION)
+        given = {
+            name: value
+            for name, value in options.items()
+            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+            or not config_file  # without a file every value (defaults included) comes from here
+        }
+        hints = typing.get_type_hints(cls)
+        for name, value in given.items():
+            if typing.get_origin(hints[name]) is list:
+                given[name] = list(value or [])
+        run(given, config_file)
+
+    hints = typing.get_type_hints(cls)
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    for f in option_fields(cls, skip):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        annotation = Annotated[_cli_type(hints[f.name]), typer.Option(flag, help=f.metadata.get("help"))]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    config_help = "JSON/YAML file of these settings (options given here win)."
+    params.append(
+        inspect.Parameter(
+            CONFIG_OPTION,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[Path | None, typer.Option("--config", help=config_help)],
+        )
+    )
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command

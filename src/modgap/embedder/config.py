@@ -1,0 +1,131 @@
+"""Settings of a universal embedder and of its training, torch-free (the CLI builds its options here).
+
+:class:`EmbedderConfig` is saved beside the vision-language model it wraps: how inputs become prompts and
+how the prompt's hidden states become one vector. :class:`EmbedderTrainConfig` holds every setting of
+``modgap embedder distill|tune``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from modgap.errors import ModgapError
+from modgap.files import from_mapping, load_dataclass, read_settings, setting
+from modgap.training.settings import RunSettings
+
+EMBEDDER_FILE = "modgap_embedder.json"
+TEXT_SLOT = "<sent>"  # where the input text goes in a template; "<image>" is where the visual tokens go
+
+# UniME's summarising prompts: the last token's state must carry the whole input ("in one word").
+DEFAULT_TEMPLATES = {
+    "text": f"{TEXT_SLOT}\nSummarize above sentence in one word:",
+    "image": "<image>\nSummarize above image in one word:",
+    "image_text": f"<image>\n{TEXT_SLOT}\nSummarize above image and instruction in one word:",
+}
+
+
+@dataclasses.dataclass
+class EmbedderConfig:
+    """How a saved vision-language model is used as an encoder (``embedder:DIR``)."""
+
+    method: str = "unime"
+    templates: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+    pooling: str = "last"  # the last non-padding token's final hidden state
+    normalize: bool = True
+    max_text_tokens: int = 128  # longer input texts are cut (the template's suffix is always kept)
+    created_by: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = set(DEFAULT_TEMPLATES) - set(self.templates)
+        if missing:
+            raise ModgapError(f"embedder templates lack {sorted(missing)}")
+        for kind, template in self.templates.items():
+            if kind != "image" and TEXT_SLOT not in template:
+                raise ModgapError(f"embedder template {kind!r} has no {TEXT_SLOT} slot: {template!r}")
+            if kind != "text" and "<image>" not in template:
+                raise ModgapError(f"embedder template {kind!r} has no <image> slot: {template!r}")
+        if self.pooling != "last":
+            raise ModgapError(f"unknown pooling {self.pooling!r} (last)")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EmbedderConfig:
+        path = Path(directory) / EMBEDDER_FILE
+        if not path.is_file():
+            raise ModgapError(f"{directory}: not an embedder directory (no {EMBEDDER_FILE})")
+        return load_dataclass(cls, path)
+
+
+STAGES = ("distill", "tune")
+
+
+@dataclasses.dataclass
+class EmbedderTrainConfig(RunSettings):
+    """Every setting of ``modgap embedder distill|tune``; the command's options are generated from these."""
+
+    stage: str = setting("distill", "distill or tune (set by the subcommand).")
+    data: str | None = setting(
+        None, "distill: texts (id, text). tune: pairs in MMEB's training layout (qry, qry_image_path, pos_text, ...)."
+    )
+    teacher_embeddings: str | None = setting(None, "distill: store of the teacher's text embeddings, by id.")
+    embeddings: str | None = setting(None, "tune: store of the image embeddings, by image path/id.")
+    init: str | None = setting(None, "modgap model or embedder directory to start from.")
+    llm: str | None = setting(None, "Base causal LM when starting without --init (needs --embed-dim).")
+    embed_dim: int | None = setting(None, "Visual embedding width of a model built from --llm.")
+    num_visual_tokens: int = setting(8, "k: visual tokens per embedding (models built from --llm).", "--visual-tokens")
+    tune: str = setting("lora", "lora | full | projector (what of the LM is trained; tune also trains the projector).")
+    lora_r: int = setting(16, "LoRA rank.")
+    lora_alpha: int = setting(32, "LoRA alpha.")
+    lora_dropout: float = setting(0.0, "LoRA dropout.")
+    temperature: float = setting(0.02, "tune: InfoNCE temperature; distill: the student's.")
+    teacher_temperature: float = setting(0.02, "distill: temperature of the teacher's similarity softmax.")
+    hard_negatives: int = setting(8, "tune: hardest in-batch negatives kept per query (k).")
+    fn_margin: float = setting(0.1, "tune: drop candidates scoring above sim(q, pos) + margin (false negatives).")
+    batch_size: int = setting(32, "Samples per process per step (in-batch negatives are gathered across processes).")
+    grad_cache_chunk: int | None = setting(None, "Gradient caching: forward/backward this many inputs at a time.")
+    epochs: int = setting(1, "Passes over the data.")
+    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
+    lr: float = setting(1e-4, "Learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_ratio: float = setting(0.05, "Fraction of steps of linear warm-up.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
+    seed: int = setting(0, "Seed of the data order (and of a fresh projector).")
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ModgapError(f"unknown stage {self.stage!r} ({', '.join(STAGES)})")
+        for name in ("out", "data", "init", "llm", "teacher_embeddings", "embeddings"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+        if not self.out:
+            raise ModgapError("--out is required")
+        if not self.data:
+            raise ModgapError("--data is required")
+        if self.stage == "distill" and not self.teacher_embeddings:
+            raise ModgapError("distill needs --teacher-embeddings (a store of the teacher's text embeddings)")
+        if (self.init is None) == (self.llm is None):
+            raise ModgapError("give either --init (a modgap model or embedder directory) or --llm, exactly one")
+        if self.llm is not None and self.embed_dim is None:
+            raise ModgapError("--llm needs --embed-dim (the width of the image embeddings the model will read)")
+        if self.tune not in ("lora", "full", "projector"):
+            raise ModgapError(f"unknown --tune {self.tune!r} (lora, full or projector)")
+        if self.stage == "distill" and self.tune == "projector":
+            raise ModgapError("distill trains the language model: --tune lora or full")
+        for name in ("batch_size", "epochs", "num_visual_tokens"):
+            if getattr(self, name) < 1:
+                raise ModgapError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
+            raise ModgapError("--grad-cache-chunk must be at least 1")
+        if self.temperature <= 0 or self.teacher_temperature <= 0:
+            raise ModgapError("temperatures must be positive")
+
+
+def load_train_config(
+    stage: str, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None
+) -> EmbedderTrainConfig:
+    """Settings from a JSON/YAML file (unknown keys refused), with ``given`` (command-line options) on top."""
+    settings = dict(read_settings(config_file)) if config_file else {}
+    settings.update(given or {})
+    return from_mapping(EmbedderTrainConfig, settings, str(config_file or "settings"), stage=stage)

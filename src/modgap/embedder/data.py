@@ -1,0 +1,131 @@
+"""Training data of the two embedder stages, tokenised once, joined to their stores by id.
+
+* distill: texts (``id`` and ``text``, or ``caption``) and the teacher's embedding of each, from a store
+  (``modgap embed --encoder text:TEACHER --modality text`` on the same file).
+* tune: query/positive(/negative) rows in MMEB's training layout — ``qry``, ``qry_image_path``,
+  ``pos_text``, ``pos_image_path``, optional ``neg_text``/``neg_image_path`` — where the image paths are ids
+  of an image store (``modgap embed`` on the image folder uses the paths as ids). A ``<|image_N|>`` token
+  in a text marks where the image goes.
+
+Each sample's inputs are :class:`~modgap.embedder.model.Item`; a batch lists the prompts of its queries,
+then its positives, then its negatives, and one visual row per input with an image, in that order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from modgap.embedder.model import Embedder, Item
+from modgap.errors import ModgapError
+from modgap.files import read_rows
+from modgap.mllm.chat import IMAGE_PLACEHOLDER
+from modgap.mllm.infer import StoreInputs
+from modgap.store.checks import bad_row_mask, row_norms
+from modgap.store.store import EmbeddingStore
+
+MMEB_IMAGE_TOKEN = re.compile(r"<\|image_\d+\|>")
+SIDES = ("qry", "pos", "neg")
+
+
+@dataclass
+class Batch:
+    prompts: list[list[int]]  # queries, then positives, then negatives (if any)
+    visual: torch.Tensor | None  # one row per prompt with an image, in prompt order
+    has_image: list[bool]  # per prompt
+    segments: list[int]  # how many prompts of each kind: [n] (distill) or [n, n(, n)] (tune)
+    teacher: torch.Tensor | None = None  # distill: (n, teacher dim)
+
+
+def _mmeb_text(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    return MMEB_IMAGE_TOKEN.sub(IMAGE_PLACEHOLDER, str(value))
+
+
+class TextSet:
+    """Texts and their teacher embeddings (stage 1)."""
+
+    def __init__(self, path: str | os.PathLike, teacher: str | os.PathLike, embedder: Embedder):
+        rows = read_rows(path, what="text file")
+        ids, texts = [], []
+        for n, row in enumerate(rows, 1):
+            text = row.get("text", row.get("caption"))
+            if row.get("id") in (None, "") or not isinstance(text, str) or not text.strip():
+                raise ModgapError(f"{path}: row {n} needs an id and a non-empty text (or caption)")
+            ids.append(str(row["id"]))
+            texts.append(text)
+        if len(set(ids)) != len(ids):
+            dup = next(k for k in ids if ids.count(k) > 1)
+            raise ModgapError(f"{path}: id {dup!r} appears more than once")
+        store = EmbeddingStore.open(teacher)
+        vectors = store.get(ids).astype(np.float32)
+        bad = np.flatnonzero(bad_row_mask(row_norms(vectors)))
+        if len(bad):
+            raise ModgapError(f"{store.path}: teacher embedding of {ids[bad[0]]!r} is NaN, Inf or zero")
+        self.ids = ids
+        self.teacher = torch.from_numpy(vectors)
+        self.prompts = [embedder.prompt_ids(Item(text=t)) for t in texts]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: list[int]) -> Batch:
+        return Batch(
+            [self.prompts[i] for i in indices], None, [False] * len(indices), [len(indices)], self.teacher[indices]
+        )
+
+
+class PairSet:
+    """Query / positive (/ negative) rows in MMEB's training layout (stage 2)."""
+
+    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None, embedder: Embedder):
+        rows = read_rows(path, what="pairs file")
+        self.sides = ["qry", "pos"]
+        has_neg = [bool(r.get("neg_text") or r.get("neg_image_path")) for r in rows]
+        if any(has_neg):
+            if not all(has_neg):
+                n = has_neg.index(False) + 1
+                raise ModgapError(f"{path}: row {n} has no negative while others do (give one to all or none)")
+            self.sides.append("neg")
+        self.store_inputs = StoreInputs(embedder.vlm, images) if images else None
+        index = self.store_inputs.store.id_index() if self.store_inputs else {}
+        self.prompts: dict[str, list[list[int]]] = {s: [] for s in self.sides}
+        self.image_rows: dict[str, list[int]] = {s: [] for s in self.sides}  # -1: no image
+        for n, row in enumerate(rows, 1):
+            for side in self.sides:
+                text = _mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
+                image = row.get(f"{side}_image_path")
+                if text is None and image in (None, ""):
+                    raise ModgapError(f"{path}: row {n} has neither a {side} text nor a {side} image")
+                r = -1
+                if image not in (None, ""):
+                    if self.store_inputs is None:
+                        raise ModgapError(f"{path}: row {n} names an image ({image!r}); pass --embeddings")
+                    r = index.get(str(image), -2)
+                    if r == -2:
+                        where = self.store_inputs.store.path
+                        raise ModgapError(f"{path}: row {n}: image {image!r} is not in {where}")
+                self.prompts[side].append(embedder.prompt_ids(Item(text=text, image=r >= 0)))
+                self.image_rows[side].append(r)
+        if not rows:
+            raise ModgapError(f"{path}: no rows")
+
+    def __len__(self) -> int:
+        return len(self.prompts["qry"])
+
+    def batch(self, indices: list[int]) -> Batch:
+        prompts, rows = [], []
+        for side in self.sides:
+            prompts += [self.prompts[side][i] for i in indices]
+            rows += [self.image_rows[side][i] for i in indices]
+        has_image = [r >= 0 for r in rows]
+        visual = None
+        if any(has_image):
+            assert self.store_inputs is not None
+            visual = self.store_inputs.rows([r for r in rows if r >= 0])
+        return Batch(prompts, visual, has_image, [len(indices)] * len(self.sides))

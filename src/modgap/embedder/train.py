@@ -1,0 +1,334 @@
+"""The training recipe of both UniME stages, read top to bottom.
+
+``distill`` (textual discriminative knowledge distillation): text only; the LM (LoRA or full) learns to
+make its in-batch similarity distribution match the teacher's (:class:`DistillationKL`).
+``tune`` (hard-negative-enhanced instruction tuning): query/positive(/negative) pairs; the LM and the
+projector learn with InfoNCE over the batch's candidates, false negatives filtered and the k hardest kept
+(:class:`HardNegativeInfoNCE`).
+
+The batch is global. Under DDP each process embeds its share, the embeddings of all processes are gathered
+(the local ones keep their gradient) and every process computes the loss of the whole batch; the loss is
+multiplied by the number of processes, so DDP's gradient averaging yields exactly the gradient of the
+global batch in one process. With ``grad_cache_chunk`` (GradCache, Gao et al. 2021) embeddings are first
+computed without a graph, the loss's gradient with respect to them is taken, and the inputs are then
+re-encoded chunk by chunk with that gradient pushed through: the same gradient as the plain batch, with
+activation memory for one chunk. Resume is exact, as in ``modgap train``: data order from (seed, epoch),
+checkpoints at step boundaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modgap.embedder.config import EmbedderConfig, EmbedderTrainConfig
+from modgap.embedder.data import Batch, PairSet, TextSet
+from modgap.embedder.losses import DistillationKL, HardNegativeInfoNCE
+from modgap.embedder.model import Embedder
+from modgap.errors import ModgapError
+from modgap.mllm.model import VisionLanguageModel
+from modgap.progress import ProgressFactory, silent
+from modgap.training import (
+    RESUMABLE_CHANGES,
+    check_run_dir,
+    clear_run_dir,
+    epoch_batches,
+    full_state_dict,
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    record_settings,
+    register_trainable_checkpointing,
+    save_checkpoint,
+    steps_per_epoch,
+    tracker_config,
+    train_lora,
+)
+
+MODEL_SUBDIR = "model"
+CONFIG_FILE = "embedder_train_config.json"
+
+
+@dataclasses.dataclass
+class EmbedderTrainResult:
+    model_dir: Path
+    steps: int
+    final_loss: float
+    losses: list[float]
+    samples_per_second: float
+    stopped_early: bool
+    seconds: float = 0.0
+
+
+def _make_embedder(cfg: EmbedderTrainConfig) -> Embedder:
+    if cfg.init:
+        embedder = Embedder.load(cfg.init)
+    else:
+        assert cfg.llm is not None and cfg.embed_dim is not None
+        vlm = VisionLanguageModel.build(
+            cfg.llm,
+            cfg.embed_dim,
+            num_visual_tokens=cfg.num_visual_tokens,
+            online=cfg.online,
+            trust_remote_code=cfg.trust_remote_code,
+            seed=cfg.seed,
+        )
+        embedder = Embedder(vlm, EmbedderConfig())
+    vlm = embedder.vlm
+    vlm.requires_grad_(False)
+    if cfg.stage == "tune":  # distill is text only: the projector never sees an input there
+        vlm.projector.requires_grad_(True)
+    if cfg.tune == "full":
+        vlm.llm.requires_grad_(True)
+        head, inputs = vlm.llm.get_output_embeddings(), vlm.llm.get_input_embeddings()
+        if head is not None and head.weight is not inputs.weight:
+            head.requires_grad_(False)  # the embedding is read before the LM head: it would get no gradient
+    elif cfg.tune == "lora":
+        vlm.llm = train_lora(vlm.llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    return embedder
+
+
+# -- one step ------------------------------------------------------------------------------------
+
+
+def encode(model: nn.Module, unwrapped: Embedder, batch: Batch, start: int, stop: int, device: Any) -> torch.Tensor:
+    """Embeddings of prompts ``start:stop`` of the batch (through ``model``, the engine's wrapper)."""
+    inputs = {k: v.to(device) for k, v in unwrapped.collate(batch.prompts[start:stop]).items()}
+    visual = None
+    if batch.visual is not None:
+        before = sum(batch.has_image[:start])
+        n = sum(batch.has_image[start:stop])
+        visual = batch.visual[before : before + n].to(device) if n else None
+    return model(inputs["input_ids"], inputs["attention_mask"], visual)
+
+
+def gather_keep_grad(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Every process's ``x`` concatenated in rank order; this process's part keeps its gradient."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+class Objective:
+    """The stage's loss over the global batch, from this process's embeddings (and teacher rows)."""
+
+    def __init__(self, cfg: EmbedderTrainConfig, world: int):
+        self.world = world
+        self.stage = cfg.stage
+        if cfg.stage == "distill":
+            self.loss: nn.Module = DistillationKL(cfg.temperature, cfg.teacher_temperature)
+        else:
+            self.loss = HardNegativeInfoNCE(cfg.temperature, cfg.fn_margin, cfg.hard_negatives)
+
+    def __call__(self, reps: torch.Tensor, batch: Batch) -> torch.Tensor:
+        parts = [gather_keep_grad(p, self.world) for p in reps.split(batch.segments)]
+        if self.stage == "distill":
+            assert batch.teacher is not None
+            teacher = gather_keep_grad(batch.teacher.to(reps.device), self.world)
+            return self.loss(parts[0], parts[0], teacher, teacher)
+        return self.loss(parts[0], torch.cat(parts[1:]))
+
+
+def contrastive_step(
+    model: nn.Module,
+    unwrapped: Embedder,
+    accelerator: Any,
+    batch: Batch,
+    objective: Objective,
+    chunk: int | None,
+) -> torch.Tensor:
+    """Forward and backward of one global batch; returns the loss (detached). Gradients are those of the
+    whole global batch (see the module docstring), with or without gradient caching.
+
+    Under DDP the backward passes run without DDP's own synchronisation and the gradients are averaged once
+    at the end: a process whose share has no image leaves the projector unused, which DDP's reducer would
+    refuse, and gradient caching runs several backward passes per step.
+    """
+    from accelerate.utils import DistributedType
+
+    device, world, n = accelerator.device, accelerator.num_processes, len(batch.prompts)
+    ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if chunk is not None and chunk < n and is_sharded(accelerator):
+        raise ModgapError("gradient caching runs under DDP or one process; with DeepSpeed/FSDP leave it off")
+    quiet = accelerator.no_sync(model) if ddp else contextlib.nullcontext()
+    if chunk is None or chunk >= n:
+        with quiet:
+            loss = objective(encode(model, unwrapped, batch, 0, n, device), batch)
+            accelerator.backward(loss * world)
+    else:
+        bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        rng_states = []
+        with torch.no_grad():
+            cached = []
+            for s, e in bounds:
+                rng_states.append(torch.get_rng_state())  # dropout must draw the same masks when re-encoding
+                cached.append(encode(model, unwrapped, batch, s, e, device))
+        reps = torch.cat(cached).detach().requires_grad_()
+        loss = objective(reps, batch)
+        (loss * world).backward()  # only to the embeddings: no parameter is touched
+        grads = reps.grad
+        with quiet:
+            for (s, e), state in zip(bounds, rng_states, strict=True):
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(state)
+                    part = encode(model, unwrapped, batch, s, e, device)
+                    accelerator.backward((part * grads[s:e]).sum())
+    if ddp:
+        _average_gradients(model, world)
+    return loss.detach()
+
+
+def _average_gradients(model: nn.Module, world: int, bucket: int = 2**24) -> None:
+    """What DDP's reducer does, once: every trainable gradient averaged over processes (missing ones as 0),
+    all-reduced in buckets of about ``bucket`` elements (memory for one bucket, few collectives)."""
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    groups: list[list[torch.Tensor]] = [[]]
+    size = 0
+    for p in params:
+        if size and size + p.numel() > bucket:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.numel()
+    for group in groups:
+        flat = torch.cat([p.grad.reshape(-1) for p in group])
+        dist.all_reduce(flat)
+        flat /= world
+        at = 0
+        for p in group:
+            p.grad.copy_(flat[at : at + p.numel()].view_as(p))
+            at += p.numel()
+
+
+# -- the recipe ----------------------------------------------------------------------------------
+
+
+def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> EmbedderTrainResult:
+    """Run one embedder stage; ``progress`` draws the step bar (main process only)."""
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    settings = dataclasses.asdict(cfg)
+    check_run_dir(
+        out,
+        settings,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        may_change=RESUMABLE_CHANGES,
+        settings_file=CONFIG_FILE,
+    )
+    accelerator = make_accelerator(out, mixed_precision=cfg.mixed_precision, report_to=cfg.report_to)
+    main = accelerator.is_main_process
+    if main and cfg.overwrite and not cfg.resume and out.exists():
+        clear_run_dir(out)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+
+    # -- model and data -------------------------------------------------------------------------
+    embedder = _make_embedder(cfg)
+    if cfg.gradient_checkpointing:
+        embedder.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert cfg.data is not None
+    if cfg.stage == "distill":
+        assert cfg.teacher_embeddings is not None
+        data: TextSet | PairSet = TextSet(cfg.data, cfg.teacher_embeddings, embedder)
+    else:
+        data = PairSet(cfg.data, cfg.embeddings, embedder)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        record_settings(out, settings, CONFIG_FILE)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = steps_per_epoch(len(data), cfg.batch_size, world, 1)
+    total_steps = cfg.max_steps or cfg.epochs * per_epoch
+
+    # -- optimisation ---------------------------------------------------------------------------
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    if not params:
+        raise ModgapError("nothing to train (check --tune)")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(embedder, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    register_trainable_checkpointing(accelerator)
+
+    step = 0
+    if cfg.resume and (found := latest_checkpoint(out)):
+        step, path = found
+        load_checkpoint(accelerator, path)
+        if main:
+            print(f"resuming from {path} (step {step} of {total_steps})", file=sys.stderr)
+    log_with = cfg.report_to != "none"
+    if log_with:
+        accelerator.init_trackers("embedder", config=tracker_config(settings))
+    unwrapped: Embedder = accelerator.unwrap_model(model)
+    objective = Objective(cfg, world)
+    progress = progress if main else silent
+
+    # -- loop -----------------------------------------------------------------------------------
+    losses: list[float] = []
+    stop_at = min(total_steps, cfg.stop_after) if cfg.stop_after is not None else total_steps
+    model.train()
+    started, steps_at_start = time.perf_counter(), step
+    last_loss = float("nan")
+    with progress(cfg.stage, total_steps, step) as advance:
+        while step < stop_at:
+            epoch = step // per_epoch
+            batches = epoch_batches(len(data), cfg.batch_size, world, rank, seed=cfg.seed, epoch=epoch)
+            for in_epoch in range(step % per_epoch, per_epoch):
+                batch = data.batch(batches[in_epoch])
+                loss = contrastive_step(model, unwrapped, accelerator, batch, objective, cfg.grad_cache_chunk)
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+                scheduler.step()
+                step += 1
+                last_loss = float(loss)  # every process computed the same global loss
+                losses.append(last_loss)
+                if log_with and (step % cfg.log_every == 0 or step == stop_at):
+                    accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
+                rate = (step - steps_at_start) * cfg.batch_size * world / max(time.perf_counter() - started, 1e-9)
+                advance(1, f"loss {last_loss:.4f} · {rate:,.1f} samples/s")
+                if (cfg.save_every and step % cfg.save_every == 0) or step == stop_at:
+                    save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, epoch=epoch)
+                if step >= stop_at:
+                    break
+    elapsed = time.perf_counter() - started
+    samples_per_second = (step - steps_at_start) * cfg.batch_size * world / elapsed if elapsed > 0 else 0.0
+
+    accelerator.wait_for_everyone()
+    model_dir = out / MODEL_SUBDIR
+    stopped_early = step < total_steps
+    if not stopped_early:
+        full_state = full_state_dict(accelerator, model)  # a collective: every process takes part
+        if main:
+            unwrapped.save(
+                model_dir,
+                created_by={"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "settings": settings},
+                state_dict=full_state,
+            )
+    accelerator.wait_for_everyone()
+    if log_with:
+        accelerator.end_training()
+    return EmbedderTrainResult(model_dir, step, last_loss, losses, samples_per_second, stopped_early, elapsed)
