@@ -200,3 +200,57 @@ def test_cli_distill_tune_and_embed_with_the_trained_embedder(data, tmp_path):
     texts = [json.loads(line)["text"] for line in data["texts"].read_text().splitlines()]
     direct = Embedder.load(tmp_path / "tune").embed_texts(texts)
     np.testing.assert_allclose(store.get([f"t{i}" for i in range(48)]), direct.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# -- MMEB ---------------------------------------------------------------------------------------
+def test_mmeb_precision_at_1_in_both_released_layouts(tmp_path):
+    """Task files as MMEB releases them (Parquet and JSONL); P@1 against the embedder's own vectors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modgap.embedder.mmeb import evaluate_mmeb
+    from modgap.encoders import load_encoder
+    from modgap.world.scene import caption, make_scenes, render
+
+    clip = load_encoder("builtin:tiny-clip")
+    vlm = VisionLanguageModel.build("builtin:tiny-lm", clip.dim, num_visual_tokens=4, encoder="builtin:tiny-clip")
+    Embedder(vlm).save(tmp_path / "model")
+    scenes = make_scenes(6, 0, "mmeb")
+    (tmp_path / "images").mkdir()
+    for i, scene in enumerate(scenes):
+        render(scene).save(tmp_path / "images" / f"{i}.png")
+    captions = [caption(s, variant=0) for s in scenes]
+    # image -> text: query an image with an instruction, candidates are captions (target first).
+    i2t = [{"qry_text": "<|image_1|> Find a caption.", "qry_img_path": f"{i}.png",
+            "tgt_text": [captions[i], *(captions[j] for j in range(6) if j != i)], "tgt_img_path": [""] * 6}
+           for i in range(6)]  # fmt: skip
+    # text -> image, and one row whose target and a distractor are the same input: a tie, counted correct.
+    t2i = [{"qry_text": captions[i], "qry_img_path": "", "tgt_text": ["<|image_1|>"] * 3,
+            "tgt_img_path": [f"{i}.png", f"{(i + 1) % 6}.png", f"{(i + 2) % 6}.png"]} for i in range(5)]  # fmt: skip
+    t2i.append({"qry_text": captions[5], "qry_img_path": "", "tgt_text": ["<|image_1|>"] * 2,
+                "tgt_img_path": ["0.png", "0.png"]})  # fmt: skip
+    data = tmp_path / "mmeb"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pylist(i2t), data / "I2T.parquet")
+    (data / "T2I.jsonl").write_text("".join(json.dumps(r) + "\n" for r in t2i))
+    result = evaluate_mmeb(tmp_path / "model", data, tmp_path / "images")
+    assert result.rows == {"I2T": 6, "T2I": 6}
+
+    emb = Embedder.load(tmp_path / "model")
+    pics = [render(s) for s in scenes]
+    visual = emb.vlm.visual_inputs(clip.encode_images(pics), "image")
+    with_inst = emb.embed_images(visual, ["<image> Find a caption."] * 6)
+    plain = emb.embed_images(visual)
+    texts = emb.embed_texts(captions)
+    want_i2t = [
+        int(np.argmax([with_inst[i] @ texts[j] for j in [i, *(j for j in range(6) if j != i)]])) for i in range(6)
+    ]
+    want_t2i = [int(np.argmax([texts[i] @ plain[j] for j in (i, (i + 1) % 6, (i + 2) % 6)])) for i in range(5)] + [0]
+    assert result.predictions == {"I2T": want_i2t, "T2I": want_t2i}
+    assert result.tasks["I2T"] == pytest.approx(np.mean([p == 0 for p in want_i2t]))
+    assert result.overall == pytest.approx((result.tasks["I2T"] + result.tasks["T2I"]) / 2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "X.jsonl").write_text(json.dumps({"qry_text": "a", "tgt_text": ["a", "b"], "tgt_img_path": ["x.png"]}))
+    with pytest.raises(ModgapError, match="row 1: tgt_text and tgt_img_path"):
+        evaluate_mmeb(tmp_path / "model", bad)

@@ -126,6 +126,51 @@ def eval_compositional(
         out.print(f"wrote {json_out}")
 
 
+@app.command(
+    "mmeb",
+    epilog="Example: modgap eval mmeb --model runs/tune --data MMEB-eval/ --image-root MMEB-eval/images "
+    "--json runs/tune/mmeb.json",
+)
+def eval_mmeb(
+    model_dir: Annotated[Path, typer.Option("--model", help="Embedder directory (or a training run's --out).")],
+    data: Annotated[Path, typer.Option(help="Directory of task files (TASK.parquet / TASK.jsonl), or one file.")],
+    image_root: Annotated[
+        Path | None, typer.Option(help="Where the rows' image paths start (default: --data).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write per-task and overall Precision@1 here.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N rows of each task.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """MMEB Precision@1 per task (the first candidate is the target) and overall (mean over tasks)."""
+    from modgap.embedder.mmeb import evaluate_mmeb
+    from modgap.files import write_json
+
+    quiet_transformers()
+    result = evaluate_mmeb(
+        model_dir,
+        data,
+        image_root,
+        device=device,
+        batch_size=batch_size,
+        limit=limit,
+        progress=rich_progress(unit="tasks"),
+    )
+    table = Table(title=f"MMEB: {len(result.tasks)} tasks")
+    table.add_column("task")
+    table.add_column("rows", justify="right")
+    table.add_column("P@1", justify="right")
+    for task, p1 in result.tasks.items():
+        table.add_row(task, str(result.rows[task]), f"{p1:.4f}")
+    table.add_row("overall", str(sum(result.rows.values())), f"{result.overall:.4f}")
+    out.print(table)
+    if json_out:
+        write_json(json_out, {"tasks": result.tasks, "rows": result.rows, "overall": result.overall})
+        out.print(f"wrote {json_out}")
+
+
 def _print_figures(title: str, figures: dict[str, float]) -> None:
     table = Table(title=title)
     shown = {k: v for k, v in figures.items() if isinstance(v, float)}

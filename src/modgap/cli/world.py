@@ -21,11 +21,21 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Smaller pools and budget (about 3 minutes on 2 CPU cores).")] = False,
     seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
     sft: Annotated[int, typer.Option(help="After text-only pretraining, tune on this many paired samples.")] = 0,
+    embedder: Annotated[
+        bool,
+        typer.Option("--embedder", help="Run the universal-embedder (UniME) section instead: both stages, ablations."),
+    ] = False,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher text encoder of --embedder (default: the installed all-MiniLM-L6-v2).")
+    ] = None,
 ) -> None:
     """The whole method offline: gap, aligners, text-only pretraining, evaluation on held-out images."""
     from modgap.world.demo import COLUMNS, run_demo, table_rows
 
     quiet_transformers()
+    if embedder:
+        _embedder_demo(workdir, quick, seed, teacher)
+        return
     result = run_demo(
         workdir, quick=quick, seed=seed, sft=sft, progress=rich_progress(), log=lambda m: err.print(m, highlight=False)
     )
@@ -37,6 +47,22 @@ def demo(
         table.add_row(*row)
     out.print(table)
     out.print(f"report: {workdir / 'report.md'}  ({result.seconds:.0f} s)")
+
+
+def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -> None:
+    from modgap.world.embedder_demo import COLUMNS, run_embedder_demo
+
+    result = run_embedder_demo(
+        workdir, quick=quick, seed=seed, teacher=teacher, progress=rich_progress(), log=lambda m: err.print(m)
+    )
+    table = Table(title=f"modgap demo --embedder (seed {seed}): held-out retrieval and compositional accuracy")
+    table.add_column("model")
+    for _, header in COLUMNS:
+        table.add_column(header, justify="right")
+    for name, row in result["rows"].items():
+        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "" for k, _ in COLUMNS))
+    out.print(table)
+    out.print(f"figures: {workdir / 'embedder' / 'results.json'}  ({result['seconds']:.0f} s)")
 
 
 @world_app.command(

@@ -41,10 +41,13 @@ class Batch:
     teacher: torch.Tensor | None = None  # distill: (n, teacher dim)
 
 
-def _mmeb_text(value: object) -> str | None:
+def mmeb_text(value: object) -> str | None:
+    """An MMEB text with its image tokens as modgap's placeholder; None when nothing but the marker is left
+    (then the input is an image alone, under the image template)."""
     if value in (None, ""):
         return None
-    return MMEB_IMAGE_TOKEN.sub(IMAGE_PLACEHOLDER, str(value))
+    text = MMEB_IMAGE_TOKEN.sub(IMAGE_PLACEHOLDER, str(value))
+    return text if text.replace(IMAGE_PLACEHOLDER, "").strip() else None
 
 
 class TextSet:
@@ -98,7 +101,7 @@ class PairSet:
         self.image_rows: dict[str, list[int]] = {s: [] for s in self.sides}  # -1: no image
         for n, row in enumerate(rows, 1):
             for side in self.sides:
-                text = _mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
+                text = mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
                 image = row.get(f"{side}_image_path")
                 if text is None and image in (None, ""):
                     raise ModgapError(f"{path}: row {n} has neither a {side} text nor a {side} image")

@@ -254,6 +254,9 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
         data: TextSet | PairSet = TextSet(cfg.data, cfg.teacher_embeddings, embedder)
     else:
         data = PairSet(cfg.data, cfg.embeddings, embedder)
+        if embedder.vlm.config.encoder is None and data.store_inputs is not None:
+            # The image encoder of the stores, so that embedder:DIR can embed image files itself.
+            embedder.vlm.config.encoder = (data.store_inputs.store.manifest.encoder or {}).get("name")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         record_settings(out, settings, CONFIG_FILE)

@@ -58,7 +58,7 @@ class DemoResult:
     workdir: Path
 
 
-def _write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
+def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
     """Image files and JSONL data of the four disjoint pools (written once)."""
     pools = {
         "image_pool": make_scenes(size.image_pool, seed, "image-only"),
@@ -95,7 +95,7 @@ def _write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], Non
     return pools
 
 
-def _embed(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
+def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
     from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
     from modgap.encoders import load_encoder
 
@@ -124,7 +124,7 @@ def _gap(root: Path, aligner: Any = None) -> dict[str, Any]:
     )
 
 
-def _train(
+def train_revision(
     root: Path,
     name: str,
     size: DemoSize,
@@ -178,6 +178,16 @@ def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, flo
     return score_captions(replies, scenes)
 
 
+def claim_demo_dir(root: Path, seed: int, quick: bool, size: DemoSize) -> None:
+    """The workdir is this demo's (same seed and size) or new; the embedder demo shares it."""
+    claim_run_dir(
+        root,
+        {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
+        settings_file="demo.json",
+        hint="; use another --workdir",
+    )
+
+
 def run_demo(
     workdir: str | Path,
     *,
@@ -195,14 +205,9 @@ def run_demo(
     size = QUICK if quick else FULL
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
-    claim_run_dir(
-        root,
-        {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
-        settings_file="demo.json",
-        hint="; use another --workdir",
-    )
-    pools = _write_world(root, size, seed, log)
-    _embed(root, progress, log)
+    claim_demo_dir(root, seed, quick, size)
+    pools = write_world(root, size, seed, log)
+    embed_world(root, progress, log)
     text_store = str(root / "stores" / "text_pool-text")
     image_store = str(root / "stores" / "image_pool-image")
 
@@ -218,7 +223,9 @@ def run_demo(
             make_aligner(method, **ALIGNER_PARAMS.get(method, {})).fit(text_store, image_store).save(path)
         report = _gap(root, load_aligner(path))
         log(f"training on text aligned with {method}")
-        model_dir = _train(root, method, size, seed, str(root / "world" / "text_pool.jsonl"), text_store, str(path))
+        model_dir = train_revision(
+            root, method, size, seed, str(root / "world" / "text_pool.jsonl"), text_store, str(path)
+        )
         rows[method] = {
             "centroid_distance": report["after"]["centroid_distance"],
             "knn_mixing": report["after"]["knn_mixing@10"],
@@ -229,7 +236,7 @@ def run_demo(
             sft_dir = _sft(root, method, size, seed, sft, init=model_dir)
             rows[f"{method} + sft {sft}"] = _evaluate(root, sft_dir, pools["test"])
     log("training on real paired image embeddings (upper bound)")
-    paired_dir = _train(
+    paired_dir = train_revision(
         root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
     )
     rows[PAIRED] = _evaluate(root, paired_dir, pools["test"])
@@ -253,7 +260,7 @@ def _sft(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init
         rows = [json.loads(line) for line in (root / "world" / "paired.jsonl").read_text().splitlines()[:n]]
         write_jsonl(data, rows)
     steps = max(20, size.steps // 4)
-    return _train(
+    return train_revision(
         root,
         f"{method}-sft{n}" if method else f"sft{n}-only",
         size,

@@ -1,0 +1,138 @@
+"""MMEB evaluation (VLM2Vec's Massive Multimodal Embedding Benchmark layout): Precision@1 per task.
+
+``--data DIR`` holds one file per task (``TASK.parquet`` or ``TASK.jsonl``), as released: each row has a
+query (``qry_text``, where a token such as ``<|image_1|>`` marks the image, and ``qry_img_path``, empty for a
+text-only query) and a candidate list (``tgt_text`` and ``tgt_img_path``, lists of one length) whose first
+entry is the target. A row is correct when the target scores highest; as in VLM2Vec's evaluation
+(``argmax``), a tie goes to the earlier candidate. ``qry_inst``/``tgt_inst``, when present, are prefixed to
+the texts. Image paths are relative to ``--image-root``. Identical inputs are embedded once per task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modgap.embedder.data import mmeb_text
+from modgap.embedder.encoder import EmbedderEncoder
+from modgap.embedder.model import Item
+from modgap.errors import ModgapError
+from modgap.files import read_rows
+from modgap.progress import ProgressFactory, silent
+
+TASK_SUFFIXES = (".parquet", ".jsonl")
+
+
+@dataclass
+class MMEBResult:
+    tasks: dict[str, float]  # task -> Precision@1
+    rows: dict[str, int]
+    overall: float  # mean over tasks, as MMEB reports it
+    predictions: dict[str, list[int]] = field(default_factory=dict)  # task -> chosen candidate per row
+
+
+def _text(row: dict, key: str, inst_key: str) -> str | None:
+    text = mmeb_text(row.get(key))
+    inst = row.get(inst_key)
+    if text is None:
+        return None
+    return f"{inst} {text}" if inst else text
+
+
+def task_files(data: str | os.PathLike) -> list[Path]:
+    data = Path(data)
+    files = sorted(p for p in data.iterdir() if p.suffix in TASK_SUFFIXES) if data.is_dir() else [data]
+    if not files:
+        raise ModgapError(f"{data}: no task files (*.parquet, *.jsonl)")
+    return files
+
+
+class _Inputs:
+    """The distinct inputs of one task, in first-seen order, with their images loaded on demand."""
+
+    def __init__(self, image_root: Path):
+        self.image_root = image_root
+        self.index: dict[tuple[str | None, str | None], int] = {}
+
+    def add(self, text: str | None, image: str | None, where: str) -> int:
+        if text is None and image is None:
+            raise ModgapError(f"{where}: an input with neither text nor image")
+        return self.index.setdefault((text, image), len(self.index))
+
+    def embed(self, encoder: EmbedderEncoder, batch_size: int) -> torch.Tensor:
+        from PIL import Image
+
+        keys = list(self.index)
+        out = []
+        for s in range(0, len(keys), batch_size):
+            part = keys[s : s + batch_size]
+            pics = []
+            for _, image in part:
+                if image is None:
+                    continue
+                path = self.image_root / image
+                try:
+                    with Image.open(path) as im:
+                        pics.append(im.convert("RGB"))
+                except OSError as e:
+                    raise ModgapError(f"{path}: cannot read image ({e})") from e
+            visual = None
+            if pics:
+                visual = encoder.embedder.vlm.visual_inputs(encoder.base.encode_images(pics), "image")
+            items = [Item(text=t, image=i is not None) for t, i in part]
+            out.append(encoder.embedder.embed(items, visual, batch_size=batch_size))
+        return torch.cat(out)
+
+
+def evaluate_mmeb(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    limit: int | None = None,
+    progress: ProgressFactory = silent,
+) -> MMEBResult:
+    """Precision@1 of the embedder ``model`` on every task file under ``data``."""
+    encoder = EmbedderEncoder(model, device=device, batch_size=batch_size)
+    root = Path(image_root) if image_root else Path(data)
+    tasks, counts, predictions = {}, {}, {}
+    files = task_files(data)
+    with progress("mmeb", len(files)) as advance:
+        for path in files:
+            rows = read_rows(path, what="MMEB task file")[:limit]
+            inputs = _Inputs(root)
+            queries: list[int] = []
+            candidates: list[Sequence[int]] = []
+            for n, row in enumerate(rows, 1):
+                where = f"{path}: row {n}"
+                texts, images = row.get("tgt_text") or [], row.get("tgt_img_path") or []
+                if not isinstance(texts, list) or not isinstance(images, list):
+                    raise ModgapError(f"{where}: tgt_text and tgt_img_path must be lists")
+                width = max(len(texts), len(images))
+                if width == 0 or (texts and images and len(texts) != len(images)):
+                    raise ModgapError(f"{where}: tgt_text and tgt_img_path must be non-empty lists of one length")
+                texts, images = texts or [""] * width, images or [""] * width
+                queries.append(inputs.add(_text(row, "qry_text", "qry_inst"), row.get("qry_img_path") or None, where))
+                candidates.append([
+                    inputs.add(_text({"t": t, "i": row.get("tgt_inst")}, "t", "i"), img or None, where)
+                    for t, img in zip(texts, images, strict=True)
+                ])  # fmt: skip
+            if not rows:
+                raise ModgapError(f"{path}: no rows")
+            emb = inputs.embed(encoder, batch_size)
+            chosen = []
+            for q, cands in zip(queries, candidates, strict=True):
+                scores = (emb[list(cands)] @ emb[q]).numpy()
+                chosen.append(int(np.argmax(scores)))  # first maximum: ties go to the earlier candidate
+            tasks[path.stem] = float(np.mean([c == 0 for c in chosen]))
+            counts[path.stem] = len(rows)
+            predictions[path.stem] = chosen
+            advance(1)
+    return MMEBResult(tasks, counts, float(np.mean(list(tasks.values()))), predictions)

