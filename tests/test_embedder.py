@@ -254,3 +254,66 @@ def test_mmeb_precision_at_1_in_both_released_layouts(tmp_path):
     (bad / "X.jsonl").write_text(json.dumps({"qry_text": "a", "tgt_text": ["a", "b"], "tgt_img_path": ["x.png"]}))
     with pytest.raises(ModgapError, match="row 1: tgt_text and tgt_img_path"):
         evaluate_mmeb(tmp_path / "model", bad)
+
+
+# -- patch features -----------------------------------------------------------------------------
+def test_patch_features_flow_from_embed_to_train_and_the_embedder(tmp_path):
+    """`embed --features patch` stores the tower's patch tokens (checked against a direct transformers
+    forward); `train` and `embedder tune` build a patch projector from such a store; `embedder:DIR` reads
+    images through the same patches."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from modgap.hub import resolve
+    from modgap.store import EmbeddingStore
+    from modgap.world.scene import caption, make_scenes, render
+
+    scenes = make_scenes(16, 0, "patch")
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, scene in enumerate(scenes):
+        render(scene).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"id": f"p{i}", "image": f"img/{i}.png", "caption": caption(scene, variant=0)})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "data.jsonl", "--image-root", tmp_path,
+            "--modality", "image", "--features", "patch", "--out-image", tmp_path / "patches", "--dtype", "float32",
+            "--num-workers", 0)  # fmt: skip
+    store = EmbeddingStore.open(tmp_path / "patches")
+    assert store.manifest.encoder["features"] == "patch" and not store.normalized
+    tokens, width = store.manifest.encoder["tokens"], store.manifest.encoder["token_dim"]
+    assert store.dim == tokens * width
+
+    clip = CLIPModel.from_pretrained(resolve("builtin:tiny-clip")).eval()
+    pixels = CLIPImageProcessor.from_pretrained(resolve("builtin:tiny-clip"))(
+        [render(s) for s in scenes], return_tensors="pt"
+    )["pixel_values"]
+    with torch.no_grad():
+        direct = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert direct.shape[1:] == (tokens, width)
+    np.testing.assert_allclose(store.get([f"p{i}" for i in range(16)]), direct.flatten(1).numpy(), atol=1e-4)
+
+    refused = run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "data.jsonl",
+                      "--modality", "text", "--features", "patch", "--out-text", tmp_path / "t",
+                      check=False)  # fmt: skip
+    assert refused.returncode == 2 and "--features patch is for images" in refused.stderr
+
+    # ReVision training on patch tokens: the model gets a patch projector with one token per patch.
+    run_cli("train", "pretrain", "--llm", "builtin:tiny-lm", "--data", tmp_path / "data.jsonl",
+            "--embeddings", tmp_path / "patches", "--max-steps", 2, "--batch-size", 4, "--report-to", "none",
+            "--out", tmp_path / "pre")  # fmt: skip
+    model = VisionLanguageModel.load(tmp_path / "pre" / "model")
+    assert (model.config.token_mode, model.config.num_visual_tokens) == ("patch", tokens)
+    # The embedder from a bare LM: width and patch shape come from the store.
+    (tmp_path / "pairs.jsonl").write_text("".join(
+        json.dumps({"qry": "<|image_1|>", "qry_image_path": r["id"], "pos_text": r["caption"]}) + "\n" for r in rows
+    ))  # fmt: skip
+    run_cli("embedder", "tune", "--llm", "builtin:tiny-lm", "--data", tmp_path / "pairs.jsonl",
+            "--embeddings", tmp_path / "patches", "--batch-size", 8, "--max-steps", 2,
+            "--out", tmp_path / "emb")  # fmt: skip
+    from modgap.encoders import load_encoder
+
+    encoder = load_encoder(f"embedder:{tmp_path / 'emb'}")
+    emb = Embedder.load(tmp_path / "emb")
+    assert emb.vlm.config.token_mode == "patch" and emb.vlm.config.encoder == "builtin:tiny-clip"
+    via_encoder = encoder.encode_images([render(s) for s in scenes[:4]])
+    direct_emb = emb.embed_images(direct[:4].flatten(1))
+    torch.testing.assert_close(via_encoder, direct_emb, rtol=1e-3, atol=1e-4)

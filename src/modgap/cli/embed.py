@@ -39,6 +39,9 @@ def embed(
     dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
     shard_rows: Annotated[int | None, typer.Option(help="Rows per shard (default: ~256 MiB).")] = None,
     max_text_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
+    features: Annotated[
+        str, typer.Option(help="global (one embedding per item) or patch (each image's patch tokens, LLaVA-style).")
+    ] = "global",
     device: DeviceOpt = "cpu",
     online: Annotated[bool, typer.Option("--online", help="Allow downloads from the 🤗 Hub.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model's own code.")] = False,
@@ -68,6 +71,7 @@ def embed(
         online=online,
         trust_remote_code=trust_remote_code,
         max_text_length=max_text_length,
+        features=features,
         created_by=command_line(),
         progress=rich_progress(unit="items"),
     )

@@ -171,7 +171,7 @@ def embed_modality(
         target,
         dim=dim,
         dtype=options.dtype,
-        normalized=True,
+        normalized=encoder.normalized_output,
         modality=modality,
         encoder=encoder.describe(),
         created_by=created_by,
@@ -289,13 +289,16 @@ def embed_data(
     online: bool = False,
     trust_remote_code: bool = False,
     max_text_length: int | None = None,
+    features: str = "global",
     created_by: str | None = None,
     progress: ProgressFactory = silent,
 ) -> list[EmbedSummary]:
     """``modgap embed``: read ``data``, load the encoder, and embed each modality named in ``outs``
     (``{"image": STORE, "text": STORE}``) into its store. Offline unless ``online``; under torchrun each
-    process uses its own GPU for ``device="cuda"``."""
+    process uses its own GPU for ``device="cuda"``. ``features="patch"`` stores each image's patch tokens
+    (:class:`~modgap.encoders.patches.PatchFeatures`) instead of its global embedding."""
     from modgap.encoders import load_encoder
+    from modgap.encoders.patches import FEATURES, PatchFeatures
 
     use_offline_mode(online)
     wanted = [m for m in (IMAGE, TEXT) if m in outs]
@@ -304,6 +307,10 @@ def embed_data(
     for m in wanted:
         if outs[m] is None:
             raise ModgapError(f"--out-{m} is required to embed {m}s")
+    if features not in FEATURES:
+        raise ModgapError(f"--features must be one of {FEATURES}, got {features!r}")
+    if features == "patch" and TEXT in wanted:
+        raise ModgapError("--features patch is for images (--modality image); texts have global embeddings only")
     inputs = read_inputs(data, image_root, columns or Columns())
     init_from_env()
     encoder = load_encoder(
@@ -313,6 +320,8 @@ def embed_data(
         trust_remote_code=trust_remote_code,
         max_text_length=max_text_length,
     )
+    if features == "patch":
+        encoder = PatchFeatures(encoder)
     return [
         embed_modality(encoder, m, inputs, outs[m], options, created_by=created_by, progress=progress) for m in wanted
     ]

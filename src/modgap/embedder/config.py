@@ -73,7 +73,7 @@ class EmbedderTrainConfig(RunSettings):
     embeddings: str | None = setting(None, "tune: store of the image embeddings, by image path/id.")
     init: str | None = setting(None, "modgap model or embedder directory to start from.")
     llm: str | None = setting(None, "Base causal LM when starting without --init (needs --embed-dim).")
-    embed_dim: int | None = setting(None, "Visual embedding width of a model built from --llm.")
+    embed_dim: int | None = setting(None, "Visual embedding width of a model built from --llm (tune: the store's).")
     num_visual_tokens: int = setting(8, "k: visual tokens per embedding (models built from --llm).", "--visual-tokens")
     tune: str = setting("lora", "lora | full | projector (what of the LM is trained; tune also trains the projector).")
     lora_r: int = setting(16, "LoRA rank.")
@@ -107,7 +107,7 @@ class EmbedderTrainConfig(RunSettings):
             raise ModgapError("distill needs --teacher-embeddings (a store of the teacher's text embeddings)")
         if (self.init is None) == (self.llm is None):
             raise ModgapError("give either --init (a modgap model or embedder directory) or --llm, exactly one")
-        if self.llm is not None and self.embed_dim is None:
+        if self.llm is not None and self.embed_dim is None and not (self.stage == "tune" and self.embeddings):
             raise ModgapError("--llm needs --embed-dim (the width of the image embeddings the model will read)")
         if self.tune not in ("lora", "full", "projector"):
             raise ModgapError(f"unknown --tune {self.tune!r} (lora, full or projector)")

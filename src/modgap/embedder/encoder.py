@@ -68,11 +68,22 @@ class EmbedderEncoder(Encoder):
     def text_length(self, text: str) -> int:
         return len(text)
 
+    def visual_inputs(self, batch: Prepared) -> torch.Tensor:
+        """A prepared image batch as the model reads it: the base encoder's global embeddings, or its patch
+        tokens for a model with a patch projector."""
+        if self.embedder.vlm.config.token_mode == "patch":
+            features = self.base.embed_patches(batch).flatten(1)
+        else:
+            features = self.base.embed(IMAGE, batch)
+        return self.embedder.vlm.visual_inputs(features, "image")
+
+    def image_inputs(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.visual_inputs(self.base.prepare_images(images))
+
     @torch.inference_mode()
     def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
         if modality == IMAGE:
-            visual = self.embedder.vlm.visual_inputs(self.base.embed(IMAGE, batch), "image")
-            return self.embedder.embed_images(visual, batch_size=self.batch_size)
+            return self.embedder.embed_images(self.visual_inputs(batch), batch_size=self.batch_size)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.embedder(batch["input_ids"], batch["attention_mask"]).float().cpu()
 

@@ -83,7 +83,7 @@ class _Inputs:
                     raise ModgapError(f"{path}: cannot read image ({e})") from e
             visual = None
             if pics:
-                visual = encoder.embedder.vlm.visual_inputs(encoder.base.encode_images(pics), "image")
+                visual = encoder.image_inputs(pics)
             items = [Item(text=t, image=i is not None) for t, i in part]
             out.append(encoder.embedder.embed(items, visual, batch_size=batch_size))
         return torch.cat(out)

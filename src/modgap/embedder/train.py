@@ -33,9 +33,11 @@ from modgap.embedder.config import EmbedderConfig, EmbedderTrainConfig
 from modgap.embedder.data import Batch, PairSet, TextSet
 from modgap.embedder.losses import DistillationKL, HardNegativeInfoNCE
 from modgap.embedder.model import Embedder
+from modgap.encoders.patches import patch_shape
 from modgap.errors import ModgapError
 from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
+from modgap.store.store import EmbeddingStore
 from modgap.training import (
     RESUMABLE_CHANGES,
     check_run_dir,
@@ -73,11 +75,19 @@ def _make_embedder(cfg: EmbedderTrainConfig) -> Embedder:
     if cfg.init:
         embedder = Embedder.load(cfg.init)
     else:
-        assert cfg.llm is not None and cfg.embed_dim is not None
+        assert cfg.llm is not None
+        embed_dim, shape, encoder = cfg.embed_dim, None, None
+        if cfg.stage == "tune" and cfg.embeddings:  # the model reads what the image store holds
+            store = EmbeddingStore.open(cfg.embeddings)
+            embed_dim, shape = store.dim, patch_shape(store.manifest.encoder)
+            encoder = (store.manifest.encoder or {}).get("name")
+        assert embed_dim is not None
         vlm = VisionLanguageModel.build(
             cfg.llm,
-            cfg.embed_dim,
-            num_visual_tokens=cfg.num_visual_tokens,
+            embed_dim,
+            num_visual_tokens=shape[0] if shape else cfg.num_visual_tokens,
+            token_mode="patch" if shape else "expand",
+            encoder=encoder,
             online=cfg.online,
             trust_remote_code=cfg.trust_remote_code,
             seed=cfg.seed,

@@ -14,15 +14,18 @@ from typing import Any
 import torch
 from PIL import Image
 
+from modgap.errors import ModgapError
+
 IMAGE, TEXT = "image", "text"
 Prepared = dict[str, torch.Tensor]
 
 
 class Encoder(ABC):
-    """Outputs are L2-normalised float32 tensors of shape (B, dim)."""
+    """Outputs are float32 tensors of shape (B, dim), L2-normalised unless ``normalized_output`` is False."""
 
     name: str  # e.g. "hf:/models/clip-vit-b32"
     revision: str | None = None  # a content hash of the weights, recorded in store manifests
+    normalized_output: bool = True
 
     @property
     def dim(self) -> int:
@@ -48,6 +51,11 @@ class Encoder(ABC):
     @abstractmethod
     def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
         """Run the model on a prepared batch; returns (B, dim) unit vectors (float32, on the CPU)."""
+
+    def embed_patches(self, batch: Prepared) -> torch.Tensor:
+        """The vision tower's patch features of a prepared image batch, (B, patches, width), float32 on the CPU
+        (LLaVA's visual tokens); encoders without a vision tower of patches do not have them."""
+        raise ModgapError(f"{self.name} has no patch features")
 
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         return self.embed(IMAGE, self.prepare_images(images))

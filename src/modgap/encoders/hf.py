@@ -97,6 +97,9 @@ def pixel_values(batch: Prepared, image_processor: Any, dtype: torch.dtype) -> t
     return ((pixels - mean) / std).to(dtype)
 
 
+PATCH_LAYER = -2  # LLaVA's vision_feature_layer
+
+
 class TextPrep:
     """Tokenisation alone (picklable). SigLIP-style models pad to max length, as they were trained."""
 
@@ -169,3 +172,16 @@ class HFDualEncoder(Encoder):
         fn = self.model.get_image_features if modality == IMAGE else self.model.get_text_features
         feats = _features(fn(**batch)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu()
+
+    @torch.inference_mode()
+    def embed_patches(self, batch: Prepared) -> torch.Tensor:
+        """LLaVA's choice: the penultimate vision layer's hidden states, without the class token (CLIP has one,
+        SigLIP none)."""
+        tower = getattr(self.model, "vision_model", None)
+        if tower is None:
+            raise ModgapError(f"{self.name}: {type(self.model).__name__} has no vision_model to take patches from")
+        pixels = pixel_values({k: v.to(self.device) for k, v in batch.items()}, self.image_processor, self.dtype)
+        hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[PATCH_LAYER]
+        if getattr(tower.embeddings, "class_embedding", None) is not None:
+            hidden = hidden[:, 1:]
+        return hidden.float().cpu()

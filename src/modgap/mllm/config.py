@@ -70,7 +70,9 @@ class TrainConfig(RunSettings):
     aligner: str | None = setting(None, "Aligner for raw text stores (images get its target view).")
     num_visual_tokens: int = setting(8, "k: visual tokens per embedding.", flag="--visual-tokens")
     projector: str = setting("mlp", "mlp (2-layer GELU) or linear.")
-    token_mode: str = setting("expand", "expand (k distinct tokens) or repeat (reference design).")
+    token_mode: str = setting(
+        "expand", "expand (k distinct tokens) or repeat (reference design); stores of patch features: patch tokens."
+    )
     prompt: str | None = setting(None, "Instruction of caption-only samples.")
     chat_template: str | None = setting(None, "Jinja chat template (default: the tokenizer's).")
     max_length: int = setting(512, "Longer samples are cut from the end.")

@@ -242,6 +242,7 @@ def batch_visual(
     train: bool,
     generator: torch.Generator | None = None,
     noise_std: float = 0.0,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """The visual inputs of the samples ``indices`` as the projector reads them (see :func:`visual_view`)."""
     indices = np.asarray(indices)
@@ -252,7 +253,14 @@ def batch_visual(
             continue
         raw = source.store.take(data.row[indices[sel]])
         view = visual_view(
-            raw, source.modality, aligner, aligned=source.aligned, train=train, generator=generator, noise_std=noise_std
+            raw,
+            source.modality,
+            aligner,
+            aligned=source.aligned,
+            train=train,
+            generator=generator,
+            noise_std=noise_std,
+            normalize=normalize,
         )
         if out is None:
             out = torch.empty((len(indices), view.shape[1]), dtype=view.dtype)

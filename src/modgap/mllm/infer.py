@@ -80,7 +80,10 @@ def image_inputs(
                 pics.append(im.convert("RGB"))
         except OSError as e:
             raise ModgapError(f"{p}: cannot read image ({e})") from e
-    return model.visual_inputs(_encoder(model, encoder, device).encode_images(pics), "image")
+    enc = _encoder(model, encoder, device)
+    if model.config.token_mode == "patch":  # the model reads the vision tower's patch tokens
+        return model.visual_inputs(enc.embed_patches(enc.prepare_images(pics)).flatten(1), "image")
+    return model.visual_inputs(enc.encode_images(pics), "image")
 
 
 def text_inputs(

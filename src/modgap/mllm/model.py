@@ -208,7 +208,7 @@ class VisionLanguageModel(nn.Module):
         """Embeddings as the model reads them at inference: text through the aligner, images through
         the aligner's target transform (C3 centres images), both L2-normalised; ``aligned`` rows (from a
         store the aligner wrote) as they are."""
-        return visual_view(x, modality, self.aligner, aligned=aligned)
+        return visual_view(x, modality, self.aligner, aligned=aligned, normalize=self.config.token_mode != "patch")
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -286,8 +286,11 @@ def visual_view(
     train: bool = False,
     generator: torch.Generator | None = None,
     noise_std: float = 0.0,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """What the projector sees of embeddings ``x`` from a ``modality`` store.
+
+    ``normalize=False`` (patch features, read by a ``patch`` projector): the rows as they are; no aligner.
 
     Raw text goes through the aligner (its train-time view when ``train``: C3 and CapDec add fresh
     noise); images through the aligner's target transform. ``aligned`` rows were written by that aligner
@@ -298,6 +301,10 @@ def visual_view(
     from modgap.store.store import as_cpu_tensor
 
     x = as_cpu_tensor(x).float() if not isinstance(x, torch.Tensor) else x.float()
+    if not normalize:
+        if aligner is not None or aligned:
+            raise ModgapError("patch features are not aligned: train on them without an aligner")
+        return x
     if aligned:
         if aligner is None:
             raise ModgapError("aligned rows need the aligner that wrote them")

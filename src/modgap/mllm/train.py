@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from modgap.align.base import Aligner
+from modgap.encoders.patches import patch_shape
 from modgap.errors import ModgapError
 from modgap.files import write_json
 from modgap.mllm.config import TrainConfig, load_config
@@ -79,6 +80,12 @@ def _make_model(cfg: TrainConfig, stores: list[EmbeddingStore], aligner: Aligner
     if len(set(dims.values())) > 1:
         raise ModgapError(f"embedding stores differ in dimension: {dims}")
     embed_dim = stores[0].dim
+    patches = {str(s.path): patch_shape(s.manifest.encoder) for s in stores}
+    if len(set(patches.values())) > 1:
+        raise ModgapError(f"mixing stores of patch features and global embeddings (or patch shapes): {patches}")
+    shape = patch_shape(stores[0].manifest.encoder)
+    if shape is not None and aligner is not None:
+        raise ModgapError("patch features are image-side tokens: train on them without an aligner")
     if cfg.init:
         model = VisionLanguageModel.load(cfg.init, online=cfg.online)
         if model.config.embed_dim != embed_dim:
@@ -95,9 +102,9 @@ def _make_model(cfg: TrainConfig, stores: list[EmbeddingStore], aligner: Aligner
     return VisionLanguageModel.build(
         cfg.llm,
         embed_dim,
-        num_visual_tokens=cfg.num_visual_tokens,
+        num_visual_tokens=shape[0] if shape else cfg.num_visual_tokens,
         projector=cfg.projector,
-        token_mode=cfg.token_mode,
+        token_mode="patch" if shape else cfg.token_mode,
         prompt=cfg.prompt,
         max_length=cfg.max_length,
         chat_template=cfg.chat_template,
@@ -210,6 +217,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
                         train=True,
                         noise_std=cfg.noise_std,
                         generator=step_generator(cfg.seed, step, micro, rank),
+                        normalize=unwrapped.config.token_mode != "patch",
                     )
                     with accelerator.accumulate(model):
                         loss = model(

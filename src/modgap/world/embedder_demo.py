@@ -187,14 +187,16 @@ def run_embedder_demo(
     quick: bool = False,
     seed: int = 0,
     teacher: str | None = None,
+    size: EmbedderSize | None = None,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures."""
+    """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures.
+    ``size`` overrides the training budget of the stages (default: by ``quick``)."""
     started = time.perf_counter()
     root = Path(workdir)
     size: DemoSize = QUICK if quick else FULL
-    esize = EMBEDDER_QUICK if quick else EMBEDDER_FULL
+    esize = size or (EMBEDDER_QUICK if quick else EMBEDDER_FULL)
     claim_demo_dir(root, seed, quick, size)
     teacher = teacher or default_teacher()
     pools = write_world(root, size, seed, log)
