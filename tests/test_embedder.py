@@ -317,3 +317,26 @@ def test_patch_features_flow_from_embed_to_train_and_the_embedder(tmp_path):
     via_encoder = encoder.encode_images([render(s) for s in scenes[:4]])
     direct_emb = emb.embed_images(direct[:4].flatten(1))
     torch.testing.assert_close(via_encoder, direct_emb, rtol=1e-3, atol=1e-4)
+
+
+def test_lora_over_a_fully_tuned_lm_saves_the_merged_weights(tmp_path):
+    """An adapter saved alone would load over the original base LM and lose the earlier full tuning."""
+    from modgap.training import train_lora
+
+    vlm = VisionLanguageModel.build("builtin:tiny-lm", D, num_visual_tokens=4, seed=0)
+    with torch.no_grad():
+        for p in vlm.llm.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # stands for a full fine-tune
+    vlm.llm.requires_grad_(True)
+    vlm.save(tmp_path / "full")
+    emb = Embedder.load(tmp_path / "full")
+    emb.vlm.llm = train_lora(emb.vlm.llm, 4, 8, 0.0)
+    with torch.no_grad():
+        for name, p in emb.vlm.llm.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))  # stands for LoRA training
+    before = emb.embed_texts(["a red circle", "a big blue star at the top"])
+    emb.save(tmp_path / "lora")
+    again = Embedder.load(tmp_path / "lora")
+    assert again.vlm.config.llm_weights == "llm" and not (tmp_path / "lora" / "adapter").exists()
+    torch.testing.assert_close(again.embed_texts(["a red circle", "a big blue star at the top"]), before)

@@ -7,6 +7,7 @@ input embeddings at the :data:`~modgap.mllm.chat.VISUAL_ID` positions and the LM
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,13 @@ class VisionLanguageModel(nn.Module):
             config.created_by = created_by
         with atomic_output_dir(path, overwrite=True) as tmp:
             llm_kwargs = {} if llm_state is None else {"state_dict": llm_state}
-            if _is_peft(llm):
+            if _is_peft(llm) and config.llm_weights == "llm":
+                # LoRA over an LM whose own weights were trained before: an adapter alone would be applied to
+                # the original base when loaded, so the merged weights are saved instead.
+                if llm_state is not None:
+                    raise ModgapError("LoRA over a fully tuned LM cannot be merged from a sharded state; use DDP")
+                copy.deepcopy(llm).merge_and_unload().save_pretrained(str(tmp / LLM_DIR))
+            elif _is_peft(llm):
                 llm.save_pretrained(str(tmp / ADAPTER_DIR), **llm_kwargs)
                 config.llm_weights = "adapter"
             elif any(p.requires_grad for p in llm.parameters()) or config.llm_weights == "llm":

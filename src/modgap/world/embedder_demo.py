@@ -6,7 +6,8 @@ and the paired model are shared with `modgap demo` in the same workdir):
 world files → tiny-clip stores → the base vision-language model (pretrained on paired image embeddings,
 the demo's upper-bound model) → teacher embeddings of the text pool from a real sentence embedder
 (all-MiniLM-L6-v2) → stage 1 (distill) → stage 2 (tune on paired images and captions) with and without
-stage 1, without the false-negative filter, without hard-negative selection → every model embeds the
+stage 1, without the false-negative filter, without hard-negative selection, and stage 1 + 2 on a base model
+that reads each image's 64 patch tokens instead of one global embedding → every model embeds the
 held-out test images and their captions (through ``embedder:DIR``, the public encoder spec) → retrieval
 Recall@1/5/10 both ways and compositional accuracy per category.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,7 @@ from modgap.world.demo import FULL, QUICK, DemoSize, claim_demo_dir, embed_world
 from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
 
 BASE = "tiny-clip"
+CREATED_BY = "modgap demo --embedder"
 
 
 @dataclasses.dataclass
@@ -54,6 +57,14 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
     "1 + 2, no false-negative filter": (True, {"fn_margin": 1e9}),
     "1 + 2, no hard-negative selection": (True, {"hard_negatives": 10**6}),
 }
+
+
+PATCH_VARIANT = "stage 1 + 2, patch tokens"
+
+
+def slug(name: str) -> str:
+    """A variant's directory name (stable: results of a resumed run stay with their variant)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def default_teacher() -> str:
@@ -153,7 +164,7 @@ def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: Progre
         if (out / "done").is_file():
             continue
         inputs = read_inputs(path, columns=Columns(text="text"))
-        embed_modality(encoder, modality, inputs, out, options, created_by="modgap demo --embedder", progress=progress)
+        embed_modality(encoder, modality, inputs, out, options, created_by=CREATED_BY, progress=progress)
         write_text(out / "done", "")
     return image, text
 
@@ -195,17 +206,23 @@ def run_embedder_demo(
     ``size`` overrides the training budget of the stages (default: by ``quick``)."""
     started = time.perf_counter()
     root = Path(workdir)
-    size: DemoSize = QUICK if quick else FULL
+    demo_size: DemoSize = QUICK if quick else FULL
     esize = size or (EMBEDDER_QUICK if quick else EMBEDDER_FULL)
-    claim_demo_dir(root, seed, quick, size)
+    claim_demo_dir(root, seed, quick, demo_size)
     teacher = teacher or default_teacher()
-    pools = write_world(root, size, seed, log)
+    pools = write_world(root, demo_size, seed, log)
     embed_world(root, progress, log)
     data = _write_eval_data(root, pools["test"], seed)
 
     log("base vision-language model: pretrained on paired image embeddings")
     base_vlm = train_revision(
-        root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
+        root,
+        "paired",
+        demo_size,
+        seed,
+        str(root / "world" / "paired.jsonl"),
+        str(root / "stores" / "paired-image"),
+        None,
     )
     teacher_store = root / "embedder" / "stores" / "teacher-text"
     if not (teacher_store / "done").is_file():
@@ -215,29 +232,56 @@ def run_embedder_demo(
         log(f"teacher embeddings of the text pool: {teacher}")
         inputs = read_inputs(data / "distill_texts.jsonl", columns=Columns(text="text"))
         embed_modality(load_encoder(teacher), "text", inputs, teacher_store, EmbedOptions(num_workers=0),
-                       created_by="modgap demo --embedder", progress=progress)  # fmt: skip
+                       created_by=CREATED_BY, progress=progress)  # fmt: skip
         write_text(teacher_store / "done", "")
 
     common = {"seed": seed, "batch_size": esize.batch_size, "max_steps": esize.steps, "lr": esize.lr}
+
+    def distill(name: str, init: Path) -> Path:
+        texts = str(data / "distill_texts.jsonl")
+        return _run_stage(root, name, {"stage": "distill", "init": str(init), "data": texts,
+                                       "teacher_embeddings": str(teacher_store), **common})  # fmt: skip
+
+    def tune(name: str, init: Path, images: Path, **extra: Any) -> Path:
+        pairs = str(data / "train_pairs.jsonl")
+        return _run_stage(root, name, {"stage": "tune", "init": str(init), "data": pairs,
+                                       "embeddings": str(images), **common, **extra})  # fmt: skip
+
     log("stage 1: textual discriminative knowledge distillation")
-    distilled = _run_stage(root, "distill", {"stage": "distill", "init": str(base_vlm),
-                                             "data": str(data / "distill_texts.jsonl"),
-                                             "teacher_embeddings": str(teacher_store), **common})  # fmt: skip
+    distilled = distill("distill", base_vlm)
     models: dict[str, str] = {BASE: "builtin:tiny-clip", "base VLM (no embedder training)": f"embedder:{base_vlm}"}
-    for name, (distill_first, tune) in VARIANTS.items():
-        if tune is None:
+    paired_images = root / "stores" / "paired-image"
+    for name, (distill_first, settings) in VARIANTS.items():
+        if settings is None:
             models[name] = f"embedder:{distilled}"
             continue
         log(f"stage 2: {name}")
-        tuned = _run_stage(root, name.replace(" ", "_").replace(",", ""), {
-            "stage": "tune", "init": str(distilled if distill_first else base_vlm),
-            "data": str(data / "train_pairs.jsonl"), "embeddings": str(root / "stores" / "paired-image"),
-            **common, **tune})  # fmt: skip
-        models[name] = f"embedder:{tuned}"
+        models[name] = (
+            f"embedder:{tune(slug(name), distilled if distill_first else base_vlm, paired_images, **settings)}"
+        )
+
+    # The same pipeline reading each image's 64 patch tokens instead of one global embedding.
+    patch_store = root / "stores" / "paired-patch"
+    if not (patch_store / "done").is_file():
+        from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+        from modgap.encoders import load_encoder
+        from modgap.encoders.patches import PatchFeatures
+
+        log("patch tokens of the paired images")
+        inputs = read_inputs(root / "world" / "paired.jsonl", columns=Columns(text="caption"))
+        encoder = PatchFeatures(load_encoder("builtin:tiny-clip"))
+        options = EmbedOptions(batch_size=256, num_workers=0)
+        embed_modality(encoder, "image", inputs, patch_store, options, created_by=CREATED_BY, progress=progress)
+        write_text(patch_store / "done", "")
+    log(f"{PATCH_VARIANT}: base model, stage 1, stage 2")
+    paired_data = str(root / "world" / "paired.jsonl")
+    base_patch = train_revision(root, "paired-patch", demo_size, seed, paired_data, str(patch_store), None)
+    tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
+    models[PATCH_VARIANT] = f"embedder:{tuned_patch}"
     rows = {}
-    for n, (name, spec) in enumerate(models.items()):
+    for name, spec in models.items():
         log(f"evaluating {name}")
-        image, text = _embed_stores(root, f"m{n}", spec, data, progress)
+        image, text = _embed_stores(root, slug(name), spec, data, progress)
         rows[name] = _evaluate(image, text, data)
     result = {"rows": rows, "seed": seed, "quick": quick, "teacher": teacher, "size": dataclasses.asdict(esize),
               "seconds": time.perf_counter() - started}  # fmt: skip
