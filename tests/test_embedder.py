@@ -340,3 +340,39 @@ def test_lora_over_a_fully_tuned_lm_saves_the_merged_weights(tmp_path):
     again = Embedder.load(tmp_path / "lora")
     assert again.vlm.config.llm_weights == "llm" and not (tmp_path / "lora" / "adapter").exists()
     torch.testing.assert_close(again.embed_texts(["a red circle", "a big blue star at the top"]), before)
+
+
+def test_mined_negatives_equal_a_brute_force_choice_and_feed_tune(tmp_path, rng):
+    from modgap.embedder.mine import mine_negatives
+    from modgap.store import StoreWriter
+
+    n_img, n_txt, dim = 20, 60, D
+    images = rng.normal(size=(n_img, dim)).astype(np.float32)
+    pool = rng.normal(size=(n_txt, dim)).astype(np.float32)
+    pool[:n_img] = images + 0.3 * rng.normal(size=(n_img, dim)).astype(np.float32)  # each image's caption
+    pool[n_img : 2 * n_img] = images + 0.1 * rng.normal(size=(n_img, dim)).astype(np.float32)  # near-duplicates
+    texts = [f"text {k}" for k in range(n_txt)]
+    with StoreWriter(tmp_path / "img", dim=dim, modality="image") as w:
+        w.write([f"img/{i}.png" for i in range(n_img)], images)
+    make_store(tmp_path / "txt", pool, prefix="t")
+    (tmp_path / "pool.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{k}", "text": t}) + "\n" for k, t in enumerate(texts))
+    )
+    (tmp_path / "pairs.jsonl").write_text("".join(
+        json.dumps({"qry": "<|image_1|>", "qry_image_path": f"img/{i}.png", "pos_text": texts[i]}) + "\n"
+        for i in range(n_img)
+    ))  # fmt: skip
+    summary = mine_negatives(tmp_path / "pairs.jsonl", tmp_path / "img", tmp_path / "pool.jsonl", tmp_path / "txt",
+                             tmp_path / "mined.jsonl", fn_margin=0.05, depth=n_txt)  # fmt: skip
+    q = images / np.linalg.norm(images, axis=1, keepdims=True)
+    c = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    sims = q @ c.T
+    got = [json.loads(line)["neg_text"] for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    filtered = 0
+    for i in range(n_img):
+        allowed = [k for k in range(n_txt) if k != i and sims[i, k] <= sims[i, i] + 0.05]
+        filtered += sum(1 for k in range(n_txt) if k != i and sims[i, k] > sims[i, i] + 0.05)
+        assert got[i] == texts[max(allowed, key=lambda k: (sims[i, k], -k))], i
+    assert summary.mined == n_img and summary.filtered == filtered > 0  # the near-duplicates were filtered
+    data = PairSet(tmp_path / "mined.jsonl", tmp_path / "img", fresh_embedder())
+    assert data.sides == ["qry", "pos", "neg"] and data.batch([0, 1]).segments == [2, 2, 2]

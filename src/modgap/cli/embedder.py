@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -59,6 +59,31 @@ app.command(
     epilog=TUNE_EXAMPLE,
     help="Stage 2: InfoNCE on query/positive pairs with false-negative filtering and hard negatives.",
 )(_command("tune"))
+
+
+@app.command(
+    "mine",
+    epilog="Example: modgap embedder mine --data train.jsonl --images stores/images --texts captions.jsonl "
+    "--text-embeddings stores/captions --out train_mined.jsonl",
+)
+def mine(
+    data: Annotated[Path, typer.Option(help="Training rows in MMEB's layout (image queries, positive texts).")],
+    images: Annotated[Path, typer.Option(help="Store of the queries' image embeddings, by qry_image_path.")],
+    texts: Annotated[Path, typer.Option(help="The candidate pool: id and text rows (positives included).")],
+    text_embeddings: Annotated[Path, typer.Option(help="Store of the pool's embeddings, by id.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The rows with neg_text set (written whole).")],
+    fn_margin: Annotated[
+        float, typer.Option(help="Skip candidates above sim(q, pos) + margin (false negatives).")
+    ] = 0.1,
+    depth: Annotated[int, typer.Option(help="Nearest candidates searched per query.")] = 32,
+) -> None:
+    """Mine one hard negative per row from the whole pool (exact top-k), false negatives filtered."""
+    from modgap.embedder.mine import mine_negatives
+
+    summary = mine_negatives(
+        data, images, texts, text_embeddings, out_file, fn_margin=fn_margin, depth=depth, progress=rich_progress()
+    )
+    out.print(f"{summary.line()}; wrote {out_file}")
 
 
 def register(root: typer.Typer) -> None:
