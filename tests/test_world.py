@@ -119,10 +119,10 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
 
     # The embedder section in the same workdir: the world, stores and the paired model are reused; a small
     # training budget (the demo's own figures are in the README), the real MiniLM teacher.
-    from modgap.world.embedder_demo import PATCH_VARIANT, VARIANTS, EmbedderSize, run_embedder_demo
+    from modgap.world.embedder_demo import MINED_VARIANT, PATCH_VARIANT, VARIANTS, EmbedderSize, run_embedder_demo
 
     emb = run_embedder_demo(workdir, quick=True, size=EmbedderSize(steps=3, batch_size=8), log=lambda _: None)
-    assert set(emb["rows"]) == {"tiny-clip", "base VLM (no embedder training)", *VARIANTS, PATCH_VARIANT}
+    assert set(emb["rows"]) == {"tiny-clip", "base VLM (no embedder training)", *VARIANTS, MINED_VARIANT, PATCH_VARIANT}
     assert "all_minilm_l6_v2" in emb["teacher"]
     clip = emb["rows"]["tiny-clip"]
     assert clip["i2t_R@5"] > 0.5 and clip["t2i_R@5"] > 0.5  # chance is 5/300 and ~0.017

@@ -60,6 +60,7 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
 
 
 PATCH_VARIANT = "stage 1 + 2, patch tokens"
+MINED_VARIANT = "1 + 2, mined hard negatives"
 
 
 def slug(name: str) -> str:
@@ -140,6 +141,7 @@ def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
             for r in rows
         ],
     )
+    write_jsonl(data / "paired_texts.jsonl", [{"id": r["id"], "text": r["caption"]} for r in rows])
     write_jsonl(data / "distill_texts.jsonl", [
         {"id": r["id"], "text": r["caption"]}
         for r in map(json.loads, (root / "world" / "text_pool.jsonl").read_text().splitlines())
@@ -167,6 +169,19 @@ def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: Progre
         embed_modality(encoder, modality, inputs, out, options, created_by=CREATED_BY, progress=progress)
         write_text(out / "done", "")
     return image, text
+
+
+def _embed_texts(out: Path, spec: str, texts: Path, progress: ProgressFactory) -> None:
+    """``texts`` (id, text rows) through the encoder ``spec`` into the store ``out`` (once)."""
+    if (out / "done").is_file():
+        return
+    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.encoders import load_encoder
+
+    inputs = read_inputs(texts, columns=Columns(text="text"))
+    embed_modality(load_encoder(spec), "text", inputs, out, EmbedOptions(num_workers=0), created_by=CREATED_BY,
+                   progress=progress)  # fmt: skip
+    write_text(out / "done", "")
 
 
 def _evaluate(image: Path, text: Path, data: Path) -> dict[str, float]:
@@ -226,14 +241,8 @@ def run_embedder_demo(
     )
     teacher_store = root / "embedder" / "stores" / "teacher-text"
     if not (teacher_store / "done").is_file():
-        from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
-        from modgap.encoders import load_encoder
-
         log(f"teacher embeddings of the text pool: {teacher}")
-        inputs = read_inputs(data / "distill_texts.jsonl", columns=Columns(text="text"))
-        embed_modality(load_encoder(teacher), "text", inputs, teacher_store, EmbedOptions(num_workers=0),
-                       created_by=CREATED_BY, progress=progress)  # fmt: skip
-        write_text(teacher_store / "done", "")
+    _embed_texts(teacher_store, teacher, data / "distill_texts.jsonl", progress)
 
     common = {"seed": seed, "batch_size": esize.batch_size, "max_steps": esize.steps, "lr": esize.lr}
 
@@ -242,9 +251,8 @@ def run_embedder_demo(
         return _run_stage(root, name, {"stage": "distill", "init": str(init), "data": texts,
                                        "teacher_embeddings": str(teacher_store), **common})  # fmt: skip
 
-    def tune(name: str, init: Path, images: Path, **extra: Any) -> Path:
-        pairs = str(data / "train_pairs.jsonl")
-        return _run_stage(root, name, {"stage": "tune", "init": str(init), "data": pairs,
+    def tune(name: str, init: Path, images: Path, pairs: Path = data / "train_pairs.jsonl", **extra: Any) -> Path:
+        return _run_stage(root, name, {"stage": "tune", "init": str(init), "data": str(pairs),
                                        "embeddings": str(images), **common, **extra})  # fmt: skip
 
     log("stage 1: textual discriminative knowledge distillation")
@@ -259,6 +267,19 @@ def run_embedder_demo(
         models[name] = (
             f"embedder:{tune(slug(name), distilled if distill_first else base_vlm, paired_images, **settings)}"
         )
+
+    # Negatives mined from all paired captions with the base encoder (one per row, UniME's filter).
+    mined = data / "train_pairs_mined.jsonl"
+    if not mined.is_file():
+        from modgap.embedder.mine import mine_negatives
+
+        log("mining one hard negative per training pair from all paired captions (tiny-clip, exact top-k)")
+        captions = root / "stores" / "paired-text"
+        _embed_texts(captions, "builtin:tiny-clip", data / "paired_texts.jsonl", progress)
+        log(mine_negatives(data / "train_pairs.jsonl", paired_images, data / "paired_texts.jsonl", captions, mined,
+                           depth=64).line())  # fmt: skip
+    log(f"stage 2: {MINED_VARIANT}")
+    models[MINED_VARIANT] = f"embedder:{tune(slug(MINED_VARIANT), distilled, paired_images, mined)}"
 
     # The same pipeline reading each image's 64 patch tokens instead of one global embedding.
     patch_store = root / "stores" / "paired-patch"
