@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from modgap.world.embedder_demo import COLUMNS, run_embedder_demo
+from modgap.world.embedder_demo import COLUMNS, MINED_VARIANT, PATCH_VARIANT, run_embedder_demo
 
 # (claim, better, worse, figure): UniME's two claims and its ablations, as paired comparisons.
 COMPARISONS = [
@@ -26,6 +26,10 @@ COMPARISONS = [
     ("hard negatives + filter help (vs no selection)", "stage 1 + 2", "1 + 2, no hard-negative selection", "comp:mean"),
     ("hard negatives + filter help (vs no filter)", "stage 1 + 2", "1 + 2, no false-negative filter", "i2t_R@1"),
     ("hard negatives + filter help (vs no selection)", "stage 1 + 2", "1 + 2, no hard-negative selection", "i2t_R@1"),
+    ("mined negatives help", MINED_VARIANT, "stage 1 + 2", "comp:mean"),
+    ("mined negatives help", MINED_VARIANT, "stage 1 + 2", "i2t_R@1"),
+    ("patch tokens beat one global embedding", PATCH_VARIANT, "stage 1 + 2", "i2t_R@1"),
+    ("patch tokens beat one global embedding", PATCH_VARIANT, "stage 1 + 2", "comp:mean"),
 ]
 
 

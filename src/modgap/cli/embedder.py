@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 DISTILL_EXAMPLE = (
-    "Example: modgap embed --encoder text:models/all-MiniLM-L6-v2 --modality text --texts texts.jsonl "
+    "Example: modgap embed --encoder text:models/all-MiniLM-L6-v2 --modality text --data texts.jsonl "
     "--out-text stores/teacher && modgap embedder distill --init runs/sft/model --data texts.jsonl "
     "--teacher-embeddings stores/teacher --out runs/distill"
 )
