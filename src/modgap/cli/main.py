@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from modgap.cli import align, embed, embedder, eval, gap, generate, store, train, world
+from modgap.cli import align, embed, embedder, eval, gap, generate, store, synth, train, world
 from modgap.cli.common import err
 from modgap.errors import ModgapError
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-GROUPS = (store, align, embed, gap, train, generate, embedder, eval, world)
+GROUPS = (store, align, embed, gap, train, generate, embedder, synth, eval, world)
 for group in GROUPS:
     group.register(app)
 

@@ -1,0 +1,301 @@
+"""Stage 1 of Unicorn: sparse caption seeds expanded into detailed captions by an LLM.
+
+For each seed and each of ``per_seed`` samples, one request (the prompt template with the seed filled in,
+the sample's own seed for sampling). Replies are persisted as they arrive (:class:`ReplyCache`, beside the
+output), so a killed run loses only what was in flight and a rerun sends only the missing requests. When
+every reply is in, they are filtered in seed order and the outputs are written whole:
+
+* ``OUT`` (JSONL): ``id`` (``SEEDID-k``, deterministic), ``caption``, ``seed_id``, ``seed``;
+* ``OUT.failures.jsonl``: one row per requested sample that did not become an output row (``id``,
+  ``seed_id``, ``reason``, ``reply``), so rows + failures = seeds x per_seed;
+* ``OUT.meta.json``: the model, the prompt template's hash, the sampling settings, counts per filter,
+  diversity figures (distinct-n), the command.
+
+Filters: request failed, empty, truncated (``finish_reason == "length"``), refusal, too short / too long
+(words), exact duplicate (after normalising case and spaces), near duplicate (MinHash LSH over word
+3-grams, ``datasketch``). With ``shard=(i, n)`` only the i-th contiguous block of seeds is done; the n
+outputs concatenate to the output of one run, except that duplicates are found within a shard only (run
+``dedupe=False`` per shard and filter the concatenation, or accept duplicates across shards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from modgap.distributed import rank_slice
+from modgap.errors import ModgapError
+from modgap.files import read_rows, write_json, write_jsonl
+from modgap.progress import ProgressFactory, silent
+from modgap.synth.cache import ReplyCache, request_key
+from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, RequestFailed, Sampling
+
+REFUSAL = re.compile(r"\b(I'?m sorry|I apologi[sz]e|I cannot|I can't|as an AI|I am unable|I'm unable)\b", re.I)
+FILTERS = ("request_failed", "empty", "truncated", "refusal", "too_short", "too_long", "duplicate", "near_duplicate")
+
+
+@dataclass
+class CaptionSettings:
+    per_seed: int = 1
+    min_words: int = 5
+    max_words: int = 200
+    near_duplicate_threshold: float = 0.9  # estimated Jaccard similarity of word 3-gram sets (1: off)
+    dedupe: bool = True  # drop exact and near duplicates (within this run or shard)
+    concurrency: int = 8
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass
+class SynthSummary:
+    rows: int
+    failures: int
+    cached: int  # replies found in the cache
+    requested: int  # replies requested in this run
+    filtered: dict[str, int]
+    seconds: float
+    distinct: dict[str, float]
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in self.filtered.items() if v) or "none"
+        return (
+            f"{self.rows} rows, {self.failures} failures ({reasons}); {self.cached} replies from the cache, "
+            f"{self.requested} requested; distinct-1 {self.distinct.get('distinct-1', 0):.3f}, "
+            f"distinct-2 {self.distinct.get('distinct-2', 0):.3f}"
+        )
+
+
+def default_prompt() -> str:
+    return resources.files("modgap.synth").joinpath("prompts/caption.txt").read_text(encoding="utf-8")
+
+
+def read_seeds(path: str | os.PathLike, id_column: str = "id", text_column: str = "text") -> list[tuple[str, str]]:
+    """(id, text) of every seed; errors name the file and row (missing column, empty text, duplicate id)."""
+    rows = read_rows(path, what="seed file")
+    if not rows:
+        raise ModgapError(f"{path}: no seeds")
+    seeds, seen = [], {}
+    for n, row in enumerate(rows, 1):
+        if id_column not in row:
+            raise ModgapError(f"{path}: row {n} has no {id_column!r} column (has {sorted(row)}); see --id-column")
+        sid, text = str(row[id_column]), row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise ModgapError(f"{path}: row {n} (id {sid!r}) has no text in {text_column!r}")
+        if sid in seen:
+            raise ModgapError(f"{path}: rows {seen[sid]} and {n} share the id {sid!r}")
+        seen[sid] = n
+        seeds.append((sid, text.strip()))
+    return seeds
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of the texts (Li et al. 2016)."""
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.lower().split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _messages(template: str, seed: str) -> Messages:
+    return [{"role": "user", "content": template.replace("{seed}", seed)}]
+
+
+async def _collect(
+    backend: OpenAIChat | LocalChat,
+    jobs: list[tuple[str, Messages, int]],
+    sampling: Sampling,
+    cache: ReplyCache,
+    concurrency: int,
+    advance: Any,
+) -> tuple[dict[str, Reply | str], int]:
+    """Replies of ``jobs`` (key, messages, seed): from the cache, else requested and cached on arrival.
+    A failed request maps to its reason. Returns the replies and how many came from the cache."""
+    out: dict[str, Reply | str] = {}
+    todo = []
+    for key, messages, seed in jobs:
+        hit = cache.get(key)
+        if hit is not None:
+            out[key] = hit
+        else:
+            todo.append((key, messages, seed))
+    cached = len(out)
+    advance(cached)
+    tokens, failed, started = 0, 0, time.perf_counter()
+
+    def report(reply: Reply | str) -> None:
+        nonlocal tokens, failed
+        if isinstance(reply, Reply):
+            tokens += reply.completion_tokens
+        else:
+            failed += 1
+        rate = tokens / max(time.perf_counter() - started, 1e-9)
+        advance(1, f"{rate:,.0f} tok/s · {failed} failed")
+
+    if isinstance(backend, LocalChat):
+        for s in range(0, len(todo), backend.batch_size):
+            part = todo[s : s + backend.batch_size]
+            replies = await asyncio.to_thread(backend.chat_batch, [m for _, m, _ in part], sampling, part[0][2])
+            for (key, _, _), reply in zip(part, replies, strict=True):
+                cache.put(key, reply)
+                out[key] = reply
+                report(reply)
+        return out, cached
+
+    await backend.check()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(key: str, messages: Messages, seed: int) -> None:
+        async with gate:
+            try:
+                reply: Reply | str = await backend.chat(messages, sampling, seed)
+            except RequestFailed as e:
+                reply = f"request_failed: {e}"
+            if isinstance(reply, Reply):
+                cache.put(key, reply)  # failures are not cached: a rerun asks again
+            out[key] = reply
+            report(reply)
+
+    await asyncio.gather(*(one(*job) for job in todo))
+    return out, cached
+
+
+def synth_captions(
+    backend: OpenAIChat | LocalChat,
+    seeds_path: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: CaptionSettings | None = None,
+    *,
+    prompt: str | None = None,
+    id_column: str = "id",
+    text_column: str = "text",
+    shard: tuple[int, int] = (0, 1),
+    command: str = "",
+    progress: ProgressFactory = silent,
+) -> SynthSummary:
+    """Run stage 1 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
+    settings = settings or CaptionSettings()
+    out = Path(out)
+    template = prompt if prompt is not None else default_prompt()
+    if "{seed}" not in template:
+        raise ModgapError("the prompt template has no {seed} placeholder")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ModgapError(f"--shard {index}/{count}: expected 0 <= I < N")
+    seeds = read_seeds(seeds_path, id_column, text_column)
+    lo, hi = rank_slice(len(seeds), index, count)
+    seeds = seeds[lo:hi]
+    sampling = settings.sampling
+    jobs, keys = [], []
+    for s, (sid, text) in enumerate(seeds):
+        messages = _messages(template, text)
+        for k in range(settings.per_seed):
+            seed = sampling.seed + (lo + s) * settings.per_seed + k  # the sample's own seed, shard-independent
+            key = request_key(backend.name, messages, sampling, seed)
+            jobs.append((key, messages, seed))
+            keys.append((sid, text, k, key))
+    cache = ReplyCache(out.parent / f"{out.name}.cache.sqlite")
+    started = time.perf_counter()
+    try:
+        with progress("captions", len(jobs)) as advance:
+            replies, cached = asyncio.run(_run(backend, jobs, sampling, cache, settings.concurrency, advance))
+    finally:
+        cache.close()
+
+    rows, failures = [], []
+    filtered = dict.fromkeys(FILTERS, 0)
+    seen: set[str] = set()
+    lsh, minhash = _near_duplicate_index(settings.near_duplicate_threshold)
+    for sid, text, k, key in keys:
+        reply = replies[key]
+        cid = f"{sid}-{k}"
+        reason = _reject(reply, settings)
+        caption = reply.text.strip() if isinstance(reply, Reply) else ""
+        if reason is None and settings.dedupe:
+            norm = " ".join(caption.lower().split())
+            if norm in seen:
+                reason = "duplicate"
+            else:
+                signature = minhash(norm)
+                if lsh is not None and lsh.query(signature):
+                    reason = "near_duplicate"
+                else:
+                    seen.add(norm)
+                    if lsh is not None:
+                        lsh.insert(cid, signature)
+        if reason is None:
+            rows.append({"id": cid, "caption": caption, "seed_id": sid, "seed": text})
+        else:
+            filtered[reason.split(":")[0]] += 1
+            raw = reply.text if isinstance(reply, Reply) else reply
+            failures.append({"id": cid, "seed_id": sid, "reason": reason, "reply": raw})
+    distinct = {f"distinct-{n}": distinct_n([r["caption"] for r in rows], n) for n in (1, 2, 3)}
+    summary = SynthSummary(len(rows), len(failures), cached, len(jobs) - cached, filtered,
+                           time.perf_counter() - started, distinct)  # fmt: skip
+    write_jsonl(out, rows)
+    write_jsonl(out.parent / f"{out.stem}.failures.jsonl", failures)
+    write_json(
+        out.parent / f"{out.stem}.meta.json",
+        {
+            "model": backend.name,
+            "prompt_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "sampling": sampling.as_dict(),
+            "settings": {k: v for k, v in asdict(settings).items() if k != "sampling"},
+            "seeds": len(seeds),
+            "shard": list(shard),
+            "summary": asdict(summary),
+            "command": command,
+        },
+    )
+    return summary
+
+
+async def _run(
+    backend: OpenAIChat | LocalChat,
+    jobs: list[tuple[str, Messages, int]],
+    sampling: Sampling,
+    cache: ReplyCache,
+    concurrency: int,
+    advance: Any,
+) -> tuple[dict[str, Reply | str], int]:
+    try:
+        return await _collect(backend, jobs, sampling, cache, concurrency, advance)
+    finally:
+        await backend.close()
+
+
+def _reject(reply: Reply | str, settings: CaptionSettings) -> str | None:
+    if isinstance(reply, str):
+        return reply
+    text = reply.text.strip()
+    if not text:
+        return "empty"
+    if reply.finish_reason == "length":
+        return "truncated"
+    if REFUSAL.search(text):
+        return "refusal"
+    words = len(text.split())
+    if words < settings.min_words:
+        return "too_short"
+    if words > settings.max_words:
+        return "too_long"
+    return None
+
+
+def _near_duplicate_index(threshold: float) -> tuple[Any, Any]:
+    """A MinHash LSH index over word 3-grams (``datasketch``), or (None, no-op) when the threshold is 1."""
+    if threshold >= 1:
+        return None, lambda text: None
+    from datasketch import MinHash, MinHashLSH
+
+    def signature(text: str) -> Any:
+        m = MinHash(num_perm=64, seed=1)
+        words = text.split()
+        for i in range(max(1, len(words) - 2)):
+            m.update(" ".join(words[i : i + 3]).encode())
+        return m
+
+    return MinHashLSH(threshold=threshold, num_perm=64), signature

@@ -1,0 +1,241 @@
+"""LLM backends for data synthesis behind one small interface: chat messages in, a reply out.
+
+* ``openai:MODEL`` (with one or more base URLs): any OpenAI-compatible server — vLLM, SGLang, llama.cpp,
+  TGI, ``transformers serve``, hosted APIs — through the official ``openai`` async client. Requests are
+  spread round-robin over the URLs; failures that may pass (connection errors, timeouts, 429, 5xx) are
+  retried with exponential back-off and full jitter, a ``Retry-After`` header wins over the computed wait;
+  other 4xx are not retried. The key comes from an environment variable (absent is fine for local servers).
+* ``hf:PATH`` / ``builtin:NAME``: a local 🤗 causal LM, batched generation through its chat template.
+
+Every request carries its own seed (the sample's), so a server that honours seeds gives the same reply
+whenever the same sample is asked for again; one request per sample (``n`` = 1) keeps that true on servers
+that ignore ``n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from modgap.errors import ModgapError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings, recorded with every output; ``seed`` is the base of the per-sample seeds."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RequestFailed(ModgapError):
+    """A request the server refused (an error that retrying cannot fix): listed as a failure of its sample."""
+
+
+class ServerUnavailable(ModgapError):
+    """The server stopped answering (retries spent on connection errors, timeouts, 429 or 5xx): the run stops;
+    replies already received are cached, so rerunning resumes."""
+
+
+class OpenAIChat:
+    """Chat completions from OpenAI-compatible servers (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str,
+        base_urls: Sequence[str] | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_attempts: int = 6,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ):
+        from openai import AsyncOpenAI
+
+        self.name = f"openai:{model}"
+        self.model = model
+        self.base_urls = list(base_urls or [os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")])
+        key = os.environ.get(api_key_env) or "EMPTY"  # local servers need none
+        self.clients = [AsyncOpenAI(base_url=u, api_key=key, max_retries=0, timeout=timeout) for u in self.base_urls]
+        self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
+        self._next = 0
+        self.retries = 0  # requests sent again after a failure that may pass
+
+    async def check(self, timeout: float = 10.0) -> None:
+        """Fail fast, with the URL, when a server cannot be reached at all (any HTTP answer will do)."""
+        import openai
+
+        for client in self.clients:
+            try:
+                await client.with_options(timeout=timeout).models.list()
+            except (openai.APIConnectionError, openai.APITimeoutError) as e:
+                raise ModgapError(f"cannot reach the LLM server at {client.base_url} ({e})") from e
+            except openai.APIStatusError:
+                pass  # it answered
+
+    async def chat(self, messages: Messages, sampling: Sampling, seed: int) -> Reply:
+        import openai
+
+        client = self.clients[self._next % len(self.clients)]
+        self._next += 1
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                r = await client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens,
+                    seed=seed,
+                    n=1,
+                )
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+                    openai.InternalServerError) as e:  # fmt: skip
+                if attempt == self.max_attempts:
+                    raise ServerUnavailable(
+                        f"{client.base_url}: {type(e).__name__} after {attempt} attempts ({e}); the replies received "
+                        "so far are cached: rerun the same command to resume"
+                    ) from e
+                self.retries += 1
+                await asyncio.sleep(self._wait(attempt, e))
+            except openai.APIStatusError as e:
+                if e.status_code >= 500:
+                    if attempt == self.max_attempts:
+                        raise ServerUnavailable(
+                            f"{client.base_url}: HTTP {e.status_code} after {attempt} attempts"
+                        ) from e
+                    self.retries += 1
+                    await asyncio.sleep(self._wait(attempt, e))
+                    continue
+                raise RequestFailed(f"HTTP {e.status_code}: {e.message}") from e
+            else:
+                choice = r.choices[0]
+                usage = r.usage
+                return Reply(
+                    choice.message.content or "",
+                    choice.finish_reason,
+                    usage.prompt_tokens if usage else 0,
+                    usage.completion_tokens if usage else 0,
+                )
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, error: Exception) -> float:
+        response = getattr(error, "response", None)
+        header = response.headers.get("retry-after") if response is not None else None
+        if header:
+            try:
+                return min(float(header), self.max_backoff)
+            except ValueError:
+                pass  # an HTTP date: fall back to back-off
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))  # full jitter
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+
+
+class LocalChat:
+    """A local 🤗 causal LM. Batches of prompts are generated together (left padding); sampling draws from
+    one generator seeded by the batch's first sample, so replies are reproducible for the same batches."""
+
+    def __init__(self, path: str, *, device: str = "cpu", batch_size: int = 16, trust_remote_code: bool = False):
+        from modgap.hub import load_llm, load_tokenizer
+
+        self.name = path
+        self.model = load_llm(path, trust_remote_code=trust_remote_code).to(device).eval()
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModgapError(f"{path}: the tokenizer has no chat template")
+        self.device, self.batch_size = device, batch_size
+        self.retries = 0
+
+    async def check(self, timeout: float = 10.0) -> None:
+        return None
+
+    def chat_batch(self, prompts: Sequence[Messages], sampling: Sampling, seed: int) -> list[Reply]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        finally:
+            self.tokenizer.padding_side = side
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                do_sample=sampling.temperature > 0,
+                temperature=sampling.temperature or None,
+                top_p=sampling.top_p if sampling.temperature > 0 else None,
+                max_new_tokens=sampling.max_tokens,
+                pad_token_id=pad,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        replies = []
+        eos = self.tokenizer.eos_token_id
+        for row, mask in zip(new, enc["attention_mask"], strict=True):
+            ended = bool((row == eos).any()) if eos is not None else False
+            n_new = int((row != pad).sum()) if pad != eos else int(row.shape[0])
+            replies.append(
+                Reply(
+                    self.tokenizer.decode(row, skip_special_tokens=True).strip(),
+                    "stop" if ended else "length",
+                    int(mask.sum()),
+                    n_new,
+                )
+            )
+        return replies
+
+    async def close(self) -> None:
+        return None
+
+
+def load_llm_backend(
+    spec: str,
+    *,
+    base_urls: Sequence[str] | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 120.0,
+    max_attempts: int = 6,
+    device: str = "cpu",
+    batch_size: int = 16,
+    trust_remote_code: bool = False,
+) -> OpenAIChat | LocalChat:
+    """``openai:MODEL`` (with ``base_urls``), ``hf:PATH`` or ``builtin:NAME``."""
+    kind, sep, rest = spec.partition(":")
+    if kind == "openai" and sep and rest:
+        return OpenAIChat(rest, base_urls, api_key_env=api_key_env, timeout=timeout, max_attempts=max_attempts)
+    if base_urls:
+        raise ModgapError(f"--base-url is for openai:MODEL backends, not {spec!r}")
+    if kind == "builtin":
+        from modgap.hub import resolve
+
+        backend = LocalChat(resolve(spec), device=device, batch_size=batch_size)
+        backend.name = spec
+        return backend
+    if kind == "hf" and rest:
+        return LocalChat(rest, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    raise ModgapError(f"unknown LLM {spec!r}; expected openai:MODEL (with --base-url), hf:PATH or builtin:NAME")
