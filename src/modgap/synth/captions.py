@@ -113,54 +113,57 @@ async def _collect(
     advance: Any,
 ) -> tuple[dict[str, Reply | str], int]:
     """Replies of ``jobs`` (key, messages, seed): from the cache, else requested and cached on arrival.
-    A failed request maps to its reason. Returns the replies and how many came from the cache."""
-    out: dict[str, Reply | str] = {}
-    todo = []
-    for key, messages, seed in jobs:
-        hit = cache.get(key)
-        if hit is not None:
-            out[key] = hit
-        else:
-            todo.append((key, messages, seed))
-    cached = len(out)
-    advance(cached)
-    tokens, failed, started = 0, 0, time.perf_counter()
+    A refused request maps to its reason. Returns the replies and how many came from the cache."""
+    try:
+        out: dict[str, Reply | str] = {}
+        todo = []
+        for key, messages, seed in jobs:
+            hit = cache.get(key)
+            if hit is not None:
+                out[key] = hit
+            else:
+                todo.append((key, messages, seed))
+        cached = len(out)
+        advance(cached)
+        tokens, failed, started = 0, 0, time.perf_counter()
 
-    def report(reply: Reply | str) -> None:
-        nonlocal tokens, failed
-        if isinstance(reply, Reply):
-            tokens += reply.completion_tokens
-        else:
-            failed += 1
-        rate = tokens / max(time.perf_counter() - started, 1e-9)
-        advance(1, f"{rate:,.0f} tok/s · {failed} failed")
+        def report(reply: Reply | str) -> None:
+            nonlocal tokens, failed
+            if isinstance(reply, Reply):
+                tokens += reply.completion_tokens
+            else:
+                failed += 1
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            advance(1, f"{rate:,.0f} tok/s · {failed} failed")
 
-    if isinstance(backend, LocalChat):
-        for s in range(0, len(todo), backend.batch_size):
-            part = todo[s : s + backend.batch_size]
-            replies = await asyncio.to_thread(backend.chat_batch, [m for _, m, _ in part], sampling, part[0][2])
-            for (key, _, _), reply in zip(part, replies, strict=True):
-                cache.put(key, reply)
+        if isinstance(backend, LocalChat):
+            for s in range(0, len(todo), backend.batch_size):
+                part = todo[s : s + backend.batch_size]
+                replies = await asyncio.to_thread(backend.chat_batch, [m for _, m, _ in part], sampling, part[0][2])
+                for (key, _, _), reply in zip(part, replies, strict=True):
+                    cache.put(key, reply)
+                    out[key] = reply
+                    report(reply)
+            return out, cached
+
+        await backend.check()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: str, messages: Messages, seed: int) -> None:
+            async with gate:
+                try:
+                    reply: Reply | str = await backend.chat(messages, sampling, seed)
+                except RequestFailed as e:
+                    reply = f"request_failed: {e}"
+                if isinstance(reply, Reply):
+                    cache.put(key, reply)  # failures are not cached: a rerun asks again
                 out[key] = reply
                 report(reply)
+
+        await asyncio.gather(*(one(*job) for job in todo))
         return out, cached
-
-    await backend.check()
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(key: str, messages: Messages, seed: int) -> None:
-        async with gate:
-            try:
-                reply: Reply | str = await backend.chat(messages, sampling, seed)
-            except RequestFailed as e:
-                reply = f"request_failed: {e}"
-            if isinstance(reply, Reply):
-                cache.put(key, reply)  # failures are not cached: a rerun asks again
-            out[key] = reply
-            report(reply)
-
-    await asyncio.gather(*(one(*job) for job in todo))
-    return out, cached
+    finally:
+        await backend.close()
 
 
 def synth_captions(
@@ -201,7 +204,7 @@ def synth_captions(
     started = time.perf_counter()
     try:
         with progress("captions", len(jobs)) as advance:
-            replies, cached = asyncio.run(_run(backend, jobs, sampling, cache, settings.concurrency, advance))
+            replies, cached = asyncio.run(_collect(backend, jobs, sampling, cache, settings.concurrency, advance))
     finally:
         cache.close()
 
@@ -251,20 +254,6 @@ def synth_captions(
         },
     )
     return summary
-
-
-async def _run(
-    backend: OpenAIChat | LocalChat,
-    jobs: list[tuple[str, Messages, int]],
-    sampling: Sampling,
-    cache: ReplyCache,
-    concurrency: int,
-    advance: Any,
-) -> tuple[dict[str, Reply | str], int]:
-    try:
-        return await _collect(backend, jobs, sampling, cache, concurrency, advance)
-    finally:
-        await backend.close()
 
 
 def _reject(reply: Reply | str, settings: CaptionSettings) -> str | None:
