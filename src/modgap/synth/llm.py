@@ -196,17 +196,11 @@ class LocalChat:
         new = out[:, enc["input_ids"].shape[1] :]
         replies = []
         eos = self.tokenizer.eos_token_id
-        for row, mask in zip(new, enc["attention_mask"], strict=True):
-            ended = bool((row == eos).any()) if eos is not None else False
-            n_new = int((row != pad).sum()) if pad != eos else int(row.shape[0])
-            replies.append(
-                Reply(
-                    self.tokenizer.decode(row, skip_special_tokens=True).strip(),
-                    "stop" if ended else "length",
-                    int(mask.sum()),
-                    n_new,
-                )
-            )
+        for row, mask in zip(new.tolist(), enc["attention_mask"], strict=True):
+            ended = eos in row
+            used = row[: row.index(eos) + 1] if ended else row  # what follows the end is padding
+            text = self.tokenizer.decode(used, skip_special_tokens=True).strip()
+            replies.append(Reply(text, "stop" if ended else "length", int(mask.sum()), len(used)))
         return replies
 
     async def close(self) -> None:
