@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modgap.embedder.model import Embedder, PromptBuilder, resolve_embedder_dir
+from modgap.embedder.model import Embedder, PromptBuilder
 from modgap.encoders.base import IMAGE, Encoder, Prepared
 from modgap.errors import ModgapError
 from modgap.hub import weights_revision
+from modgap.mllm.infer import resolve_model_dir
 
 
 class EmbedderEncoder(Encoder):
@@ -30,7 +31,7 @@ class EmbedderEncoder(Encoder):
         max_text_length: int | None = None,
         batch_size: int = 64,
     ):
-        directory = resolve_embedder_dir(path)
+        directory = resolve_model_dir(path)
         self.embedder = Embedder.load(directory, device=device)
         self.embedder.eval()
         if max_text_length:

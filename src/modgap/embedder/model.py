@@ -23,7 +23,7 @@ from torch import nn
 from modgap.embedder.config import EMBEDDER_FILE, TEXT_SLOT, EmbedderConfig
 from modgap.errors import ModgapError
 from modgap.mllm.chat import IMAGE_PLACEHOLDER, encode
-from modgap.mllm.config import CONFIG_FILE
+from modgap.mllm.infer import resolve_model_dir
 from modgap.mllm.model import VisionLanguageModel
 
 
@@ -97,7 +97,7 @@ class Embedder(nn.Module):
         cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", base_llm: str | None = None
     ) -> Embedder:
         """An embedder directory, or a plain modgap model directory (then with the default templates)."""
-        path = resolve_embedder_dir(path)
+        path = resolve_model_dir(path)
         vlm = VisionLanguageModel.load(path, device=device, base_llm=base_llm)
         config = EmbedderConfig.load(path) if (path / EMBEDDER_FILE).is_file() else EmbedderConfig()
         return cls(vlm, config)
@@ -180,11 +180,3 @@ class Embedder(nn.Module):
         with an instruction."""
         texts = list(instructions) if instructions is not None else [None] * len(visual)
         return self.embed([Item(text=t, image=True) for t in texts], visual, batch_size=batch_size)
-
-
-def resolve_embedder_dir(path: str | os.PathLike) -> Path:
-    """A model directory, or a training run's ``--out`` (whose model is in ``model/``)."""
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file() and (path / "model" / CONFIG_FILE).is_file():
-        return path / "model"
-    return path
