@@ -39,18 +39,15 @@ from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
 from modgap.store.store import EmbeddingStore
 from modgap.training import (
-    RESUMABLE_CHANGES,
-    check_run_dir,
-    clear_run_dir,
     epoch_batches,
-    full_state_dict,
+    finish_run,
     is_sharded,
     latest_checkpoint,
     load_checkpoint,
-    make_accelerator,
     record_settings,
     register_trainable_checkpointing,
     save_checkpoint,
+    start_run,
     steps_per_epoch,
     tracker_config,
     train_lora,
@@ -234,25 +231,12 @@ def _average_gradients(model: nn.Module, world: int, bucket: int = 2**24) -> Non
 
 def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> EmbedderTrainResult:
     """Run one embedder stage; ``progress`` draws the step bar (main process only)."""
-    from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(cfg.out)  # type: ignore[arg-type]
     settings = dataclasses.asdict(cfg)
-    check_run_dir(
-        out,
-        settings,
-        resume=cfg.resume,
-        overwrite=cfg.overwrite,
-        may_change=RESUMABLE_CHANGES,
-        settings_file=CONFIG_FILE,
-    )
-    accelerator = make_accelerator(out, mixed_precision=cfg.mixed_precision, report_to=cfg.report_to)
+    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed)
     main = accelerator.is_main_process
-    if main and cfg.overwrite and not cfg.resume and out.exists():
-        clear_run_dir(out)
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
 
     # -- model and data -------------------------------------------------------------------------
     embedder = _make_embedder(cfg)
@@ -330,18 +314,8 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
     elapsed = time.perf_counter() - started
     samples_per_second = (step - steps_at_start) * cfg.batch_size * world / elapsed if elapsed > 0 else 0.0
 
-    accelerator.wait_for_everyone()
     model_dir = out / MODEL_SUBDIR
     stopped_early = step < total_steps
-    if not stopped_early:
-        full_state = full_state_dict(accelerator, model)  # a collective: every process takes part
-        if main:
-            unwrapped.save(
-                model_dir,
-                created_by={"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "settings": settings},
-                state_dict=full_state,
-            )
-    accelerator.wait_for_everyone()
-    if log_with:
-        accelerator.end_training()
+    created_by = {"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "settings": settings}
+    finish_run(accelerator, model, model_dir, save=not stopped_early, created_by=created_by)
     return EmbedderTrainResult(model_dir, step, last_loss, losses, samples_per_second, stopped_early, elapsed)

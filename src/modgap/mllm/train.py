@@ -31,17 +31,14 @@ from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
 from modgap.store.store import EmbeddingStore
 from modgap.training import (
-    RESUMABLE_CHANGES,
-    check_run_dir,
-    clear_run_dir,
     epoch_batches,
-    full_state_dict,
+    finish_run,
     latest_checkpoint,
     load_checkpoint,
-    make_accelerator,
     record_settings,
     register_trainable_checkpointing,
     save_checkpoint,
+    start_run,
     step_generator,
     steps_per_epoch,
     tracker_config,
@@ -118,27 +115,12 @@ def _make_model(cfg: TrainConfig, stores: list[EmbeddingStore], aligner: Aligner
 
 def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResult:
     """Run one ReVision stage; ``progress`` draws the step bar with the loss and tokens/s (main process only)."""
-    from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(cfg.out)
     settings = dataclasses.asdict(cfg)
-    check_run_dir(
-        out,
-        settings,
-        resume=cfg.resume,
-        overwrite=cfg.overwrite,
-        may_change=RESUMABLE_CHANGES,
-        settings_file=CONFIG_FILE,
-    )
-    accelerator = make_accelerator(
-        out, grad_accum=cfg.grad_accum, mixed_precision=cfg.mixed_precision, report_to=cfg.report_to
-    )
+    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed, grad_accum=cfg.grad_accum)
     main = accelerator.is_main_process
-    if main and cfg.overwrite and not cfg.resume and out.exists():
-        clear_run_dir(out)
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
 
     # -- model and data -------------------------------------------------------------------------
     stores = [EmbeddingStore.open(p) for p in cfg.embeddings]
@@ -251,18 +233,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
     elapsed = time.perf_counter() - started
     tps = (tokens_seen - tokens_at_start) / elapsed if elapsed > 0 else 0.0
 
-    accelerator.wait_for_everyone()
     model_dir = out / MODEL_SUBDIR
     stopped_early = step < total_steps
-    if not stopped_early:
-        full_state = full_state_dict(accelerator, model)  # a collective: every process takes part
-        if main:
-            accelerator.unwrap_model(model).save(
-                model_dir,
-                created_by={"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "train_config": settings},
-                state_dict=full_state,
-            )
-    accelerator.wait_for_everyone()
-    if log_with:
-        accelerator.end_training()
+    created_by = {"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "train_config": settings}
+    finish_run(accelerator, model, model_dir, save=not stopped_early, created_by=created_by)
     return TrainResult(model_dir, step, last_loss, losses, tps, stopped_early, elapsed)

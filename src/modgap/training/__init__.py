@@ -20,6 +20,8 @@ _EXPORTS = {
     "register_trainable_checkpointing": "checkpoint",
     "save_checkpoint": "checkpoint",
     "epoch_batches": "engine",
+    "finish_run": "engine",
+    "start_run": "engine",
     "full_state_dict": "engine",
     "is_sharded": "engine",
     "make_accelerator": "engine",

@@ -1,5 +1,7 @@
 """The Accelerate set-up every recipe shares, and the pieces of a loop that must agree across processes.
 
+* :func:`start_run` / :func:`finish_run`: the opening and the close every recipe shares (run-directory
+  guard, Accelerator, seeds; the gathered final save, trackers closed).
 * :func:`make_accelerator`: one call for CPU, one GPU, DDP, FSDP and DeepSpeed (the launcher's config
   decides); on a machine without a GPU, Accelerate is told it is on CPU, the only way it joins a
   ``torchrun``/``accelerate launch`` gloo process group there.
@@ -12,11 +14,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from modgap.errors import ModgapError
+from modgap.training.run import check_run_dir, clear_run_dir
+from modgap.training.settings import RESUMABLE_CHANGES, RunSettings
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -91,3 +96,42 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 def tracker_config(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as the trackers accept them (scalars; anything else as a string)."""
     return {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in settings.items()}
+
+
+def start_run(cfg: RunSettings, settings: dict[str, Any], settings_file: str, *, seed: int, grad_accum: int = 1) -> Any:
+    """Open a run: the run-directory guard (a resume may change only :data:`RESUMABLE_CHANGES`), the
+    Accelerator, ``--overwrite`` clearing the directory (main process; everyone waits), the seeds."""
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    check_run_dir(
+        out,
+        settings,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        may_change=RESUMABLE_CHANGES,
+        settings_file=settings_file,
+    )
+    accelerator = make_accelerator(
+        out, grad_accum=grad_accum, mixed_precision=cfg.mixed_precision, report_to=cfg.report_to
+    )
+    if accelerator.is_main_process and cfg.overwrite and not cfg.resume and out.exists():
+        clear_run_dir(out)
+    accelerator.wait_for_everyone()
+    set_seed(seed)
+    return accelerator
+
+
+def finish_run(
+    accelerator: Any, model: Any, model_dir: str | os.PathLike, *, save: bool, created_by: dict[str, Any]
+) -> None:
+    """Close a run: with ``save``, the full state is gathered (a collective: every process calls this) and the
+    main process writes the model directory (``model.save(path, created_by=, state_dict=)``); trackers end."""
+    accelerator.wait_for_everyone()
+    if save:
+        full_state = full_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save(model_dir, created_by=created_by, state_dict=full_state)
+    accelerator.wait_for_everyone()
+    if accelerator.trackers:
+        accelerator.end_training()
