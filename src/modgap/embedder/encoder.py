@@ -18,7 +18,7 @@ from modgap.embedder.model import Embedder, PromptBuilder
 from modgap.encoders.base import IMAGE, Encoder, Prepared
 from modgap.errors import ModgapError
 from modgap.hub import weights_revision
-from modgap.mllm.infer import resolve_model_dir
+from modgap.mllm.infer import prepared_visual, resolve_model_dir
 
 
 class EmbedderEncoder(Encoder):
@@ -70,13 +70,8 @@ class EmbedderEncoder(Encoder):
         return len(text)
 
     def visual_inputs(self, batch: Prepared) -> torch.Tensor:
-        """A prepared image batch as the model reads it: the base encoder's global embeddings, or its patch
-        tokens for a model with a patch projector."""
-        if self.embedder.vlm.config.token_mode == "patch":
-            features = self.base.embed_patches(batch).flatten(1)
-        else:
-            features = self.base.embed(IMAGE, batch)
-        return self.embedder.vlm.visual_inputs(features, "image")
+        """A prepared image batch as the model reads it (global embeddings or patch tokens of the base encoder)."""
+        return prepared_visual(self.embedder.vlm, self.base, batch)
 
     def image_inputs(self, images: list[Image.Image]) -> torch.Tensor:
         return self.visual_inputs(self.base.prepare_images(images))

@@ -21,6 +21,7 @@ import torch
 from modgap.embedder.data import mmeb_text
 from modgap.embedder.encoder import EmbedderEncoder
 from modgap.embedder.model import Item
+from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
 from modgap.files import read_rows
 from modgap.progress import ProgressFactory, silent
@@ -65,25 +66,12 @@ class _Inputs:
         return self.index.setdefault((text, image), len(self.index))
 
     def embed(self, encoder: EmbedderEncoder, batch_size: int) -> torch.Tensor:
-        from PIL import Image
-
         keys = list(self.index)
         out = []
         for s in range(0, len(keys), batch_size):
             part = keys[s : s + batch_size]
-            pics = []
-            for _, image in part:
-                if image is None:
-                    continue
-                path = self.image_root / image
-                try:
-                    with Image.open(path) as im:
-                        pics.append(im.convert("RGB"))
-                except OSError as e:
-                    raise ModgapError(f"{path}: cannot read image ({e})") from e
-            visual = None
-            if pics:
-                visual = encoder.image_inputs(pics)
+            paths = [self.image_root / image for _, image in part if image is not None]
+            visual = encoder.image_inputs(open_images(paths)) if paths else None
             items = [Item(text=t, image=i is not None) for t, i in part]
             out.append(encoder.embedder.embed(items, visual, batch_size=batch_size))
         return torch.cat(out)

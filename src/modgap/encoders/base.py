@@ -7,6 +7,7 @@ runs the model on what ``prepare_*`` returned.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,18 @@ from modgap.errors import ModgapError
 
 IMAGE, TEXT = "image", "text"
 Prepared = dict[str, torch.Tensor]
+
+
+def open_images(paths: list[str | os.PathLike]) -> list[Image.Image]:
+    """Image files decoded to RGB; an unreadable one is an error naming it."""
+    pics = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                pics.append(im.convert("RGB"))
+        except OSError as e:
+            raise ModgapError(f"{p}: cannot read image ({e})") from e
+    return pics
 
 
 class Encoder(ABC):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modgap.encoders.base import IMAGE, Encoder, Prepared, open_images
 from modgap.errors import ModgapError
 from modgap.mllm.config import CONFIG_FILE
 from modgap.mllm.data import same_aligner, store_aligner
@@ -71,19 +72,16 @@ def image_inputs(
     model: VisionLanguageModel, paths: Sequence[str | os.PathLike], encoder: str | None = None, device: str = "cpu"
 ) -> torch.Tensor:
     """Image files encoded with ``encoder`` (default: the model's recorded encoder), as visual inputs."""
-    from PIL import Image
-
-    pics = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                pics.append(im.convert("RGB"))
-        except OSError as e:
-            raise ModgapError(f"{p}: cannot read image ({e})") from e
     enc = _encoder(model, encoder, device)
-    if model.config.token_mode == "patch":  # the model reads the vision tower's patch tokens
-        return model.visual_inputs(enc.embed_patches(enc.prepare_images(pics)).flatten(1), "image")
-    return model.visual_inputs(enc.encode_images(pics), "image")
+    return prepared_visual(model, enc, enc.prepare_images(open_images(list(paths))))
+
+
+def prepared_visual(model: VisionLanguageModel, encoder: Encoder, batch: Prepared) -> torch.Tensor:
+    """A prepared image batch as ``model`` reads it: the encoder's global embeddings, or its patch tokens for
+    a model with a patch projector."""
+    if model.config.token_mode == "patch":
+        return model.visual_inputs(encoder.embed_patches(batch).flatten(1), "image")
+    return model.visual_inputs(encoder.embed(IMAGE, batch), "image")
 
 
 def text_inputs(
