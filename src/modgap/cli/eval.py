@@ -54,11 +54,7 @@ def eval_caption(
     )
     if result.missing:
         err.print(f"{len(result.missing)} rows skipped: id not in {embeddings} (e.g. {result.missing[:3]})")
-    table = Table(title=f"captions: {len(result.rows)} samples")
-    for k in result.metrics:
-        table.add_column(k, justify="right")
-    table.add_row(*(f"{v:.4f}" for v in result.metrics.values()))
-    out.print(table)
+    _print_figures(f"captions: {len(result.rows)} samples", result.metrics)
     if out_dir:
         write_json(
             out_dir / "metrics.json", {**result.metrics, "samples": len(result.rows), "missing": len(result.missing)}

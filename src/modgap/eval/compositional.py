@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from modgap.errors import ModgapError
-from modgap.eval.retrieval import TIE_TOLERANCE, _open, _pair_scores, _prepare
+from modgap.eval.retrieval import TIE_TOLERANCE, open_store, pair_scores, prepare_vectors
 from modgap.files import read_rows
 from modgap.store.search import METRICS
 from modgap.store.store import EmbeddingStore
@@ -56,11 +56,11 @@ def compositional_accuracy(
     """Accuracy per category, ``overall`` (over all triples) and ``mean`` (over categories), as fractions."""
     if metric not in METRICS:
         raise ModgapError(f"unknown metric {metric!r}; choose one of {METRICS}")
-    image_store, text_store = _open(image), _open(text)
-    v = _prepare(image_store.get([t.image_id for t in triples]), metric)
-    pos = _prepare(text_store.get([t.positive_id for t in triples]), metric)
-    neg = _prepare(text_store.get([t.negative_id for t in triples]), metric)
-    margin = (_pair_scores(pos, v, metric) - _pair_scores(neg, v, metric)).numpy()
+    image_store, text_store = open_store(image), open_store(text)
+    v = prepare_vectors(image_store.get([t.image_id for t in triples]), metric)
+    pos = prepare_vectors(text_store.get([t.positive_id for t in triples]), metric)
+    neg = prepare_vectors(text_store.get([t.negative_id for t in triples]), metric)
+    margin = (pair_scores(pos, v, metric) - pair_scores(neg, v, metric)).numpy()
     bad = np.flatnonzero(~np.isfinite(margin))
     if len(bad):
         t = triples[int(bad[0])]

@@ -42,11 +42,11 @@ class RetrievalResult:
     text_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
 
 
-def _open(store: EmbeddingStore | str | os.PathLike) -> EmbeddingStore:
+def open_store(store: EmbeddingStore | str | os.PathLike) -> EmbeddingStore:
     return store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
 
 
-def _prepare(x: np.ndarray | torch.Tensor, metric: str) -> torch.Tensor:
+def prepare_vectors(x: np.ndarray | torch.Tensor, metric: str) -> torch.Tensor:
     x = torch.as_tensor(x).to(torch.float64)
     if metric == "cosine":
         x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
@@ -54,14 +54,14 @@ def _prepare(x: np.ndarray | torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
-    """(len(a), len(b)) scores, higher = closer; ``a``/``b`` already through :func:`_prepare`."""
+    """(len(a), len(b)) scores, higher = closer; ``a``/``b`` already through :func:`prepare_vectors`."""
     s = a @ b.T
     if metric == "l2":
         s = 2 * s - (a * a).sum(1)[:, None] - (b * b).sum(1)[None, :]
     return s
 
 
-def _pair_scores(t: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
+def pair_scores(t: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
     s = (t * v).sum(1)
     if metric == "l2":
         s = 2 * s - (t * t).sum(1) - (v * v).sum(1)
@@ -113,7 +113,7 @@ def _count_beaten(
         sub = s32[:, unsure]
         item, q = torch.nonzero((sub >= below[unsure]) & (sub <= above[unsure]), as_tuple=True)
         query = unsure[q]
-        exact = _pair_scores(items[item], queries[query], metric)  # float64
+        exact = pair_scores(items[item], queries[query], metric)  # float64
         thr = threshold[query].to(exact.dtype)
         beats = _beats(exact, thr, item_rows[item], pos_rows[query])
         mine = owner[item] == own[query] if owner is not None else item_rows[item] == own[query]
@@ -149,7 +149,7 @@ def retrieval_recall(
         raise ModgapError(f"unknown metric {metric!r}; choose one of {METRICS}")
     if not pairs:
         raise ModgapError("no pairs to evaluate")
-    image_store, text_store = _open(image), _open(text)
+    image_store, text_store = open_store(image), open_store(text)
     if image_store.dim != text_store.dim:
         raise ModgapError(f"{image_store.path} holds {image_store.dim}-d vectors, {text_store.path} {text_store.dim}-d")
     image_of: dict[str, str] = {}
@@ -168,9 +168,9 @@ def retrieval_recall(
     # caption's row (the earliest among ties), which decides ties against other texts.
     t_pos_score = np.empty(len(t_rows), dtype=np.float64)
     for s in range(0, len(t_rows), 65536):
-        tv = _prepare(text_store.take(t_rows[s : s + 65536]), metric)
-        iv = _prepare(image_store.take(t_pos[s : s + 65536]), metric)
-        t_pos_score[s : s + 65536] = _pair_scores(tv, iv, metric).numpy()
+        tv = prepare_vectors(text_store.take(t_rows[s : s + 65536]), metric)
+        iv = prepare_vectors(image_store.take(t_pos[s : s + 65536]), metric)
+        t_pos_score[s : s + 65536] = pair_scores(tv, iv, metric).numpy()
     _check_finite(t_pos_score, t_rows, text_store, t_pos, image_store)
     slot = np.searchsorted(i_rows, t_pos)  # image query index of each caption
     best = np.full(len(i_rows), -np.inf)
@@ -193,7 +193,7 @@ def retrieval_recall(
         for b in range(0, len(i_rows), block_rows):
             i_sl = slice(b, b + block_rows)
             q_rows = torch.from_numpy(i_rows[i_sl]).to(device)
-            q64 = _prepare(image_store.take(i_rows[i_sl]), metric).to(device)
+            q64 = prepare_vectors(image_store.take(i_rows[i_sl]), metric).to(device)
             q32 = q64.float()
             for chunk in texts.chunks(rows=(0, texts.rows)):
                 lo, hi = np.searchsorted(t_rows, [chunk.start, chunk.start + len(chunk.x)])  # no rows skipped
@@ -201,7 +201,7 @@ def retrieval_recall(
                     continue
                 # The paired captions inside this chunk (t_rows is sorted, so they are a contiguous slice).
                 cols = slice(int(lo), int(hi))
-                c64 = _prepare(chunk.x[torch.from_numpy(t_rows[cols] - chunk.start).to(device)], metric)
+                c64 = prepare_vectors(chunk.x[torch.from_numpy(t_rows[cols] - chunk.start).to(device)], metric)
                 c32 = c64.float()
                 s32 = _scores(q32, c32, metric)
                 err = _error_bound(q64, c64, metric)
