@@ -10,6 +10,7 @@ hyper-parameters for every aligner.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -95,21 +96,41 @@ def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None
     return pools
 
 
+def embed_once(
+    encoder: Callable[[], Any],
+    modality: str,
+    data: Path,
+    out: Path,
+    *,
+    options: Any,
+    text_column: str = "caption",
+    created_by: str = "modgap demo",
+    progress: ProgressFactory = silent,
+) -> Any:
+    """Embed one modality of ``data`` into ``out`` unless the store is finished (its ``done`` marker); the
+    summary, or None when there was nothing to do. ``encoder`` loads the encoder, called only when needed."""
+    from modgap.embed import Columns, embed_modality, read_inputs
+
+    if (out / "done").is_file():
+        return None
+    inputs = read_inputs(data, columns=Columns(text=text_column))
+    summary = embed_modality(encoder(), modality, inputs, out, options, created_by=created_by, progress=progress)
+    write_text(out / "done", "")
+    return summary
+
+
 def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
-    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.embed import EmbedOptions
     from modgap.encoders import load_encoder
 
-    encoder = load_encoder(ENCODER)
+    encoder = functools.cache(lambda: load_encoder(ENCODER))
     options = EmbedOptions(batch_size=256, num_workers=0)
     jobs = [("image_pool", "image"), ("text_pool", "text"), ("paired", "image"), ("test", "image")]
     for name, modality in jobs:
-        out = root / "stores" / f"{name}-{modality}"
-        if (out / "done").is_file():
-            continue
-        inputs = read_inputs(root / "world" / f"{name}.jsonl", columns=Columns(text="caption"))
-        summary = embed_modality(encoder, modality, inputs, out, options, created_by="modgap demo", progress=progress)
-        log(summary.line())
-        write_text(out / "done", "")
+        data, out = root / "world" / f"{name}.jsonl", root / "stores" / f"{name}-{modality}"
+        summary = embed_once(encoder, modality, data, out, options=options, progress=progress)
+        if summary is not None:
+            log(summary.line())
 
 
 def _gap(root: Path, aligner: Any = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ swapped (SugarCrepe's replace and swap categories).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import re
@@ -32,7 +33,16 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.demo import FULL, QUICK, DemoSize, claim_demo_dir, embed_world, train_revision, write_world
+from modgap.world.demo import (
+    FULL,
+    QUICK,
+    DemoSize,
+    claim_demo_dir,
+    embed_once,
+    embed_world,
+    train_revision,
+    write_world,
+)
 from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
 
 BASE = "tiny-clip"
@@ -152,36 +162,26 @@ def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
 
 def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: ProgressFactory) -> tuple[Path, Path]:
     """Test images and evaluation texts through the encoder ``spec``."""
-    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.embed import EmbedOptions
     from modgap.encoders import load_encoder
 
     stores = root / "embedder" / "stores"
     image, text = stores / f"{name}-image", stores / f"{name}-text"
-    jobs = [(image, "image", root / "world" / "test.jsonl"), (text, "text", data / "texts.jsonl")]
-    if all((out / "done").is_file() for out, _, _ in jobs):
-        return image, text
-    encoder = load_encoder(spec)
+    encoder = functools.cache(lambda: load_encoder(spec))
     options = EmbedOptions(batch_size=128, num_workers=0, dtype="float32")
-    for out, modality, path in jobs:
-        if (out / "done").is_file():
-            continue
-        inputs = read_inputs(path, columns=Columns(text="text"))
-        embed_modality(encoder, modality, inputs, out, options, created_by=CREATED_BY, progress=progress)
-        write_text(out / "done", "")
+    for out, modality, path in ((image, "image", root / "world" / "test.jsonl"), (text, "text", data / "texts.jsonl")):
+        embed_once(encoder, modality, path, out, options=options, text_column="text", created_by=CREATED_BY,
+                   progress=progress)  # fmt: skip
     return image, text
 
 
 def _embed_texts(out: Path, spec: str, texts: Path, progress: ProgressFactory) -> None:
     """``texts`` (id, text rows) through the encoder ``spec`` into the store ``out`` (once)."""
-    if (out / "done").is_file():
-        return
-    from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
+    from modgap.embed import EmbedOptions
     from modgap.encoders import load_encoder
 
-    inputs = read_inputs(texts, columns=Columns(text="text"))
-    embed_modality(load_encoder(spec), "text", inputs, out, EmbedOptions(num_workers=0), created_by=CREATED_BY,
-                   progress=progress)  # fmt: skip
-    write_text(out / "done", "")
+    embed_once(lambda: load_encoder(spec), "text", texts, out, options=EmbedOptions(num_workers=0),
+               text_column="text", created_by=CREATED_BY, progress=progress)  # fmt: skip
 
 
 def _evaluate(image: Path, text: Path, data: Path) -> dict[str, float]:
@@ -219,6 +219,10 @@ def run_embedder_demo(
 ) -> dict[str, Any]:
     """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures.
     ``size`` overrides the training budget of the stages (default: by ``quick``)."""
+    from modgap.embed import EmbedOptions
+    from modgap.encoders import load_encoder
+    from modgap.encoders.patches import PatchFeatures
+
     started = time.perf_counter()
     root = Path(workdir)
     demo_size: DemoSize = QUICK if quick else FULL
@@ -283,17 +287,17 @@ def run_embedder_demo(
 
     # The same pipeline reading each image's 64 patch tokens instead of one global embedding.
     patch_store = root / "stores" / "paired-patch"
-    if not (patch_store / "done").is_file():
-        from modgap.embed import Columns, EmbedOptions, embed_modality, read_inputs
-        from modgap.encoders import load_encoder
-        from modgap.encoders.patches import PatchFeatures
-
-        log("patch tokens of the paired images")
-        inputs = read_inputs(root / "world" / "paired.jsonl", columns=Columns(text="caption"))
-        encoder = PatchFeatures(load_encoder("builtin:tiny-clip"))
-        options = EmbedOptions(batch_size=256, num_workers=0)
-        embed_modality(encoder, "image", inputs, patch_store, options, created_by=CREATED_BY, progress=progress)
-        write_text(patch_store / "done", "")
+    summary = embed_once(
+        lambda: PatchFeatures(load_encoder("builtin:tiny-clip")),
+        "image",
+        root / "world" / "paired.jsonl",
+        patch_store,
+        options=EmbedOptions(batch_size=256, num_workers=0),
+        created_by=CREATED_BY,
+        progress=progress,
+    )
+    if summary is not None:
+        log(f"patch tokens of the paired images: {summary.line()}")
     log(f"{PATCH_VARIANT}: base model, stage 1, stage 2")
     paired_data = str(root / "world" / "paired.jsonl")
     base_patch = train_revision(root, "paired-patch", demo_size, seed, paired_data, str(patch_store), None)
