@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from modgap.cli.common import out, quiet_transformers
-from modgap.cli.options import settings_command
+from modgap.cli.options import report_training, settings_command
 from modgap.progress import rich_progress
 
 app = typer.Typer(
@@ -37,14 +37,12 @@ def _command(stage: str) -> Any:
         quiet_transformers()
         cfg = load_train_config(stage, config_file, given)
         result = train(cfg, progress=rich_progress(unit="steps"))
-        if result.stopped_early:
-            out.print(f"stopped after step {result.steps} (checkpoint in {cfg.out}/checkpoints; --resume continues)")
-        else:
-            out.print(
-                f"trained {result.steps} steps, final loss {result.final_loss:.4f}, "
-                f"{result.samples_per_second:,.1f} samples/s; embedder in {result.model_dir} "
-                f"(use it as --encoder embedder:{result.model_dir})"
-            )
+        report_training(
+            result,
+            cfg.out,
+            f"{result.samples_per_second:,.1f} samples/s; embedder in {result.model_dir} "
+            f"(use it as --encoder embedder:{result.model_dir})",
+        )
 
     return settings_command(EmbedderTrainConfig, ("stage",), run)
 

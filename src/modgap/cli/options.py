@@ -74,3 +74,14 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def report_training(result: Any, run_dir: str | None, finished: str) -> None:
+    """The line a training command ends with: how to continue a run stopped early, or what was trained
+    (``finished`` follows the step count and the final loss)."""
+    from modgap.cli.common import out
+
+    if result.stopped_early:
+        out.print(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoints; --resume continues)")
+    else:
+        out.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}, {finished}")

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 
-from modgap.cli.common import out, quiet_transformers
-from modgap.cli.options import settings_command
+from modgap.cli.common import quiet_transformers
+from modgap.cli.options import report_training, settings_command
 from modgap.progress import rich_progress
 
 app = typer.Typer(
@@ -39,13 +39,7 @@ def _command(stage: str) -> Any:
         quiet_transformers()
         cfg = load_config(stage, config_file, given)
         result = train(cfg, progress=rich_progress(unit="steps"))
-        if result.stopped_early:
-            out.print(f"stopped after step {result.steps} (checkpoint in {cfg.out}/checkpoints; --resume continues)")
-        else:
-            out.print(
-                f"trained {result.steps} steps, final loss {result.final_loss:.4f}, "
-                f"{result.tokens_per_second:,.0f} tokens/s; model in {result.model_dir}"
-            )
+        report_training(result, cfg.out, f"{result.tokens_per_second:,.0f} tokens/s; model in {result.model_dir}")
 
     return settings_command(TrainConfig, SET_BY_COMMAND, run)
 
