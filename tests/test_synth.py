@@ -1,5 +1,6 @@
-"""Stage 1 of data synthesis against a real OpenAI-compatible server (`transformers serve` on the built-in LM),
-and the local backend."""
+"""Data synthesis against a real OpenAI-compatible server (`transformers serve` on the built-in LM) and the local
+backend: stage 1 captions, stage 2 instruction conversations (with an LM trained here to write JSON), and
+`modgap train sft` on stage 2's rows."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from conftest import run_cli
 from modgap.errors import ModgapError
 from modgap.hub import resolve
 from modgap.synth.captions import CaptionSettings, read_seeds, synth_captions
+from modgap.synth.instructions import InstructionSettings, json_schema, parse_conversation, synth_instructions
 from modgap.synth.llm import OpenAIChat, Sampling, load_llm_backend
+from modgap.world.lm import train_causal_lm
+from modgap.world.scene import PLACE, caption, make_scenes
+from modgap.world.tiny import save_tiny_llm
 
 LM = resolve("builtin:tiny-lm")
 SEEDS = ["a red shape", "something at the top", "a big blue thing", "a small star", "a green circle on the left",
@@ -140,7 +145,7 @@ def test_server_unreachable_and_server_killed_mid_run(tmp_path):
     url = f"http://127.0.0.1:{port}/v1"
     cmd = [sys.executable, "-m", "modgap.cli.main", "synth", "captions", "--llm", f"openai:{LM}", "--base-url", url,
            "--seeds", str(seeds), "--per-seed", "3", "--out", str(tmp_path / "c.jsonl"), "--concurrency", "1",
-           "--max-attempts", "3", "--max-tokens", "24", "--min-words", "3"]  # fmt: skip
+           "--request-attempts", "3", "--max-tokens", "24", "--min-words", "3"]  # fmt: skip
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     replies_in(tmp_path / "c.jsonl.cache.sqlite", at_least=10)
     proc.kill()
@@ -191,3 +196,122 @@ def test_the_local_backend_batches_and_shards_concatenate(tmp_path):
     # (duplicates are found within a shard only, so they are kept here).
     assert [r["id"] for r in parts] == [r["id"] for r in lines(tmp_path / "whole.jsonl")]
     assert parts == lines(tmp_path / "whole.jsonl")
+
+
+# -- stage 2 -----------------------------------------------------------------------------------------------
+JSON_PIECES = ['{"turns": [', '{"question": "', '", "answer": "', '"}, ', '"}]}']
+QA_PROMPT = "questions about : {caption}"
+
+
+def world_conversation(scene) -> str:
+    m = scene.main
+    turns = [("what colour is it ?", f"{m.colour} ."), ("what shape is it ?", f"it is a {m.shape} ."),
+             ("where is it ?", f"{PLACE[m.position]} .")]  # fmt: skip
+    return '{"turns": [' + '"}, '.join('{"question": "' + q + '", "answer": "' + a for q, a in turns) + '"}]}'
+
+
+@pytest.fixture(scope="module")
+def json_lm(tmp_path_factory):
+    """A tiny LM trained (seconds) to answer QA_PROMPT with three question/answer turns as JSON, the pieces of
+    JSON syntax being tokens of its word-level tokenizer."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("json_lm")
+    scenes = make_scenes(400, 0, "lm")
+    captions = [caption(s) for s in scenes]
+    save_tiny_llm(root / "init", [*captions, QA_PROMPT, "what colour shape where is it ?"], hidden=64, layers=2,
+                  phrases=JSON_PIECES)  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(root / "init")
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": QA_PROMPT.format(caption=c)},
+                                 {"role": "assistant", "content": world_conversation(s)}], tokenize=False)
+        for c, s in zip(captions, scenes, strict=True)
+    ]  # fmt: skip
+    train_causal_lm(root / "init", texts, root / "lm", steps=150, batch_size=16, lr=3e-3)
+    return root / "lm"
+
+
+def write_captions(path: Path, n: int = 12) -> Path:
+    rows = [{"id": f"c{i}", "caption": caption(s)} for i, s in enumerate(make_scenes(n, 1, "test"))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_replies_are_parsed_and_validated_with_reasons_the_llm_can_act_on():
+    ok, _, _ = parse_conversation('Sure!\n```json\n{"turns": [{"question": " Q? ", "answer": "A"}]}\n```', 1, 3)
+    assert ok is not None and (ok[0].question, ok[0].answer) == ("Q?", "A")
+    ok, _, _ = parse_conversation('[{"question": "q1", "answer": "a"}, {"question": "q2", "answer": "b"}]', 2, 2)
+    assert ok is not None and len(ok) == 2  # a bare list of turns is accepted
+    cases = {
+        "a red circle at the top": ("not_json", "holds no JSON"),
+        '{"turns": [{"question": "q", "answer": "a"}': ("not_json", "not valid JSON"),
+        '{"turns": [{"question": "", "answer": "a"}]}': ("invalid", "turns.0.question"),
+        '{"turns": [{"question": "q", "answer": "a", "note": 1}]}': ("invalid", "turns.0.note"),
+        '{"conversation": []}': ("invalid", "turns: Field required"),
+        '{"turns": [{"question": "q", "answer": "a"}]}': ("invalid", "it has 1 turns; expected 2 to 3"),
+        '{"turns": [{"question": "Is it red?", "answer": "a"}, {"question": "is it  RED?", "answer": "b"}]}': (
+            "invalid", "turns 1 and 2 ask the same question"),
+    }  # fmt: skip
+    for reply, (reason, message) in cases.items():
+        turns, got_reason, got_message = parse_conversation(reply, 2, 3)
+        assert turns is None and got_reason == reason and message in got_message, (reply, got_message)
+    schema = json_schema(3, 8)
+    assert schema["properties"]["turns"]["minItems"] == 3 and schema["properties"]["turns"]["maxItems"] == 8
+    assert schema["additionalProperties"] is False
+
+
+def test_instructions_from_a_local_lm_are_rows_that_train_sft_reads_unchanged(tmp_path, json_lm):
+    captions = write_captions(tmp_path / "captions.jsonl")
+    settings = InstructionSettings(min_turns=2, max_turns=4, sampling=Sampling(temperature=0.0, max_tokens=60))
+    backend = load_llm_backend(f"hf:{json_lm}", batch_size=8)
+    summary = synth_instructions(backend, captions, tmp_path / "instruct.jsonl", settings, prompt=QA_PROMPT)
+    rows = lines(tmp_path / "instruct.jsonl")
+    assert summary.rows == len(rows) == 12 and summary.failures == 0 and summary.attempts == {"1": 12}
+    assert [r["id"] for r in rows] == [f"c{i}" for i in range(12)] and all(r["image"] == r["id"] for r in rows)
+    first = rows[0]["conversations"]
+    assert first[0] == {"from": "human", "value": "<image>\nwhat colour is it?"} and first[1]["from"] == "gpt"
+    assert [t["from"] for t in first] == ["human", "gpt"] * 3
+    meta = json.loads((tmp_path / "instruct.meta.json").read_text())
+    assert meta["summary"]["rows"] == 12 and meta["settings"]["min_turns"] == 2
+    assert lines(tmp_path / "instruct.failures.jsonl") == []
+
+    # Stage 3: the captions' text embeddings, then sft on the conversations exactly as written.
+    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", captions, "--modality", "text",
+            "--text-column", "caption", "--out-text", tmp_path / "text")  # fmt: skip
+    proc = run_cli("train", "sft", "--llm", "builtin:tiny-lm", "--data", tmp_path / "instruct.jsonl",
+                   "--embeddings", tmp_path / "text", "--max-steps", 2, "--batch-size", 4, "--report-to", "none",
+                   "--out", tmp_path / "sft")  # fmt: skip
+    assert "12 samples from 12 rows" in proc.stdout + proc.stderr
+    assert (tmp_path / "sft" / "model").is_dir()
+
+    # Replies that stay invalid: each caption is asked max_attempts times, the error fed back each time.
+    strict = InstructionSettings(min_turns=4, max_turns=6, max_attempts=3,
+                                 sampling=Sampling(temperature=0.0, max_tokens=60))  # fmt: skip
+    summary = synth_instructions(backend, captions, tmp_path / "strict.jsonl", strict, prompt=QA_PROMPT)
+    failures = lines(tmp_path / "strict.failures.jsonl")
+    assert summary.rows == 0 and summary.requested == 36 and len(failures) == 12
+    assert all(f["attempts"] == 3 and f["reason"].split(":")[0] in ("invalid", "not_json") for f in failures)
+    # The third request carried two feedback turns, and the reply is not the first one (three turns) again.
+    assert all(f["reply"].startswith('{"turns": [') and f["reply"].count('"question"') != 3 for f in failures)
+    again = synth_instructions(backend, captions, tmp_path / "strict.jsonl", strict, prompt=QA_PROMPT)
+    assert (again.cached, again.requested) == (36, 0)  # the feedback turns are part of each request's key
+
+
+def test_instructions_through_a_real_server_list_non_json_replies_and_resume(tmp_path, server):
+    captions = write_captions(tmp_path / "captions.jsonl", 6)
+    settings = InstructionSettings(min_turns=2, max_turns=3, max_attempts=2,
+                                   sampling=Sampling(temperature=1.0, max_tokens=16, seed=3))  # fmt: skip
+    summary = synth_instructions(OpenAIChat(LM, [server]), captions, tmp_path / "i.jsonl", settings)
+    failures = lines(tmp_path / "i.failures.jsonl")
+    # The built-in LM writes captions, not JSON: every caption fails after two requests, each listed.
+    assert summary.rows == 0 and summary.requested == 12 and [f["id"] for f in failures] == [f"c{i}" for i in range(6)]
+    assert all(f["attempts"] == 2 and f["reason"].split(":")[0] in ("not_json", "truncated") for f in failures)
+    assert json.loads((tmp_path / "i.meta.json").read_text())["summary"]["structured_output"] == "sent"
+    again = synth_instructions(OpenAIChat(LM, [server]), captions, tmp_path / "i.jsonl", settings)
+    assert (again.cached, again.requested) == (12, 0) and lines(tmp_path / "i.failures.jsonl") == failures
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "caption": "x"}\n{"id": "b"}\n')
+    refused = run_cli("synth", "instructions", "--llm", f"openai:{LM}", "--base-url", server, "--captions", bad,
+                      "--out", tmp_path / "o.jsonl", check=False)  # fmt: skip
+    assert refused.returncode == 2 and "row 2 (id 'b') has no text in 'caption'" in refused.stderr
+    assert not (tmp_path / "o.jsonl").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,7 +11,58 @@ from modgap.cli.common import command_line, out, quiet_transformers
 from modgap.errors import ModgapError
 from modgap.progress import rich_progress
 
+if TYPE_CHECKING:
+    from modgap.synth.llm import LocalChat, OpenAIChat
+
 app = typer.Typer(help="Synthesise training data from text alone with an LLM (Unicorn).", no_args_is_help=True)
+
+# Options both stages take, written once.
+LlmOpt = Annotated[str, typer.Option(help="openai:MODEL (with --base-url), hf:PATH or builtin:NAME.")]
+BaseUrlOpt = Annotated[
+    list[str] | None, typer.Option(help="OpenAI-compatible server; repeat to spread requests over several.")
+]
+ApiKeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key.")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight (openai backend).")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request before it is retried.")]
+RequestAttemptsOpt = Annotated[
+    int, typer.Option(help="Attempts per request on connection errors, timeouts, 429 and 5xx.")
+]
+BatchSizeOpt = Annotated[int, typer.Option(help="Prompts generated together (hf/builtin backend).")]
+SeedOpt = Annotated[int, typer.Option(help="Base of the per-sample sampling seeds.")]
+PromptFileOpt = Annotated[Path | None, typer.Option(help="Prompt template replacing the shipped one.")]
+ShardOpt = Annotated[str, typer.Option(help="I/N: this machine's contiguous share of the inputs.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device of the hf/builtin backend.")]
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError as e:
+        raise ModgapError(f"--shard must be I/N, got {text!r}") from e
+    return index, count
+
+
+def _backend(
+    llm: str,
+    base_url: list[str] | None,
+    api_key_env: str,
+    timeout: float,
+    request_attempts: int,
+    device: str,
+    batch_size: int,
+) -> OpenAIChat | LocalChat:
+    from modgap.synth.llm import load_llm_backend
+
+    quiet_transformers()
+    return load_llm_backend(
+        llm,
+        base_urls=base_url,
+        api_key_env=api_key_env,
+        timeout=timeout,
+        max_attempts=request_attempts,
+        device=device,
+        batch_size=batch_size,
+    )
 
 
 @app.command(
@@ -20,22 +71,20 @@ app = typer.Typer(help="Synthesise training data from text alone with an LLM (Un
     "--base-url http://gpu2:8000/v1 --seeds seeds.jsonl --per-seed 4 --out captions.jsonl",
 )
 def captions(
-    llm: Annotated[str, typer.Option(help="openai:MODEL (with --base-url), hf:PATH or builtin:NAME.")],
+    llm: LlmOpt,
     seeds: Annotated[Path, typer.Option(help="Seed captions: JSONL/CSV/TSV/Parquet with id and text columns.")],
     out_file: Annotated[Path, typer.Option("--out", help="Captions JSONL (with .meta.json and .failures.jsonl).")],
     per_seed: Annotated[int, typer.Option(help="Captions requested per seed.")] = 1,
-    base_url: Annotated[
-        list[str] | None, typer.Option(help="OpenAI-compatible server; repeat to spread requests over several.")
-    ] = None,
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(help="Requests in flight (openai backend).")] = 8,
-    timeout: Annotated[float, typer.Option(help="Seconds per request before it is retried.")] = 120.0,
-    max_attempts: Annotated[int, typer.Option(help="Attempts per request on connection errors, 429 and 5xx.")] = 6,
-    batch_size: Annotated[int, typer.Option(help="Prompts generated together (hf/builtin backend).")] = 16,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = 120.0,
+    request_attempts: RequestAttemptsOpt = 6,
+    batch_size: BatchSizeOpt = 16,
     temperature: Annotated[float, typer.Option()] = 0.8,
     top_p: Annotated[float, typer.Option()] = 0.95,
     max_tokens: Annotated[int, typer.Option()] = 256,
-    seed: Annotated[int, typer.Option(help="Base of the per-sample sampling seeds.")] = 0,
+    seed: SeedOpt = 0,
     min_words: Annotated[int, typer.Option(help="Shorter captions are filtered out.")] = 5,
     max_words: Annotated[int, typer.Option(help="Longer captions are filtered out.")] = 200,
     near_duplicate: Annotated[
@@ -44,31 +93,18 @@ def captions(
     keep_duplicates: Annotated[
         bool, typer.Option(help="Keep exact and near duplicates (e.g. to dedupe shards later).")
     ] = False,
-    prompt_file: Annotated[Path | None, typer.Option(help="Prompt template with a {seed} placeholder.")] = None,
+    prompt_file: PromptFileOpt = None,
     id_column: Annotated[str, typer.Option()] = "id",
     text_column: Annotated[str, typer.Option()] = "text",
-    shard: Annotated[str, typer.Option(help="I/N: this machine's contiguous share of the seeds.")] = "0/1",
-    device: Annotated[str, typer.Option()] = "cpu",
+    shard: ShardOpt = "0/1",
+    device: DeviceOpt = "cpu",
 ) -> None:
-    """Stage 1: expand sparse seeds into detailed captions. Rerun the same command to resume."""
+    """Stage 1: expand sparse seeds into detailed captions (template with a {seed} placeholder). Rerun the same
+    command to resume."""
     from modgap.synth.captions import CaptionSettings, synth_captions
-    from modgap.synth.llm import Sampling, load_llm_backend
+    from modgap.synth.llm import Sampling
 
-    quiet_transformers()
-    try:
-        index, count = (int(x) for x in shard.split("/"))
-    except ValueError as e:
-        raise ModgapError(f"--shard must be I/N, got {shard!r}") from e
-    prompt = prompt_file.read_text(encoding="utf-8") if prompt_file else None
-    backend = load_llm_backend(
-        llm,
-        base_urls=base_url,
-        api_key_env=api_key_env,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        device=device,
-        batch_size=batch_size,
-    )
+    backend = _backend(llm, base_url, api_key_env, timeout, request_attempts, device, batch_size)
     settings = CaptionSettings(
         per_seed=per_seed,
         min_words=min_words,
@@ -83,12 +119,75 @@ def captions(
         seeds,
         out_file,
         settings,
-        prompt=prompt,
+        prompt=prompt_file.read_text(encoding="utf-8") if prompt_file else None,
         id_column=id_column,
         text_column=text_column,
-        shard=(index, count),
+        shard=_shard(shard),
         command=command_line(),
         progress=rich_progress(unit="replies"),
+    )
+    out.print(f"{summary.line()} -> {out_file}")
+
+
+@app.command(
+    "instructions",
+    epilog="Example: modgap synth instructions --llm openai:Qwen/Qwen2.5-72B-Instruct --base-url http://gpu1:8000/v1 "
+    "--captions captions.jsonl --turns 3-8 --out instructions.jsonl",
+)
+def instructions(
+    llm: LlmOpt,
+    captions_file: Annotated[
+        Path, typer.Option("--captions", help="Captions (stage 1's output, or any file with id and caption columns).")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Conversations JSONL (with .meta.json, .failures.jsonl).")],
+    turns: Annotated[str, typer.Option(help="MIN-MAX question/answer turns per conversation.")] = "3-8",
+    max_attempts: Annotated[
+        int, typer.Option(help="Requests per caption: an invalid reply is sent back with the error, then retried.")
+    ] = 3,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = 120.0,
+    request_attempts: RequestAttemptsOpt = 6,
+    batch_size: BatchSizeOpt = 16,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.95,
+    max_tokens: Annotated[int, typer.Option()] = 1024,
+    seed: SeedOpt = 0,
+    prompt_file: PromptFileOpt = None,
+    id_column: Annotated[str, typer.Option()] = "id",
+    text_column: Annotated[str, typer.Option()] = "caption",
+    shard: ShardOpt = "0/1",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Stage 2: a multi-turn question/answer conversation per caption, as JSON validated against a schema; the
+    rows are what `modgap train sft` reads. Rerun the same command to resume."""
+    from modgap.synth.instructions import InstructionSettings, synth_instructions
+    from modgap.synth.llm import Sampling
+
+    try:
+        lo, hi = (int(x) for x in turns.split("-"))
+    except ValueError as e:
+        raise ModgapError(f"--turns must be MIN-MAX, got {turns!r}") from e
+    settings = InstructionSettings(
+        min_turns=lo,
+        max_turns=hi,
+        max_attempts=max_attempts,
+        concurrency=concurrency,
+        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+    )
+    backend = _backend(llm, base_url, api_key_env, timeout, request_attempts, device, batch_size)
+    summary = synth_instructions(
+        backend,
+        captions_file,
+        out_file,
+        settings,
+        prompt=prompt_file.read_text(encoding="utf-8") if prompt_file else None,
+        id_column=id_column,
+        text_column=text_column,
+        shard=_shard(shard),
+        command=command_line(),
+        progress=rich_progress(unit="conversations"),
     )
     out.print(f"{summary.line()} -> {out_file}")
 

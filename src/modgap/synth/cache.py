@@ -17,8 +17,12 @@ from typing import Any
 from modgap.synth.llm import Messages, Reply, Sampling
 
 
-def request_key(model: str, messages: Messages, sampling: Sampling, seed: int) -> str:
-    blob = json.dumps([model, messages, sampling.as_dict(), seed], sort_keys=True, ensure_ascii=False)
+def request_key(model: str, messages: Messages, sampling: Sampling, seed: int, extra: str | None = None) -> str:
+    """``extra`` names anything else the request carries (a structured-output schema's hash)."""
+    parts: list[object] = [model, messages, sampling.as_dict(), seed]
+    if extra is not None:
+        parts.append(extra)
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -21,21 +21,19 @@ outputs concatenate to the output of one run, except that duplicates are found w
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from modgap.distributed import rank_slice
-from modgap.errors import ModgapError
-from modgap.files import read_rows, write_json, write_jsonl
 from modgap.progress import ProgressFactory, silent
+from modgap.synth import stage
 from modgap.synth.cache import ReplyCache, request_key
-from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, RequestFailed, Sampling
+from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, Sampling
+from modgap.synth.requests import ReplyCounter, gather_replies
+from modgap.synth.stage import read_texts
 
 REFUSAL = re.compile(r"\b(I'?m sorry|I apologi[sz]e|I cannot|I can't|as an AI|I am unable|I'm unable)\b", re.I)
 FILTERS = ("request_failed", "empty", "truncated", "refusal", "too_short", "too_long", "duplicate", "near_duplicate")
@@ -71,27 +69,9 @@ class SynthSummary:
         )
 
 
-def default_prompt() -> str:
-    return resources.files("modgap.synth").joinpath("prompts/caption.txt").read_text(encoding="utf-8")
-
-
 def read_seeds(path: str | os.PathLike, id_column: str = "id", text_column: str = "text") -> list[tuple[str, str]]:
     """(id, text) of every seed; errors name the file and row (missing column, empty text, duplicate id)."""
-    rows = read_rows(path, what="seed file")
-    if not rows:
-        raise ModgapError(f"{path}: no seeds")
-    seeds, seen = [], {}
-    for n, row in enumerate(rows, 1):
-        if id_column not in row:
-            raise ModgapError(f"{path}: row {n} has no {id_column!r} column (has {sorted(row)}); see --id-column")
-        sid, text = str(row[id_column]), row.get(text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise ModgapError(f"{path}: row {n} (id {sid!r}) has no text in {text_column!r}")
-        if sid in seen:
-            raise ModgapError(f"{path}: rows {seen[sid]} and {n} share the id {sid!r}")
-        seen[sid] = n
-        seeds.append((sid, text.strip()))
-    return seeds
+    return read_texts(path, id_column, text_column, "seed")
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -102,68 +82,6 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 def _messages(template: str, seed: str) -> Messages:
     return [{"role": "user", "content": template.replace("{seed}", seed)}]
-
-
-async def _collect(
-    backend: OpenAIChat | LocalChat,
-    jobs: list[tuple[str, Messages, int]],
-    sampling: Sampling,
-    cache: ReplyCache,
-    concurrency: int,
-    advance: Any,
-) -> tuple[dict[str, Reply | str], int]:
-    """Replies of ``jobs`` (key, messages, seed): from the cache, else requested and cached on arrival.
-    A refused request maps to its reason. Returns the replies and how many came from the cache."""
-    try:
-        out: dict[str, Reply | str] = {}
-        todo = []
-        for key, messages, seed in jobs:
-            hit = cache.get(key)
-            if hit is not None:
-                out[key] = hit
-            else:
-                todo.append((key, messages, seed))
-        cached = len(out)
-        advance(cached)
-        tokens, failed, started = 0, 0, time.perf_counter()
-
-        def report(reply: Reply | str) -> None:
-            nonlocal tokens, failed
-            if isinstance(reply, Reply):
-                tokens += reply.completion_tokens
-            else:
-                failed += 1
-            rate = tokens / max(time.perf_counter() - started, 1e-9)
-            advance(1, f"{rate:,.0f} tok/s · {failed} failed")
-
-        if isinstance(backend, LocalChat):
-            for s in range(0, len(todo), backend.batch_size):
-                part = todo[s : s + backend.batch_size]
-                replies = await asyncio.to_thread(backend.chat_batch, [m for _, m, _ in part], sampling, part[0][2])
-                for (key, _, _), reply in zip(part, replies, strict=True):
-                    cache.put(key, reply)
-                    out[key] = reply
-                    report(reply)
-            return out, cached
-
-        await backend.check()
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(key: str, messages: Messages, seed: int) -> None:
-            async with gate:
-                try:
-                    reply: Reply | str = await backend.chat(messages, sampling, seed)
-                except RequestFailed as e:
-                    reply = f"request_failed: {e}"
-                if isinstance(reply, Reply):
-                    cache.put(key, reply)  # failures are not cached: a rerun asks again
-                out[key] = reply
-                report(reply)
-
-        await asyncio.gather(*(one(*job) for job in todo))
-        return out, cached
-    finally:
-        await backend.close()
 
 
 def synth_captions(
@@ -182,14 +100,9 @@ def synth_captions(
     """Run stage 1 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
     settings = settings or CaptionSettings()
     out = Path(out)
-    template = prompt if prompt is not None else default_prompt()
-    if "{seed}" not in template:
-        raise ModgapError("the prompt template has no {seed} placeholder")
-    index, count = shard
-    if not 0 <= index < count:
-        raise ModgapError(f"--shard {index}/{count}: expected 0 <= I < N")
+    template = stage.template(prompt, "prompts/caption.txt", "{seed}")
     seeds = read_seeds(seeds_path, id_column, text_column)
-    lo, hi = rank_slice(len(seeds), index, count)
+    lo, hi = stage.shard_bounds(len(seeds), shard)
     seeds = seeds[lo:hi]
     sampling = settings.sampling
     jobs, keys = [], []
@@ -202,9 +115,18 @@ def synth_captions(
             keys.append((sid, text, k, key))
     cache = ReplyCache(out.parent / f"{out.name}.cache.sqlite")
     started = time.perf_counter()
+
+    async def collect() -> tuple[dict[str, Reply | str], int]:
+        try:
+            with progress("captions", len(jobs)) as advance:
+                return await gather_replies(
+                    backend, jobs, sampling, cache, concurrency=settings.concurrency, on_reply=ReplyCounter(advance)
+                )
+        finally:
+            await backend.close()
+
     try:
-        with progress("captions", len(jobs)) as advance:
-            replies, cached = asyncio.run(_collect(backend, jobs, sampling, cache, settings.concurrency, advance))
+        replies, cached = asyncio.run(collect())
     finally:
         cache.close()
 
@@ -238,13 +160,13 @@ def synth_captions(
     distinct = {f"distinct-{n}": distinct_n([r["caption"] for r in rows], n) for n in (1, 2, 3)}
     summary = SynthSummary(len(rows), len(failures), cached, len(jobs) - cached, filtered,
                            time.perf_counter() - started, distinct)  # fmt: skip
-    write_jsonl(out, rows)
-    write_jsonl(out.parent / f"{out.stem}.failures.jsonl", failures)
-    write_json(
-        out.parent / f"{out.stem}.meta.json",
+    stage.write_outputs(
+        out,
+        rows,
+        failures,
+        template,
         {
             "model": backend.name,
-            "prompt_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "sampling": sampling.as_dict(),
             "settings": {k: v for k, v in asdict(settings).items() if k != "sampling"},
             "seeds": len(seeds),

@@ -80,6 +80,9 @@ class OpenAIChat:
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self._next = 0
         self.retries = 0  # requests sent again after a failure that may pass
+        # Structured output: "sent" while the servers accept ``response_format``; the server's refusal once one
+        # refuses it (the run goes on parsing and retrying instead).
+        self.structured = "sent"
 
     async def check(self, timeout: float = 10.0) -> None:
         """Fail fast, with the URL, when a server cannot be reached at all (any HTTP answer will do)."""
@@ -93,12 +96,22 @@ class OpenAIChat:
             except openai.APIStatusError:
                 pass  # it answered
 
-    async def chat(self, messages: Messages, sampling: Sampling, seed: int) -> Reply:
+    async def chat(
+        self, messages: Messages, sampling: Sampling, seed: int, schema: dict[str, Any] | None = None
+    ) -> Reply:
+        """One reply. With a JSON ``schema`` the request asks for structured output (``response_format``); a
+        server that refuses it (HTTP 400/422) is asked again without, and so are later requests."""
         import openai
 
         client = self.clients[self._next % len(self.clients)]
         self._next += 1
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
+            structured = schema is not None and self.structured == "sent"
+            extra: dict[str, Any] = {}
+            if structured:
+                extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
             try:
                 r = await client.chat.completions.create(
                     model=self.model,
@@ -108,6 +121,7 @@ class OpenAIChat:
                     max_tokens=sampling.max_tokens,
                     seed=seed,
                     n=1,
+                    **extra,
                 )
             except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                     openai.InternalServerError) as e:  # fmt: skip
@@ -126,6 +140,10 @@ class OpenAIChat:
                         ) from e
                     self.retries += 1
                     await asyncio.sleep(self._wait(attempt, e))
+                    continue
+                if structured and e.status_code in (400, 422):
+                    self.structured = f"refused by the server (HTTP {e.status_code}: {e.message})"
+                    attempt -= 1  # the same request without response_format; not a failed attempt
                     continue
                 raise RequestFailed(f"HTTP {e.status_code}: {e.message}") from e
             else:
@@ -168,6 +186,7 @@ class LocalChat:
             raise ModgapError(f"{path}: the tokenizer has no chat template")
         self.device, self.batch_size = device, batch_size
         self.retries = 0
+        self.structured = "not available (local backend: replies are parsed and retried)"
 
     async def check(self, timeout: float = 10.0) -> None:
         return None

@@ -9,7 +9,7 @@ offline with 🤗 tokenizers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,9 +28,16 @@ def corpus_words(corpus: Iterable[str]) -> list[str]:
     return sorted({w for text in corpus for w in _WORD.findall(text.lower())})
 
 
-def build_chat_tokenizer(corpus: Iterable[str], max_length: int = 512, chat_template: str | None = CHAT_TEMPLATE):
-    """Word-level PreTrainedTokenizerFast over ``corpus`` with role tokens and (optionally) a chat template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def build_chat_tokenizer(
+    corpus: Iterable[str],
+    max_length: int = 512,
+    chat_template: str | None = CHAT_TEMPLATE,
+    phrases: Sequence[str] = (),
+):
+    """Word-level PreTrainedTokenizerFast over ``corpus`` with role tokens and (optionally) a chat template.
+    ``phrases`` become single tokens matched verbatim and decoded verbatim, e.g. the pieces of a JSON reply
+    (``{"question": "``), which word-level decoding would otherwise space apart."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate([*SPECIAL, *corpus_words(corpus)])}
@@ -49,6 +56,8 @@ def build_chat_tokenizer(corpus: Iterable[str], max_length: int = 512, chat_temp
     )
     if chat_template:
         tokenizer.chat_template = chat_template
+    if phrases:
+        tokenizer.add_tokens([AddedToken(p, normalized=False) for p in phrases])
     return tokenizer
 
 
@@ -62,13 +71,14 @@ def save_tiny_llm(
     heads: int = 4,
     max_length: int = 256,
     chat_template: str | None = CHAT_TEMPLATE,
+    phrases: Sequence[str] = (),
     seed: int = 0,
 ) -> Path:
     """Save a random-initialised Llama (``kind="llama"``) or Qwen2 (``"qwen2"``) causal LM with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     path = Path(path)
-    tokenizer = build_chat_tokenizer(corpus, max_length, chat_template)
+    tokenizer = build_chat_tokenizer(corpus, max_length, chat_template, phrases)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
