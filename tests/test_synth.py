@@ -201,6 +201,7 @@ def test_the_local_backend_batches_and_shards_concatenate(tmp_path):
 # -- stage 2 -----------------------------------------------------------------------------------------------
 JSON_PIECES = ['{"turns": [', '{"question": "', '", "answer": "', '"}, ', '"}]}']
 QA_PROMPT = "questions about : {caption}"
+EXPAND_PROMPT = "expand : {seed}"
 
 
 def world_conversation(scene) -> str:
@@ -210,24 +211,34 @@ def world_conversation(scene) -> str:
     return '{"turns": [' + '"}, '.join('{"question": "' + q + '", "answer": "' + a for q, a in turns) + '"}]}'
 
 
+def sparse_seed(scene, k: int) -> str:
+    m = scene.main
+    return [f"a {m.colour} shape", f"something {PLACE[m.position]}", f"a {m.size} thing", f"a {m.shape}"][k % 4]
+
+
 @pytest.fixture(scope="module")
 def json_lm(tmp_path_factory):
-    """A tiny LM trained (seconds) to answer QA_PROMPT with three question/answer turns as JSON, the pieces of
-    JSON syntax being tokens of its word-level tokenizer."""
+    """A tiny LM trained here (seconds) for both stages: EXPAND_PROMPT on a sparse seed gives a full world
+    caption, QA_PROMPT on a caption gives three question/answer turns as JSON, the pieces of JSON syntax being
+    tokens of its word-level tokenizer."""
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("json_lm")
-    scenes = make_scenes(400, 0, "lm")
+    scenes = make_scenes(600, 0, "lm")
     captions = [caption(s) for s in scenes]
-    save_tiny_llm(root / "init", [*captions, QA_PROMPT, "what colour shape where is it ?"], hidden=64, layers=2,
-                  phrases=JSON_PIECES)  # fmt: skip
+    words = [*captions, QA_PROMPT, EXPAND_PROMPT, "what colour shape where is it ? something thing"]
+    save_tiny_llm(root / "init", words, hidden=64, layers=2, phrases=JSON_PIECES)
     tok = AutoTokenizer.from_pretrained(root / "init")
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": QA_PROMPT.format(caption=c)},
-                                 {"role": "assistant", "content": world_conversation(s)}], tokenize=False)
-        for c, s in zip(captions, scenes, strict=True)
-    ]  # fmt: skip
-    train_causal_lm(root / "init", texts, root / "lm", steps=150, batch_size=16, lr=3e-3)
+
+    def chat(user: str, reply: str) -> str:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        return tok.apply_chat_template(messages, tokenize=False)
+
+    texts = []
+    for k, (c, s) in enumerate(zip(captions, scenes, strict=True)):
+        texts.append(chat(QA_PROMPT.replace("{caption}", c), world_conversation(s)))
+        texts.append(chat(EXPAND_PROMPT.replace("{seed}", sparse_seed(s, k)), c))
+    train_causal_lm(root / "init", texts, root / "lm", steps=300, batch_size=16, lr=3e-3)
     return root / "lm"
 
 
@@ -315,3 +326,52 @@ def test_instructions_through_a_real_server_list_non_json_replies_and_resume(tmp
                       "--out", tmp_path / "o.jsonl", check=False)  # fmt: skip
     assert refused.returncode == 2 and "row 2 (id 'b') has no text in 'caption'" in refused.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_synth_run_makes_captions_conversations_and_the_transferred_store_and_skips_what_is_done(tmp_path, json_lm):
+    import numpy as np
+    import yaml
+
+    from modgap.store.store import EmbeddingStore
+
+    (tmp_path / "seeds.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i}", "text": sparse_seed(s, i)}) + "\n" for i, s in enumerate(make_scenes(16, 2, "x"))
+    ))  # fmt: skip
+    (tmp_path / "expand.txt").write_text(EXPAND_PROMPT)
+    (tmp_path / "qa.txt").write_text(QA_PROMPT)
+    config = {
+        "llm": {"model": f"hf:{json_lm}", "batch_size": 8},
+        "seeds": {"path": str(tmp_path / "seeds.jsonl")},
+        "captions": {"per_seed": 2, "temperature": 1.0, "max_tokens": 24, "min_words": 3,
+                     "prompt_file": str(tmp_path / "expand.txt")},
+        "instructions": {"min_turns": 2, "max_turns": 4, "temperature": 0.0, "max_tokens": 60,
+                         "prompt_file": str(tmp_path / "qa.txt")},
+        "transfer": {"encoder": "builtin:tiny-clip"},
+        "seed": 7,
+    }  # fmt: skip
+    (tmp_path / "unicorn.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "unicorn"
+    first = run_cli("synth", "run", "--config", tmp_path / "unicorn.yaml", out)
+    captions, conversations = lines(out / "captions.jsonl"), lines(out / "instructions.jsonl")
+    assert len(captions) + len(lines(out / "captions.failures.jsonl")) == 32 and len(captions) >= 8
+    assert len(conversations) + len(lines(out / "instructions.failures.jsonl")) == len(captions)
+    assert {c["id"] for c in conversations} <= {c["id"] for c in captions} and conversations
+    assert "modgap train pretrain" in first.stdout and "modgap train sft" in first.stdout
+    # Stage 3 is Unicorn's mean shift: each caption's unit text embedding minus the mean of them all.
+    text, moved = EmbeddingStore.open(out / "stores" / "text"), EmbeddingStore.open(out / "stores" / "transferred")
+    ids = [c["id"] for c in captions]
+    x = text.get(ids).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(moved.get(ids), x - x.mean(0), atol=2e-3)  # float16 stores
+    assert moved.manifest.extra["aligner"]["method"] == "mean-shift"
+
+    again = run_cli("synth", "run", "--config", tmp_path / "unicorn.yaml", out)
+    assert again.stdout.count("is finished") == 4 and lines(out / "captions.jsonl") == captions
+    config["captions"]["per_seed"] = 3
+    (tmp_path / "unicorn.yaml").write_text(yaml.safe_dump(config))
+    changed = run_cli("synth", "run", "--config", tmp_path / "unicorn.yaml", out, check=False)
+    assert changed.returncode == 2 and "use another output directory" in changed.stderr
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**config, "captions": {"per_seeds": 2}}))
+    typo = run_cli("synth", "run", "--config", tmp_path / "typo.yaml", tmp_path / "other", check=False)
+    assert typo.returncode == 2 and "unknown settings ['per_seeds']" in typo.stderr
+    assert not (tmp_path / "other").exists()

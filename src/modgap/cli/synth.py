@@ -192,5 +192,20 @@ def instructions(
     out.print(f"{summary.line()} -> {out_file}")
 
 
+@app.command("run", epilog="Example: modgap synth run --config configs/synth/unicorn.yaml data/unicorn")
+def run(
+    out_dir: Annotated[Path, typer.Argument(help="Directory of the outputs (rerun the same command to resume).")],
+    config: Annotated[Path, typer.Option(help="JSON/YAML config: llm, seeds, captions, instructions, transfer.")],
+) -> None:
+    """Stages 1-3 in one directory: captions, instruction conversations, the captions' text embeddings moved into
+    the image distribution. Finished steps are skipped; prints the training commands that follow."""
+    from modgap.synth.pipeline import load_unicorn_config, run_unicorn
+
+    quiet_transformers()
+    cfg = load_unicorn_config(config)
+    result = run_unicorn(cfg, out_dir, command=command_line(), progress=rich_progress(), log=out.print)
+    out.print("next:\n  " + "\n  ".join(result.next_commands()))
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="synth")

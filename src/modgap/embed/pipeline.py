@@ -28,7 +28,7 @@ from modgap.distributed import barrier, init_from_env, local_device, rank_slice
 from modgap.embed.inputs import Columns, Inputs, read_inputs
 from modgap.encoders import IMAGE, TEXT, Encoder, Prepared
 from modgap.errors import ModgapError
-from modgap.files import write_jsonl
+from modgap.files import write_jsonl, write_text
 from modgap.hub import use_offline_mode
 from modgap.progress import ProgressFactory, silent
 from modgap.store.manifest import MANIFEST_NAME
@@ -325,3 +325,28 @@ def embed_data(
     return [
         embed_modality(encoder, m, inputs, outs[m], options, created_by=created_by, progress=progress) for m in wanted
     ]
+
+
+def embed_once(
+    encoder: Callable[[], Encoder],
+    modality: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    options: EmbedOptions | None = None,
+    text_column: str = "caption",
+    id_column: str = "id",
+    created_by: str | None = None,
+    progress: ProgressFactory = silent,
+) -> EmbedSummary | None:
+    """Embed one modality of ``data`` into ``out`` unless the store is finished (its ``done`` marker), for
+    pipelines that skip finished steps (the demo, ``synth run``); the summary, or None when there was nothing
+    to do. ``encoder`` loads the encoder, called only when there is work. A run stopped midway resumes as
+    :func:`embed_modality` does."""
+    out = Path(out)
+    if (out / "done").is_file():
+        return None
+    inputs = read_inputs(data, columns=Columns(id=id_column, text=text_column))
+    summary = embed_modality(encoder(), modality, inputs, out, options, created_by=created_by, progress=progress)
+    write_text(out / "done", "")
+    return summary

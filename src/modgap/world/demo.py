@@ -96,31 +96,8 @@ def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None
     return pools
 
 
-def embed_once(
-    encoder: Callable[[], Any],
-    modality: str,
-    data: Path,
-    out: Path,
-    *,
-    options: Any,
-    text_column: str = "caption",
-    created_by: str = "modgap demo",
-    progress: ProgressFactory = silent,
-) -> Any:
-    """Embed one modality of ``data`` into ``out`` unless the store is finished (its ``done`` marker); the
-    summary, or None when there was nothing to do. ``encoder`` loads the encoder, called only when needed."""
-    from modgap.embed import Columns, embed_modality, read_inputs
-
-    if (out / "done").is_file():
-        return None
-    inputs = read_inputs(data, columns=Columns(text=text_column))
-    summary = embed_modality(encoder(), modality, inputs, out, options, created_by=created_by, progress=progress)
-    write_text(out / "done", "")
-    return summary
-
-
 def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
-    from modgap.embed import EmbedOptions
+    from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
 
     encoder = functools.cache(lambda: load_encoder(ENCODER))
@@ -128,7 +105,8 @@ def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None
     jobs = [("image_pool", "image"), ("text_pool", "text"), ("paired", "image"), ("test", "image")]
     for name, modality in jobs:
         data, out = root / "world" / f"{name}.jsonl", root / "stores" / f"{name}-{modality}"
-        summary = embed_once(encoder, modality, data, out, options=options, progress=progress)
+        summary = embed_once(encoder, modality, data, out, options=options, created_by="modgap demo",
+                             progress=progress)  # fmt: skip
         if summary is not None:
             log(summary.line())
 

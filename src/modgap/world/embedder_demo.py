@@ -38,7 +38,6 @@ from modgap.world.demo import (
     QUICK,
     DemoSize,
     claim_demo_dir,
-    embed_once,
     embed_world,
     train_revision,
     write_world,
@@ -162,7 +161,7 @@ def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
 
 def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: ProgressFactory) -> tuple[Path, Path]:
     """Test images and evaluation texts through the encoder ``spec``."""
-    from modgap.embed import EmbedOptions
+    from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
 
     stores = root / "embedder" / "stores"
@@ -177,7 +176,7 @@ def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: Progre
 
 def _embed_texts(out: Path, spec: str, texts: Path, progress: ProgressFactory) -> None:
     """``texts`` (id, text rows) through the encoder ``spec`` into the store ``out`` (once)."""
-    from modgap.embed import EmbedOptions
+    from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
 
     embed_once(lambda: load_encoder(spec), "text", texts, out, options=EmbedOptions(num_workers=0),
@@ -219,7 +218,7 @@ def run_embedder_demo(
 ) -> dict[str, Any]:
     """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures.
     ``size`` overrides the training budget of the stages (default: by ``quick``)."""
-    from modgap.embed import EmbedOptions
+    from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
     from modgap.encoders.patches import PatchFeatures
 

@@ -1,0 +1,233 @@
+"""``modgap synth run``: Unicorn's three stages from one config into one directory.
+
+::
+
+    OUT/unicorn.json                       the settings this directory was made with (a rerun must match)
+    OUT/captions.jsonl                     stage 1 (+ .meta.json, .failures.jsonl, .cache.sqlite)
+    OUT/instructions.jsonl                 stage 2 (+ the same three)
+    OUT/stores/text                        stage 3: the captions' text embeddings
+    OUT/stores/transferred                 ... moved into the image distribution by the aligner
+    OUT/aligner                            the fitted aligner
+
+Every step is skipped when its output is finished, and every step resumes where it stopped (the stages
+through their reply caches, the embedding through its committed shards), so a killed run is rerun with the
+same command. The two training commands that follow are printed at the end: ``modgap train pretrain`` on
+the captions and ``modgap train sft`` on the conversations, both over the transferred store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modgap.errors import ModgapError
+from modgap.files import from_mapping, read_settings
+from modgap.progress import ProgressFactory, silent
+
+SETTINGS_FILE = "unicorn.json"
+SECTIONS = ("llm", "seeds", "captions", "instructions", "transfer")
+
+
+@dataclasses.dataclass
+class LLMSection:
+    model: str  # openai:MODEL, hf:PATH or builtin:NAME
+    base_urls: list[str] = dataclasses.field(default_factory=list)
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 120.0
+    request_attempts: int = 6
+    batch_size: int = 16
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class SeedsSection:
+    path: str
+    id_column: str = "id"
+    text_column: str = "text"
+
+
+@dataclasses.dataclass
+class CaptionsSection:
+    per_seed: int = 1
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 256
+    min_words: int = 5
+    max_words: int = 200
+    near_duplicate: float = 0.9
+    prompt_file: str | None = None
+
+
+@dataclasses.dataclass
+class InstructionsSection:
+    min_turns: int = 3
+    max_turns: int = 8
+    max_attempts: int = 3
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    prompt_file: str | None = None
+
+
+@dataclasses.dataclass
+class TransferSection:
+    encoder: str  # whose text tower embeds the captions (the image encoder of the model to be trained)
+    method: str = "mean-shift"  # Unicorn's: x - mu_text
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    target: str | None = None  # a store of unpaired image embeddings; Unicorn's mean shift needs none
+    batch_size: int = 64
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class UnicornConfig:
+    llm: LLMSection
+    seeds: SeedsSection
+    transfer: TransferSection
+    captions: CaptionsSection = dataclasses.field(default_factory=CaptionsSection)
+    instructions: InstructionsSection = dataclasses.field(default_factory=InstructionsSection)
+    seed: int = 0  # base of the per-sample sampling seeds
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_unicorn_config(path: str | os.PathLike) -> UnicornConfig:
+    """The config from JSON/YAML; unknown sections and keys are errors (a typo is not a no-op)."""
+    data = read_settings(path)
+    unknown = sorted(set(data) - {*SECTIONS, "seed"})
+    if unknown:
+        raise ModgapError(f"{path}: unknown sections {unknown} (expected {list(SECTIONS)} and seed)")
+    kinds = {"llm": LLMSection, "seeds": SeedsSection, "captions": CaptionsSection,
+             "instructions": InstructionsSection, "transfer": TransferSection}  # fmt: skip
+    sections: dict[str, Any] = {}
+    for name, cls in kinds.items():
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            raise ModgapError(f"{path}: section {name!r} must be a mapping")
+        if name in ("llm", "seeds", "transfer") and not value:
+            raise ModgapError(f"{path}: section {name!r} is required")
+        sections[name] = from_mapping(cls, value, f"{path} [{name}]")
+    return UnicornConfig(**sections, seed=int(data.get("seed", 0)))
+
+
+@dataclasses.dataclass
+class UnicornResult:
+    captions: Path
+    instructions: Path
+    text_store: Path
+    transferred_store: Path
+    lines: list[str]
+
+    def next_commands(self, llm: str = "LLM") -> list[str]:
+        store = self.transferred_store
+        return [
+            f"modgap train pretrain --llm {llm} --data {self.captions} --embeddings {store} --out runs/pretrain",
+            f"modgap train sft --init runs/pretrain/model --data {self.instructions} --embeddings {store} "
+            "--out runs/sft",
+        ]
+
+
+def run_unicorn(
+    config: UnicornConfig,
+    out_dir: str | os.PathLike,
+    *,
+    command: str = "",
+    progress: ProgressFactory = silent,
+    log: Callable[[str], None] = print,
+) -> UnicornResult:
+    """Run (or resume) the three stages into ``out_dir`` (see the module docstring)."""
+    from modgap.align import fit_and_apply
+    from modgap.embed import EmbedOptions, embed_once
+    from modgap.encoders import load_encoder
+    from modgap.synth.captions import CaptionSettings, synth_captions
+    from modgap.synth.instructions import InstructionSettings, synth_instructions
+    from modgap.synth.llm import Sampling, load_llm_backend
+    from modgap.training import claim_run_dir
+
+    root = Path(out_dir)
+    transfer = config.transfer
+    if transfer.target is None and (transfer.method != "mean-shift" or transfer.params.get("add_target_mean")):
+        raise ModgapError(f"transfer.method {transfer.method!r} needs transfer.target (a store of image embeddings)")
+    claim_run_dir(root, config.as_dict(), settings_file=SETTINGS_FILE, hint="; use another output directory")
+    llm, lines = config.llm, []
+
+    def backend() -> Any:
+        return load_llm_backend(llm.model, base_urls=llm.base_urls or None, api_key_env=llm.api_key_env,
+                                timeout=llm.timeout, max_attempts=llm.request_attempts, device=llm.device,
+                                batch_size=llm.batch_size)  # fmt: skip
+
+    def prompt(file: str | None) -> str | None:
+        return Path(file).read_text(encoding="utf-8") if file else None
+
+    def note(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    captions = root / "captions.jsonl"
+    if captions.is_file():
+        note(f"stage 1: {captions} is finished")
+    else:
+        c = config.captions
+        settings = CaptionSettings(
+            per_seed=c.per_seed,
+            min_words=c.min_words,
+            max_words=c.max_words,
+            near_duplicate_threshold=c.near_duplicate,
+            concurrency=llm.concurrency,
+            sampling=Sampling(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=config.seed),
+        )
+        summary = synth_captions(backend(), config.seeds.path, captions, settings, prompt=prompt(c.prompt_file),
+                                 id_column=config.seeds.id_column, text_column=config.seeds.text_column,
+                                 command=command, progress=progress)  # fmt: skip
+        note(f"stage 1: {summary.line()}")
+        if summary.rows == 0:
+            raise ModgapError(f"stage 1 kept no captions; see {root / 'captions.failures.jsonl'}")
+
+    instructions = root / "instructions.jsonl"
+    if instructions.is_file():
+        note(f"stage 2: {instructions} is finished")
+    else:
+        i = config.instructions
+        settings2 = InstructionSettings(
+            min_turns=i.min_turns,
+            max_turns=i.max_turns,
+            max_attempts=i.max_attempts,
+            concurrency=llm.concurrency,
+            sampling=Sampling(temperature=i.temperature, top_p=i.top_p, max_tokens=i.max_tokens, seed=config.seed),
+        )
+        summary2 = synth_instructions(backend(), captions, instructions, settings2, prompt=prompt(i.prompt_file),
+                                      command=command, progress=progress)  # fmt: skip
+        note(f"stage 2: {summary2.line()}")
+
+    text_store, transferred = root / "stores" / "text", root / "stores" / "transferred"
+    embedded = embed_once(
+        lambda: load_encoder(transfer.encoder, device=transfer.device),
+        "text",
+        captions,
+        text_store,
+        options=EmbedOptions(batch_size=transfer.batch_size, num_workers=0),
+        created_by=command or "modgap synth run",
+        progress=progress,
+    )
+    note(f"stage 3: {embedded.line()}" if embedded else f"stage 3: {text_store} is finished")
+    if transferred.is_dir():
+        note(f"stage 3: {transferred} is finished")
+    else:
+        fit_and_apply(
+            transfer.method,
+            text_store,
+            transfer.target or text_store,  # plain mean shift reads the text mean only
+            transferred,
+            params=transfer.params,
+            save_aligner=root / "aligner",
+            device=transfer.device,
+            command=command or "modgap synth run",
+            progress=progress,
+        )
+        note(f"stage 3: {transfer.method} -> {transferred}")
+    return UnicornResult(captions, instructions, text_store, transferred, lines)
