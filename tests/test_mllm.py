@@ -1,6 +1,7 @@
 """ReVision training on stock 🤗 models: tiny Llama/Qwen2 from configs, tokenizer trained offline."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,30 @@ def test_cli_pretrain_generate_and_eval(world, tmp_path):
     assert metrics["samples"] == 64 and metrics["bleu4"] > 0.5 and metrics["cider"] > 1.0
     preds = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert preds[0]["id"] == "x0" and preds[0]["references"]
+
+    # VQA: the captioning prompt as the question, the caption's colour word and the whole caption as answers.
+    test_captions = [json.loads(x)["caption"] for x in world["test_data"].read_text().splitlines()]
+    questions = []
+    for i, c in enumerate(test_captions[:24]):
+        questions.append({"id": f"q{i}", "image": f"x{i}", "question": PROMPT, "answer": c.upper(), "type": "whole"})
+        questions.append({"id": f"w{i}", "image": f"x{i}", "question": PROMPT, "answers": [c.split()[3]] * 3,
+                          "type": "word"})  # fmt: skip
+    questions.append({"id": "gone", "image": "nowhere", "question": PROMPT, "answer": "x"})
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    proc = run_cli("eval", "vqa", "--model", run, "--data", tmp_path / "questions.jsonl",
+                   "--embeddings", world["test_store"], "--max-new-tokens", 12, "--out", tmp_path / "vqa")  # fmt: skip
+    assert "1 questions skipped: image not in" in proc.stderr
+    vqa = json.loads((tmp_path / "vqa" / "metrics.json").read_text())
+    rows = [json.loads(x) for x in (tmp_path / "vqa" / "predictions.jsonl").read_text().splitlines()]
+    assert vqa["questions"] == len(rows) == 48 and vqa["missing"] == 1
+
+    def plain(text: str) -> str:  # lower case, no punctuation or articles: what VQAv2 normalisation does here
+        return " ".join(w for w in re.sub(r"[^a-z ]", " ", text.lower()).split() if w not in ("a", "an", "the"))
+
+    whole = [plain(r["prediction"]) == plain(r["answers"][0]) for r in rows if r["id"].startswith("q")]
+    assert vqa["accuracy/whole"] == pytest.approx(sum(whole) / 24) and vqa["accuracy/whole"] > 0.5
+    assert vqa["accuracy/word"] == 0.0  # a whole caption is not the one-word answer
+    assert vqa["accuracy"] == pytest.approx((sum(whole) + 0) / 48)
 
 
 def test_cli_errors_are_one_line(world, tmp_path):

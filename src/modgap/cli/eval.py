@@ -64,6 +64,47 @@ def eval_caption(
 
 
 @app.command(
+    "vqa",
+    epilog="Example: modgap eval vqa --model runs/sft --data questions.jsonl --embeddings stores/test-images "
+    "--out runs/sft/vqa",
+)
+def eval_vqa(
+    model_dir: Annotated[Path, typer.Option("--model", help="Model directory (or a training run's --out).")],
+    data: Annotated[Path, typer.Option(help="Rows with id, image (its id in the store), question, answer or answers.")],
+    embeddings: Annotated[Path, typer.Option(help="Store holding the images' embeddings.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write metrics.json and predictions.jsonl here.")
+    ] = None,
+    suffix: Annotated[
+        str, typer.Option(help="Appended to every question, e.g. ' Answer with a single word or phrase.'")
+    ] = "",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    max_new_tokens: Annotated[int, typer.Option()] = 16,
+    base_llm: Annotated[str | None, typer.Option(help="New location of the base LM, if it moved.")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Answer questions about stored images; VQAv2 accuracy (normalised answers, min(1, matches/3)) overall and
+    per question type."""
+    from modgap.eval.vqa import evaluate_vqa
+    from modgap.files import write_json, write_jsonl
+    from modgap.mllm.infer import load_model
+
+    quiet_transformers()
+    model = load_model(model_dir, base_llm=base_llm, device=device)
+    result = evaluate_vqa(model, data, embeddings, batch_size=batch_size, limit=limit, suffix=suffix,
+                          progress=rich_progress(unit="questions"), max_new_tokens=max_new_tokens)  # fmt: skip
+    if result.missing:
+        err.print(f"{len(result.missing)} questions skipped: image not in {embeddings} (e.g. {result.missing[:3]})")
+    _print_figures(f"VQA: {len(result.rows)} questions", result.metrics)
+    if out_dir:
+        write_json(out_dir / "metrics.json", {**result.metrics, "questions": len(result.rows),
+                                              "missing": len(result.missing)})  # fmt: skip
+        write_jsonl(out_dir / "predictions.jsonl", result.rows)
+        out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
+
+
+@app.command(
     "retrieval",
     epilog="Example: modgap eval retrieval --image stores/test-images --text stores/test-captions "
     "--pairs test_pairs.csv --json runs/eval/retrieval.json",
