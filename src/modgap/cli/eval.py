@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,6 +13,11 @@ from modgap.progress import rich_progress
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
+# Options of the commands that generate with a trained model, written once.
+ModelOpt = Annotated[Path, typer.Option("--model", help="Model directory (or a training run's --out).")]
+PredictionsOpt = Annotated[Path | None, typer.Option("--out", help="Write metrics.json and predictions.jsonl here.")]
+BaseLLMOpt = Annotated[str | None, typer.Option(help="New location of the base LM, if it moved.")]
+
 
 @app.command(
     "caption",
@@ -20,23 +25,20 @@ app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
     "--embeddings stores/test-images --out runs/sft/eval",
 )
 def eval_caption(
-    model_dir: Annotated[Path, typer.Option("--model", help="Model directory (or a training run's --out).")],
+    model_dir: ModelOpt,
     data: Annotated[Path, typer.Option(help="Rows with id and reference caption(s) (JSON/JSONL).")],
     embeddings: Annotated[Path, typer.Option(help="Store holding the rows' embeddings (usually images).")],
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write metrics.json and predictions.jsonl here.")
-    ] = None,
+    out_dir: PredictionsOpt = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N rows.")] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     num_beams: Annotated[int, typer.Option()] = 1,
     prompt: Annotated[str | None, typer.Option()] = None,
-    base_llm: Annotated[str | None, typer.Option(help="New location of the base LM, if it moved.")] = None,
+    base_llm: BaseLLMOpt = None,
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Caption held-out embeddings and score BLEU-4 / CIDEr against the references (pycocoevalcap)."""
     from modgap.eval.caption import evaluate_captions
-    from modgap.files import write_json, write_jsonl
     from modgap.mllm.infer import load_model
 
     quiet_transformers()
@@ -55,12 +57,7 @@ def eval_caption(
     if result.missing:
         err.print(f"{len(result.missing)} rows skipped: id not in {embeddings} (e.g. {result.missing[:3]})")
     _print_figures(f"captions: {len(result.rows)} samples", result.metrics)
-    if out_dir:
-        write_json(
-            out_dir / "metrics.json", {**result.metrics, "samples": len(result.rows), "missing": len(result.missing)}
-        )
-        write_jsonl(out_dir / "predictions.jsonl", result.rows)
-        out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
+    _write_predictions(out_dir, result, "samples")
 
 
 @app.command(
@@ -69,25 +66,22 @@ def eval_caption(
     "--out runs/sft/vqa",
 )
 def eval_vqa(
-    model_dir: Annotated[Path, typer.Option("--model", help="Model directory (or a training run's --out).")],
+    model_dir: ModelOpt,
     data: Annotated[Path, typer.Option(help="Rows with id, image (its id in the store), question, answer or answers.")],
     embeddings: Annotated[Path, typer.Option(help="Store holding the images' embeddings.")],
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write metrics.json and predictions.jsonl here.")
-    ] = None,
+    out_dir: PredictionsOpt = None,
     suffix: Annotated[
         str, typer.Option(help="Appended to every question, e.g. ' Answer with a single word or phrase.'")
     ] = "",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     max_new_tokens: Annotated[int, typer.Option()] = 16,
-    base_llm: Annotated[str | None, typer.Option(help="New location of the base LM, if it moved.")] = None,
+    base_llm: BaseLLMOpt = None,
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Answer questions about stored images; VQAv2 accuracy (normalised answers, min(1, matches/3)) overall and
     per question type."""
     from modgap.eval.vqa import evaluate_vqa
-    from modgap.files import write_json, write_jsonl
     from modgap.mllm.infer import load_model
 
     quiet_transformers()
@@ -97,11 +91,7 @@ def eval_vqa(
     if result.missing:
         err.print(f"{len(result.missing)} questions skipped: image not in {embeddings} (e.g. {result.missing[:3]})")
     _print_figures(f"VQA: {len(result.rows)} questions", result.metrics)
-    if out_dir:
-        write_json(out_dir / "metrics.json", {**result.metrics, "questions": len(result.rows),
-                                              "missing": len(result.missing)})  # fmt: skip
-        write_jsonl(out_dir / "predictions.jsonl", result.rows)
-        out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
+    _write_predictions(out_dir, result, "questions")
 
 
 @app.command(
@@ -206,6 +196,17 @@ def eval_mmeb(
     if json_out:
         write_json(json_out, {"tasks": result.tasks, "rows": result.rows, "overall": result.overall})
         out.print(f"wrote {json_out}")
+
+
+def _write_predictions(out_dir: Path | None, result: Any, counted: str) -> None:
+    """metrics.json (the figures, how many were scored and how many skipped) and predictions.jsonl."""
+    from modgap.files import write_json, write_jsonl
+
+    if out_dir:
+        write_json(out_dir / "metrics.json", {**result.metrics, counted: len(result.rows),
+                                              "missing": len(result.missing)})  # fmt: skip
+        write_jsonl(out_dir / "predictions.jsonl", result.rows)
+        out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
 
 
 def _print_figures(title: str, figures: dict[str, float]) -> None:
