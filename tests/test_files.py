@@ -86,3 +86,18 @@ def test_run_directory_claims(tmp_path):
     assert check_run_dir(run, {"seed": 0}, resume=False, overwrite=True) is False
     record_settings(tmp_path / "other", {"a": 1})
     assert json.loads((tmp_path / "other" / "settings.json").read_text()) == {"a": 1}
+
+
+def test_rows_are_streamed_into_place_and_a_failing_writer_leaves_the_old_file(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    write_jsonl(out, ({"id": i} for i in range(3)))
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [{"id": 0}, {"id": 1}, {"id": 2}]
+
+    def broken():
+        yield {"id": "new"}
+        raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError, match="source failed"):
+        write_jsonl(out, broken())
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]  # no temporary left behind

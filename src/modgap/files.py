@@ -30,13 +30,25 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text``; a reader sees the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A text handle on a temporary sibling that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text``; a reader sees the old file or the new one, never half of one."""
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -44,7 +56,10 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    """Rows written one line at a time (a generator is never held whole), the file renamed into place."""
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
 
 
 @contextlib.contextmanager

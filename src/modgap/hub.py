@@ -101,24 +101,32 @@ def weights_revision(path: str | os.PathLike) -> str | None:
 def load_llm(
     path: str, *, online: bool = False, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with modgap's names, offline and remote-code rules (fp32 default)."""
+    """``AutoModelForCausalLM.from_pretrained`` with modgap's names, offline and remote-code rules (fp32 default).
+    A ``.gguf`` file is loaded (dequantised) through 🤗's GGUF support (needs the ``gguf`` package)."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve(path)
-    kwargs = load_kwargs([path], online, trust_remote_code)
+    path, kwargs = _gguf_or_dir(resolve(path), online, trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     except (OSError, ValueError) as e:
         raise ModgapError(f"{path}: cannot load a causal LM ({e})") from e
 
 
+def _gguf_or_dir(path: str, online: bool, trust_remote_code: bool) -> tuple[str, dict[str, Any]]:
+    """(directory, from_pretrained kwargs): a ``.gguf`` file is named to 🤗 by its directory and ``gguf_file``."""
+    if path.endswith(".gguf") and Path(path).is_file():
+        folder = str(Path(path).parent)
+        return folder, {**load_kwargs([folder], online, trust_remote_code), "gguf_file": Path(path).name}
+    return path, load_kwargs([path], online, trust_remote_code)
+
+
 def load_tokenizer(path: str, *, online: bool = False, trust_remote_code: bool = False) -> Any:
     """A fast tokenizer (offsets are needed to find reply tokens) with a pad token (the EOS token if none)."""
     from transformers import AutoTokenizer
 
-    path = resolve(path)
+    path, kwargs = _gguf_or_dir(resolve(path), online, trust_remote_code)
     try:
-        tok = AutoTokenizer.from_pretrained(path, **load_kwargs([path], online, trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModgapError(f"{path}: cannot load a tokenizer ({e})") from e
     if not getattr(tok, "is_fast", False):

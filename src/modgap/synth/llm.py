@@ -173,8 +173,13 @@ class OpenAIChat:
 
 
 class LocalChat:
-    """A local 🤗 causal LM. Batches of prompts are generated together (left padding); sampling draws from
-    one generator seeded by the batch's first sample, so replies are reproducible for the same batches."""
+    """A local 🤗 causal LM (a directory, or a ``.gguf`` file). Batches of prompts are generated together (left
+    padding); sampling draws from one generator seeded by the batch's first sample, so replies are
+    reproducible for the same batches.
+
+    A base model without a chat template runs as a completion model: the messages' contents, joined by blank
+    lines, are the prompt (write few-shot prompt templates for it), and the reply ends at the first line
+    break."""
 
     def __init__(self, path: str, *, device: str = "cpu", batch_size: int = 16, trust_remote_code: bool = False):
         from modgap.hub import load_llm, load_tokenizer
@@ -182,8 +187,7 @@ class LocalChat:
         self.name = path
         self.model = load_llm(path, trust_remote_code=trust_remote_code).to(device).eval()
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ModgapError(f"{path}: the tokenizer has no chat template")
+        self.completion = not getattr(self.tokenizer, "chat_template", None)
         self.device, self.batch_size = device, batch_size
         self.retries = 0
         self.structured = "not available (local backend: replies are parsed and retried)"
@@ -194,7 +198,10 @@ class LocalChat:
     def chat_batch(self, prompts: Sequence[Messages], sampling: Sampling, seed: int) -> list[Reply]:
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        if self.completion:
+            texts = ["\n\n".join(m["content"] for m in messages) for messages in prompts]
+        else:
+            texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
@@ -202,6 +209,7 @@ class LocalChat:
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         finally:
             self.tokenizer.padding_side = side
+        stop = {"stop_strings": ["\n"], "tokenizer": self.tokenizer} if self.completion else {}
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.model.generate(
@@ -211,6 +219,7 @@ class LocalChat:
                 top_p=sampling.top_p if sampling.temperature > 0 else None,
                 max_new_tokens=sampling.max_tokens,
                 pad_token_id=pad,
+                **stop,
             )
         new = out[:, enc["input_ids"].shape[1] :]
         replies = []
@@ -218,8 +227,10 @@ class LocalChat:
         for row, mask in zip(new.tolist(), enc["attention_mask"], strict=True):
             ended = eos in row
             used = row[: row.index(eos) + 1] if ended else row  # what follows the end is padding
-            text = self.tokenizer.decode(used, skip_special_tokens=True).strip()
-            replies.append(Reply(text, "stop" if ended else "length", int(mask.sum()), len(used)))
+            text = self.tokenizer.decode(used, skip_special_tokens=True)
+            if self.completion and "\n" in text.lstrip("\n"):
+                text, ended = text.lstrip("\n").split("\n", 1)[0], True
+            replies.append(Reply(text.strip(), "stop" if ended else "length", int(mask.sum()), len(used)))
         return replies
 
     async def close(self) -> None:
