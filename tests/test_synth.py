@@ -271,7 +271,7 @@ def test_replies_are_parsed_and_validated_with_reasons_the_llm_can_act_on():
     assert schema["additionalProperties"] is False
 
 
-def test_instructions_from_a_local_lm_are_rows_that_train_sft_reads_unchanged(tmp_path, json_lm):
+def test_instructions_from_a_local_lm_are_validated_and_invalid_ones_retried_with_feedback(tmp_path, json_lm):
     captions = write_captions(tmp_path / "captions.jsonl")
     settings = InstructionSettings(min_turns=2, max_turns=4, sampling=Sampling(temperature=0.0, max_tokens=60))
     backend = load_llm_backend(f"hf:{json_lm}", batch_size=8)
@@ -285,15 +285,6 @@ def test_instructions_from_a_local_lm_are_rows_that_train_sft_reads_unchanged(tm
     meta = json.loads((tmp_path / "instruct.meta.json").read_text())
     assert meta["summary"]["rows"] == 12 and meta["settings"]["min_turns"] == 2
     assert lines(tmp_path / "instruct.failures.jsonl") == []
-
-    # Stage 3: the captions' text embeddings, then sft on the conversations exactly as written.
-    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", captions, "--modality", "text",
-            "--text-column", "caption", "--out-text", tmp_path / "text")  # fmt: skip
-    proc = run_cli("train", "sft", "--llm", "builtin:tiny-lm", "--data", tmp_path / "instruct.jsonl",
-                   "--embeddings", tmp_path / "text", "--max-steps", 2, "--batch-size", 4, "--report-to", "none",
-                   "--out", tmp_path / "sft")  # fmt: skip
-    assert "12 samples from 12 rows" in proc.stdout + proc.stderr
-    assert (tmp_path / "sft" / "model").is_dir()
 
     # Replies that stay invalid: each caption is asked max_attempts times, the error fed back each time.
     strict = InstructionSettings(min_turns=4, max_turns=6, max_attempts=3,
@@ -364,6 +355,12 @@ def test_synth_run_makes_captions_conversations_and_the_transferred_store_and_sk
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(moved.get(ids), x - x.mean(0), atol=2e-3)  # float16 stores
     assert moved.manifest.extra["aligner"]["method"] == "mean-shift"
+    # The conversations are what `modgap train sft` reads: unchanged, joined by id to the transferred store.
+    proc = run_cli("train", "sft", "--llm", "builtin:tiny-lm", "--data", out / "instructions.jsonl",
+                   "--embeddings", out / "stores" / "transferred", "--max-steps", 2, "--batch-size", 4,
+                   "--report-to", "none", "--out", tmp_path / "sft")  # fmt: skip
+    assert f"{len(conversations)} samples from {len(conversations)} rows" in proc.stdout + proc.stderr
+    assert (tmp_path / "sft" / "model").is_dir()
 
     again = run_cli("synth", "run", "--config", tmp_path / "unicorn.yaml", out)
     assert again.stdout.count("is finished") == 4 and lines(out / "captions.jsonl") == captions
