@@ -196,6 +196,14 @@ def test_the_local_backend_batches_and_shards_concatenate(tmp_path):
     # (duplicates are found within a shard only, so they are kept here).
     assert [r["id"] for r in parts] == [r["id"] for r in lines(tmp_path / "whole.jsonl")]
     assert parts == lines(tmp_path / "whole.jsonl")
+    # Windows of 3 seeds (replies gathered, judged and written 3 seeds at a time) give the one-window output.
+    windowed = CaptionSettings(**{**settings.__dict__, "window": 3})
+    again = synth_captions(backend, seeds, tmp_path / "windowed.jsonl", windowed)
+    assert lines(tmp_path / "windowed.jsonl") == lines(tmp_path / "whole.jsonl") and again.rows == whole.rows
+    texts = [r["caption"] for r in lines(tmp_path / "whole.jsonl")]
+    for n in (1, 2):  # distinct-n counted as rows arrive = over all rows at once
+        grams = [tuple(t.lower().split()[i : i + n]) for t in texts for i in range(len(t.split()) - n + 1)]
+        assert whole.distinct[f"distinct-{n}"] == pytest.approx(len(set(grams)) / len(grams))
 
 
 # -- stage 2 -----------------------------------------------------------------------------------------------
@@ -297,6 +305,9 @@ def test_instructions_from_a_local_lm_are_validated_and_invalid_ones_retried_wit
     assert all(f["reply"].startswith('{"turns": [') and f["reply"].count('"question"') != 3 for f in failures)
     again = synth_instructions(backend, captions, tmp_path / "strict.jsonl", strict, prompt=QA_PROMPT)
     assert (again.cached, again.requested) == (36, 0)  # the feedback turns are part of each request's key
+    windowed = InstructionSettings(**{**strict.__dict__, "window": 5})
+    synth_instructions(backend, captions, tmp_path / "windowed.jsonl", windowed, prompt=QA_PROMPT)
+    assert lines(tmp_path / "windowed.failures.jsonl") == failures  # windows of 5 captions: the same result
 
 
 def test_instructions_through_a_real_server_list_non_json_replies_and_resume(tmp_path, server):

@@ -20,7 +20,6 @@ outputs concatenate to the output of one run, except that duplicates are found w
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -33,7 +32,7 @@ from modgap.synth import stage
 from modgap.synth.cache import ReplyCache, request_key
 from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, Sampling
 from modgap.synth.requests import ReplyCounter, gather_replies
-from modgap.synth.stage import read_texts
+from modgap.synth.stage import DistinctNgrams, Emit, read_texts
 
 REFUSAL = re.compile(r"\b(I'?m sorry|I apologi[sz]e|I cannot|I can't|as an AI|I am unable|I'm unable)\b", re.I)
 FILTERS = ("request_failed", "empty", "truncated", "refusal", "too_short", "too_long", "duplicate", "near_duplicate")
@@ -47,6 +46,7 @@ class CaptionSettings:
     near_duplicate_threshold: float = 0.9  # estimated Jaccard similarity of word 3-gram sets (1: off)
     dedupe: bool = True  # drop exact and near duplicates (within this run or shard)
     concurrency: int = 8
+    window: int = 4096  # seeds whose replies are gathered, judged and written at a time (bounds the memory)
     sampling: Sampling = field(default_factory=Sampling)
 
 
@@ -74,12 +74,6 @@ def read_seeds(path: str | os.PathLike, id_column: str = "id", text_column: str 
     return read_texts(path, id_column, text_column, "seed")
 
 
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams over all n-grams of the texts (Li et al. 2016)."""
-    grams = [tuple(w[i : i + n]) for t in texts for w in [t.lower().split()] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
 def _messages(template: str, seed: str) -> Messages:
     return [{"role": "user", "content": template.replace("{seed}", seed)}]
 
@@ -105,37 +99,15 @@ def synth_captions(
     lo, hi = stage.shard_bounds(len(seeds), shard)
     seeds = seeds[lo:hi]
     sampling = settings.sampling
-    jobs, keys = [], []
-    for s, (sid, text) in enumerate(seeds):
-        messages = _messages(template, text)
-        for k in range(settings.per_seed):
-            seed = sampling.seed + (lo + s) * settings.per_seed + k  # the sample's own seed, shard-independent
-            key = request_key(backend.name, messages, sampling, seed)
-            jobs.append((key, messages, seed))
-            keys.append((sid, text, k, key))
     cache = ReplyCache(out.parent / f"{out.name}.cache.sqlite")
     started = time.perf_counter()
-
-    async def collect() -> tuple[dict[str, Reply | str], int]:
-        try:
-            with progress("captions", len(jobs)) as advance:
-                return await gather_replies(
-                    backend, jobs, sampling, cache, concurrency=settings.concurrency, on_reply=ReplyCounter(advance)
-                )
-        finally:
-            await backend.close()
-
-    try:
-        replies, cached = asyncio.run(collect())
-    finally:
-        cache.close()
-
-    rows, failures = [], []
     filtered = dict.fromkeys(FILTERS, 0)
+    counts = {"rows": 0, "cached": 0, "requested": 0}
+    distinct = DistinctNgrams()
     seen: set[str] = set()
     lsh, minhash = _near_duplicate_index(settings.near_duplicate_threshold)
-    for sid, text, k, key in keys:
-        reply = replies[key]
+
+    def judge(sid: str, text: str, k: int, reply: Reply | str, emit_row: Emit, emit_failure: Emit) -> None:
         cid = f"{sid}-{k}"
         reason = _reject(reply, settings)
         caption = reply.text.strip() if isinstance(reply, Reply) else ""
@@ -152,29 +124,40 @@ def synth_captions(
                     if lsh is not None:
                         lsh.insert(cid, signature)
         if reason is None:
-            rows.append({"id": cid, "caption": caption, "seed_id": sid, "seed": text})
+            emit_row({"id": cid, "caption": caption, "seed_id": sid, "seed": text})
+            counts["rows"] += 1
+            distinct.add(caption)
         else:
             filtered[reason.split(":")[0]] += 1
             raw = reply.text if isinstance(reply, Reply) else reply
-            failures.append({"id": cid, "seed_id": sid, "reason": reason, "reply": raw})
-    distinct = {f"distinct-{n}": distinct_n([r["caption"] for r in rows], n) for n in (1, 2, 3)}
-    summary = SynthSummary(len(rows), len(failures), cached, len(jobs) - cached, filtered,
-                           time.perf_counter() - started, distinct)  # fmt: skip
-    stage.write_outputs(
-        out,
-        rows,
-        failures,
-        template,
-        {
-            "model": backend.name,
-            "sampling": sampling.as_dict(),
-            "settings": {k: v for k, v in asdict(settings).items() if k != "sampling"},
-            "seeds": len(seeds),
-            "shard": list(shard),
-            "summary": asdict(summary),
-            "command": command,
-        },
-    )
+            emit_failure({"id": cid, "seed_id": sid, "reason": reason, "reply": raw})
+
+    async def run(emit_row: Emit, emit_failure: Emit) -> None:
+        """Window by window: ask for (or find cached) every reply of the window, then judge them in seed order."""
+        with progress("captions", len(seeds) * settings.per_seed) as advance:
+            counter = ReplyCounter(advance)
+            for start in range(0, len(seeds), settings.window):
+                jobs, keys = [], []
+                for s, (sid, text) in enumerate(seeds[start : start + settings.window], start=lo + start):
+                    messages = _messages(template, text)
+                    for k in range(settings.per_seed):
+                        seed = sampling.seed + s * settings.per_seed + k  # the sample's own, shard-independent
+                        key = request_key(backend.name, messages, sampling, seed)
+                        jobs.append((key, messages, seed))
+                        keys.append((sid, text, k, key))
+                replies, hits = await gather_replies(
+                    backend, jobs, sampling, cache, concurrency=settings.concurrency, on_reply=counter
+                )
+                counts["cached"] += hits
+                counts["requested"] += len(jobs) - hits
+                for sid, text, k, key in keys:
+                    judge(sid, text, k, replies[key], emit_row, emit_failure)
+
+    stage.run_streamed(run, out, backend, cache)
+    summary = SynthSummary(counts["rows"], sum(filtered.values()), counts["cached"], counts["requested"], filtered,
+                           time.perf_counter() - started, distinct.figures())  # fmt: skip
+    stage.write_meta(out, template, backend, settings, seeds=len(seeds), shard=list(shard),
+                     summary=asdict(summary), command=command)  # fmt: skip
     return summary
 
 

@@ -24,7 +24,6 @@ gives the same rows. Outputs, written whole beside ``OUT``:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -43,7 +42,7 @@ from modgap.synth import stage
 from modgap.synth.cache import ReplyCache, request_key
 from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Sampling
 from modgap.synth.requests import ReplyCounter, gather_replies
-from modgap.synth.stage import read_texts
+from modgap.synth.stage import Emit, read_texts
 
 REASONS = ("request_failed", "truncated", "not_json", "invalid")
 FEEDBACK = (
@@ -69,6 +68,7 @@ class InstructionSettings:
     max_turns: int = 8
     max_attempts: int = 3  # requests per caption, the first included
     concurrency: int = 8
+    window: int = 4096  # captions conversed, judged and written at a time (bounds the memory)
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
 
     def __post_init__(self) -> None:
@@ -187,96 +187,85 @@ def synth_instructions(
     lo, hi = stage.shard_bounds(len(captions), shard)
     lo_turns, hi_turns = settings.min_turns, settings.max_turns
     filled = template.replace("{min_turns}", str(lo_turns)).replace("{max_turns}", str(hi_turns))
-    chats = [
-        _Chat(cid, [{"role": "user", "content": filled.replace("{caption}", text)}], settings.sampling.seed + lo + i)
-        for i, (cid, text) in enumerate(captions[lo:hi])
-    ]
+    captions = captions[lo:hi]
     schema = json_schema(lo_turns, hi_turns)
     schema_tag = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
     sampling = settings.sampling
     cache = ReplyCache(out.parent / f"{out.name}.cache.sqlite")
     started = time.perf_counter()
-    cached = requested = 0
-
-    async def converse() -> None:
-        nonlocal cached, requested
-        try:
-            with progress("conversations", len(chats)) as advance:
-                counter = ReplyCounter(advance)
-                pending = chats
-                for _ in range(settings.max_attempts):
-                    jobs = [
-                        (request_key(backend.name, c.messages, sampling, c.seed, schema_tag), c.messages, c.seed)
-                        for c in pending
-                    ]
-                    replies, hits = await gather_replies(
-                        backend, jobs, sampling, cache, concurrency=settings.concurrency,
-                        on_reply=lambda r: counter(r, 0), schema=schema,
-                    )  # fmt: skip
-                    cached, requested = cached + hits, requested + len(jobs) - hits
-                    retry = []
-                    for chat, (key, _, _) in zip(pending, jobs, strict=True):
-                        chat.attempts += 1
-                        reply = replies[key]
-                        if isinstance(reply, str):  # refused by the server: retrying cannot help
-                            chat.reason, chat.reply = reply, ""
-                            continue
-                        chat.reply = reply.text
-                        turns, reason, error = parse_conversation(reply.text, lo_turns, hi_turns)
-                        if turns is not None:
-                            chat.turns, chat.reason = turns, ""
-                            continue
-                        if reply.finish_reason == "length":
-                            reason = "truncated"
-                            error = f"it was cut off at {sampling.max_tokens} tokens ({error}); write fewer words"
-                        chat.reason = f"{reason}: {error}"
-                        feedback = FEEDBACK.format(error=error, min_turns=lo_turns, max_turns=hi_turns)
-                        chat.messages = [
-                            *chat.messages,
-                            {"role": "assistant", "content": reply.text},
-                            {"role": "user", "content": feedback},
-                        ]
-                        retry.append(chat)
-                    advance(len(pending) - len(retry))
-                    pending = retry
-                    if not pending:
-                        break
-                advance(len(pending))
-        finally:
-            await backend.close()
-
-    try:
-        asyncio.run(converse())
-    finally:
-        cache.close()
-
-    rows, failures = [], []
+    counts = {"rows": 0, "turns": 0, "cached": 0, "requested": 0}
     failed = dict.fromkeys(REASONS, 0)
     attempts: Counter[str] = Counter()
-    for chat in chats:
-        if chat.turns is not None:
-            rows.append(conversation_row(chat.caption_id, chat.turns))
-            attempts[str(chat.attempts)] += 1
-        else:
-            failed[chat.reason.split(":")[0]] += 1
-            failures.append({"id": chat.caption_id, "caption_id": chat.caption_id, "reason": chat.reason,
-                             "reply": chat.reply, "attempts": chat.attempts})  # fmt: skip
-    mean_turns = sum(len(r["conversations"]) // 2 for r in rows) / len(rows) if rows else 0.0
-    summary = InstructionSummary(len(rows), len(failures), cached, requested, failed, dict(attempts), mean_turns,
-                                 backend.structured, time.perf_counter() - started)  # fmt: skip
-    stage.write_outputs(
-        out,
-        rows,
-        failures,
-        template,
-        {
-            "model": backend.name,
-            "sampling": sampling.as_dict(),
-            "settings": {k: v for k, v in asdict(settings).items() if k != "sampling"},
-            "captions": len(chats),
-            "shard": list(shard),
-            "summary": asdict(summary),
-            "command": command,
-        },
-    )
+
+    async def converse(chats: list[_Chat], counter: ReplyCounter, advance: Any) -> None:
+        """Up to ``max_attempts`` rounds: every pending chat asked at once, invalid replies answered with
+        their error and asked again in the next round."""
+        pending = chats
+        for _ in range(settings.max_attempts):
+            jobs = [
+                (request_key(backend.name, c.messages, sampling, c.seed, schema_tag), c.messages, c.seed)
+                for c in pending
+            ]
+            replies, hits = await gather_replies(
+                backend, jobs, sampling, cache, concurrency=settings.concurrency,
+                on_reply=lambda r: counter(r, 0), schema=schema,
+            )  # fmt: skip
+            counts["cached"] += hits
+            counts["requested"] += len(jobs) - hits
+            retry = []
+            for chat, (key, _, _) in zip(pending, jobs, strict=True):
+                chat.attempts += 1
+                reply = replies[key]
+                if isinstance(reply, str):  # refused by the server: retrying cannot help
+                    chat.reason, chat.reply = reply, ""
+                    continue
+                chat.reply = reply.text
+                turns, reason, error = parse_conversation(reply.text, lo_turns, hi_turns)
+                if turns is not None:
+                    chat.turns, chat.reason = turns, ""
+                    continue
+                if reply.finish_reason == "length":
+                    reason = "truncated"
+                    error = f"it was cut off at {sampling.max_tokens} tokens ({error}); write fewer words"
+                chat.reason = f"{reason}: {error}"
+                feedback = FEEDBACK.format(error=error, min_turns=lo_turns, max_turns=hi_turns)
+                chat.messages = [
+                    *chat.messages,
+                    {"role": "assistant", "content": reply.text},
+                    {"role": "user", "content": feedback},
+                ]
+                retry.append(chat)
+            advance(len(pending) - len(retry))
+            pending = retry
+            if not pending:
+                break
+        advance(len(pending))
+
+    async def run(emit_row: Emit, emit_failure: Emit) -> None:
+        with progress("conversations", len(captions)) as advance:
+            counter = ReplyCounter(advance)
+            for start in range(0, len(captions), settings.window):
+                chats = [
+                    _Chat(cid, [{"role": "user", "content": filled.replace("{caption}", text)}], sampling.seed + i)
+                    for i, (cid, text) in enumerate(captions[start : start + settings.window], start=lo + start)
+                ]
+                await converse(chats, counter, advance)
+                for chat in chats:
+                    if chat.turns is not None:
+                        emit_row(conversation_row(chat.caption_id, chat.turns))
+                        counts["rows"] += 1
+                        counts["turns"] += len(chat.turns)
+                        attempts[str(chat.attempts)] += 1
+                    else:
+                        failed[chat.reason.split(":")[0]] += 1
+                        emit_failure({"id": chat.caption_id, "caption_id": chat.caption_id, "reason": chat.reason,
+                                      "reply": chat.reply, "attempts": chat.attempts})  # fmt: skip
+
+    stage.run_streamed(run, out, backend, cache)
+    mean_turns = counts["turns"] / counts["rows"] if counts["rows"] else 0.0
+    summary = InstructionSummary(counts["rows"], sum(failed.values()), counts["cached"], counts["requested"], failed,
+                                 dict(attempts), mean_turns, backend.structured,
+                                 time.perf_counter() - started)  # fmt: skip
+    stage.write_meta(out, template, backend, settings, captions=len(captions), shard=list(shard),
+                     summary=asdict(summary), command=command)  # fmt: skip
     return summary

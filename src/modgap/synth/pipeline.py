@@ -59,6 +59,7 @@ class CaptionsSection:
     min_words: int = 5
     max_words: int = 200
     near_duplicate: float = 0.9
+    dedupe: bool = True  # drop exact and near duplicates
     prompt_file: str | None = None
 
 
@@ -178,6 +179,7 @@ def run_unicorn(
             min_words=c.min_words,
             max_words=c.max_words,
             near_duplicate_threshold=c.near_duplicate,
+            dedupe=c.dedupe,
             concurrency=llm.concurrency,
             sampling=Sampling(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=config.seed),
         )

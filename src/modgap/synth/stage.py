@@ -1,17 +1,26 @@
 """What every synthesis stage shares: its input rows (id + text), its shard of them, its prompt template, and
-its three outputs beside ``OUT`` — the rows, ``OUT.failures.jsonl`` and ``OUT.meta.json`` — written whole."""
+its three outputs beside ``OUT`` — the rows, ``OUT.failures.jsonl`` and ``OUT.meta.json`` — each appearing
+whole or not at all. Rows and failures are streamed to temporary files as each window of inputs is done
+(nothing per row stays in memory), and renamed into place when the run completes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import json
 import os
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from modgap.distributed import rank_slice
 from modgap.errors import ModgapError
-from modgap.files import read_rows, write_json, write_jsonl
+from modgap.files import atomic_file, read_rows, write_json
+
+Emit = Callable[[dict[str, Any]], None]
 
 
 def read_texts(path: str | os.PathLike, id_column: str, text_column: str, what: str) -> list[tuple[str, str]]:
@@ -49,11 +58,62 @@ def template(prompt: str | None, shipped: str, placeholder: str) -> str:
     return text
 
 
-def write_outputs(
-    out: Path, rows: list[dict[str, Any]], failures: list[dict[str, Any]], prompt: str, meta: dict[str, Any]
-) -> None:
-    """The rows, the failures and the meta (with the prompt's hash) beside ``out``, each written whole."""
-    write_jsonl(out, rows)
-    write_jsonl(out.parent / f"{out.stem}.failures.jsonl", failures)
-    write_json(out.parent / f"{out.stem}.meta.json", {"prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-                                                      **meta})  # fmt: skip
+def failures_path(out: Path) -> Path:
+    return out.parent / f"{out.stem}.failures.jsonl"
+
+
+@contextlib.contextmanager
+def streamed_outputs(out: Path) -> Iterator[tuple[Emit, Emit]]:
+    """``(emit_row, emit_failure)`` writing JSONL lines to temporary files that become ``out`` and its failures
+    file only if the block succeeds."""
+    with atomic_file(out) as rows, atomic_file(failures_path(out)) as failures:
+        yield (lambda r: rows.write(json.dumps(r) + "\n")), (lambda f: failures.write(json.dumps(f) + "\n"))
+
+
+def run_streamed(run: Callable[[Emit, Emit], Awaitable[None]], out: Path, backend: Any, cache: Any) -> None:
+    """Run a stage's coroutine ``run(emit_row, emit_failure)`` with streamed outputs (see
+    :func:`streamed_outputs`); the backend and the reply cache are closed however it ends."""
+
+    async def main(emit_row: Emit, emit_failure: Emit) -> None:
+        try:
+            await run(emit_row, emit_failure)
+        finally:
+            await backend.close()
+
+    try:
+        with streamed_outputs(out) as (emit_row, emit_failure):
+            asyncio.run(main(emit_row, emit_failure))
+    finally:
+        cache.close()
+
+
+def write_meta(out: Path, prompt: str, backend: Any, settings: Any, **meta: Any) -> None:
+    """``OUT.meta.json``: the model, the prompt template's hash, the sampling and other settings, and ``meta``."""
+    write_json(
+        out.parent / f"{out.stem}.meta.json",
+        {
+            "model": backend.name,
+            "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+            "sampling": settings.sampling.as_dict(),
+            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "sampling"},
+            **meta,
+        },
+    )
+
+
+class DistinctNgrams:
+    """Distinct-n (Li et al. 2016) counted as texts arrive: distinct n-grams over all n-grams."""
+
+    def __init__(self, orders: tuple[int, ...] = (1, 2, 3)):
+        self.seen: dict[int, set[int]] = {n: set() for n in orders}
+        self.total = dict.fromkeys(orders, 0)
+
+    def add(self, text: str) -> None:
+        words = text.lower().split()
+        for n, seen in self.seen.items():
+            grams = [hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
+            seen.update(grams)
+            self.total[n] += len(grams)
+
+    def figures(self) -> dict[str, float]:
+        return {f"distinct-{n}": len(self.seen[n]) / t if t else 0.0 for n, t in self.total.items()}
