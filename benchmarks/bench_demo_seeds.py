@@ -16,7 +16,8 @@ import numpy as np
 
 from modgap.world.demo import run_demo
 
-FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider"]
+FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"]
+COMPARED = ["attributes", "vqa"]  # per-seed differences against the unaligned model
 
 
 def main() -> None:
@@ -53,6 +54,22 @@ def main() -> None:
             values = np.array([per_seed[s][model][figure] for s in args.seeds])
             cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else 0.0:.3f}")
         print(f"| {model} | " + " | ".join(cells) + " |")
+    if n > 1:
+        from scipy import stats
+
+        print("\nper-seed difference against `none` (same seed, same test set): mean and 95 % t-interval\n")
+        print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
+        print("|---" * (len(COMPARED) + 1) + "|")
+        half = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
+        for model in per_seed[args.seeds[0]]:
+            if model == "none":
+                continue
+            cells = []
+            for figure in COMPARED:
+                d = np.array([per_seed[s][model][figure] - per_seed[s]["none"][figure] for s in args.seeds])
+                mean, width = d.mean(), half * d.std(ddof=1)
+                cells.append(f"{mean:+.3f} [{mean - width:+.3f}, {mean + width:+.3f}]")
+            print(f"| {model} | " + " | ".join(cells) + " |")
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
 
 

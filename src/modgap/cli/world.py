@@ -65,31 +65,44 @@ def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -
     out.print(f"figures: {workdir / 'embedder' / 'results.json'}  ({result['seconds']:.0f} s)")
 
 
-@world_app.command(
-    "train-encoder", epilog="Example: modgap world train-encoder --out src/modgap/world/builtin/tiny-clip"
-)
+@world_app.command("train-encoder", epilog="Example: modgap world train-encoder --out src/modgap/builtin/tiny-clip")
 def train_encoder_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CLIPModel.")],
     pairs: Annotated[int, typer.Option(help="World scenes to train on.")] = 20000,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
     seed: Annotated[int, typer.Option()] = 0,
+    width: Annotated[int, typer.Option(help="Hidden width of both towers.")] = 64,
+    projection_dim: Annotated[int, typer.Option(help="Embedding width.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Initial (or fixed) softmax temperature.")] = 0.01,
+    learn_temperature: Annotated[bool, typer.Option(help="Learn the temperature (clamped at 0.01).")] = False,
+    positives: Annotated[
+        str, typer.Option(help="'pair' (CLIP's loss) or 'describes' (every image the caption describes).")
+    ] = "describes",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 2e-4,
+    partial_captions: Annotated[
+        float, typer.Option(help="Share of training captions that name only one or two attributes.")
+    ] = 0.7,
 ) -> None:
-    """Train the tiny CLIP on world pairs (fixed temperature 0.01) and save it in 🤗 format."""
+    """Train the tiny CLIP on world pairs and save it in 🤗 format."""
     from modgap.world.encoder import train_encoder
 
     quiet_transformers()
-    info = train_encoder(out_dir, pairs=pairs, steps=steps, seed=seed, progress=rich_progress())
+    info = train_encoder(out_dir, pairs=pairs, steps=steps, seed=seed, width=width, projection_dim=projection_dim,
+                         temperature=temperature, learn_temperature=learn_temperature, positives=positives, lr=lr,
+                         partial_captions=partial_captions,
+                         progress=rich_progress())  # fmt: skip
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 
-@world_app.command("train-lm", epilog="Example: modgap world train-lm --out src/modgap/world/builtin/tiny-lm")
+@world_app.command("train-lm", epilog="Example: modgap world train-lm --out src/modgap/builtin/tiny-lm")
 def train_lm_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the causal LM.")],
-    texts: Annotated[int, typer.Option(help="World texts to train on.")] = 40000,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    texts: Annotated[int, typer.Option(help="World texts to train on (five tasks per scene).")] = 100000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 5000,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Train the tiny chat LM on world language and save it in 🤗 format."""
+    """Train the tiny chat LM on world language (caption, restate, expand seeds, write conversations as JSON,
+    answer questions) and save it in 🤗 format."""
     from modgap.world.lm import train_world_lm
 
     quiet_transformers()

@@ -3,8 +3,11 @@
 Steps (each skipped when its output is already in the workdir, so a killed demo resumes):
 world files → embed images and texts with builtin:tiny-clip → gap report → fit each aligner on the
 *unpaired* pools → pretrain one projector per aligner on text only, plus one on real paired image
-embeddings (upper bound) → caption held-out *images* and score them. Same budget, seeds and
-hyper-parameters for every aligner.
+embeddings (upper bound) → caption held-out *images* and answer questions about them, scored. Same
+budget, seeds and hyper-parameters for every aligner. The Unicorn row starts from sparse seeds only: the
+built-in LM expands them into captions and writes conversations about them (``synth run``), their text
+embeddings are moved to the image distribution, and the model is pretrained on the captions and tuned on
+the conversations — no image and no human-written caption.
 """
 
 from __future__ import annotations
@@ -25,13 +28,26 @@ from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
 from modgap.training import claim_run_dir
 from modgap.world.evaluate import chance_levels, score_captions
-from modgap.world.scene import ATTRIBUTES, PROMPT, Scene, caption, make_scenes, references, render
+from modgap.world.scene import (
+    ATTRIBUTES,
+    EXPAND_PROMPT,
+    PROMPT,
+    QA_PROMPT,
+    Scene,
+    caption,
+    make_scenes,
+    question_answers,
+    references,
+    render,
+    sparse_seed,
+)
 
 ALIGNERS = method_names("baseline", "aligner")  # every registered method except train-time augmentations
 # Mean shift moves text onto the image centroid (x - mu_t + mu_i), the gap-closing variant; the others run
 # with their defaults.
 ALIGNER_PARAMS = {"mean-shift": {"add_target_mean": True}}
 PAIRED = "paired images"
+UNICORN = "unicorn (synthetic text)"
 ENCODER = "builtin:tiny-clip"
 LLM = "builtin:tiny-lm"
 
@@ -43,12 +59,13 @@ class DemoSize:
     paired: int
     test: int
     steps: int
+    unicorn_seeds: int  # sparse seeds of the Unicorn row (from text-pool scenes; two captions each)
     batch_size: int = 32
     lr: float = 4e-3
 
 
-QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300)
-FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps=1200)
+QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300, unicorn_seeds=500)
+FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps=1200, unicorn_seeds=3000)
 
 
 @dataclasses.dataclass
@@ -161,11 +178,28 @@ def train_revision(
     return train(cfg).model_dir
 
 
+def write_questions(root: Path, scenes: list[Scene]) -> Path:
+    """Questions about the held-out test images, one per question type, with short reference answers."""
+    path = root / "world" / "test_questions.jsonl"
+    if not path.is_file():
+        write_jsonl(path, [
+            {"id": f"test-{i}-{kind}", "image": f"test-{i}", "question": question, "answer": answer, "type": kind}
+            for i, scene in enumerate(scenes) for kind, question, answer in question_answers(scene)
+        ])  # fmt: skip
+    return path
+
+
 def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, float]:
+    """Caption figures of held-out images, and VQA accuracy on questions about them (``vqa``, per type)."""
+    from modgap.eval.vqa import evaluate_vqa
     from modgap.mllm.infer import StoreInputs, load_model
 
     model = load_model(model_dir)
-    visual = StoreInputs(model, root / "stores" / "test-image").ids([f"test-{i}" for i in range(len(scenes))])
+    store = root / "stores" / "test-image"
+    answers = evaluate_vqa(model, write_questions(root, scenes), store, batch_size=128, max_new_tokens=8)
+    write_jsonl(model_dir.parent / "test_answers.jsonl", answers.rows)
+    vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
+    visual = StoreInputs(model, store).ids([f"test-{i}" for i in range(len(scenes))])
     replies = model.generate(visual, max_new_tokens=24, batch_size=128)
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
@@ -174,7 +208,7 @@ def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, flo
             for i, (r, sc) in enumerate(zip(replies, scenes, strict=True))
         ],
     )
-    return score_captions(replies, scenes)
+    return {**score_captions(replies, scenes), **vqa}
 
 
 def claim_demo_dir(root: Path, seed: int, quick: bool, size: DemoSize) -> None:
@@ -239,6 +273,9 @@ def run_demo(
         root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
     )
     rows[PAIRED] = _evaluate(root, paired_dir, pools["test"])
+    log("Unicorn: sparse seeds -> synthetic captions and conversations -> text pretraining and tuning")
+    rows[UNICORN] = _evaluate(root, _unicorn(root, size, seed, pools["text_pool"], image_store, progress, log),
+                              pools["test"])  # fmt: skip
     if sft:
         # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
         rows[f"sft {sft} only"] = _evaluate(root, _sft(root, None, size, seed, sft), pools["test"])
@@ -249,6 +286,71 @@ def run_demo(
     )
     write_text(root / "report.md", report_markdown(result, size, seed))
     return result
+
+
+def _unicorn(
+    root: Path,
+    size: DemoSize,
+    seed: int,
+    scenes: list[Scene],
+    image_store: str,
+    progress: ProgressFactory,
+    log: Callable[[str], None],
+) -> Path:
+    """Unicorn on the world: a sparse seed per text-pool scene (``size.unicorn_seeds``), two captions per seed and a
+    conversation per caption from the built-in LM (``synth run``), the captions' text embeddings mean-shifted
+    onto the image centroid (the demo's mean shift), then pretraining on the captions and tuning (LLM and
+    projector) on the conversations, both on those embeddings."""
+    from modgap.synth.pipeline import (
+        CaptionsSection,
+        InstructionsSection,
+        LLMSection,
+        SeedsSection,
+        TransferSection,
+        UnicornConfig,
+        run_unicorn,
+    )
+
+    seeds = root / "world" / "unicorn_seeds.jsonl"
+    if not seeds.is_file():
+        rng = np.random.default_rng(seed)
+        write_jsonl(seeds, [{"id": f"seed-{i}", "text": sparse_seed(s, rng)}
+                            for i, s in enumerate(scenes[: size.unicorn_seeds])])  # fmt: skip
+    write_text(root / "world" / "expand.txt", EXPAND_PROMPT)
+    write_text(root / "world" / "qa.txt", QA_PROMPT)
+    config = UnicornConfig(
+        llm=LLMSection(model=LLM, batch_size=64),
+        seeds=SeedsSection(path=str(seeds)),
+        captions=CaptionsSection(
+            per_seed=2,
+            temperature=0.7,
+            max_tokens=32,
+            min_words=3,
+            dedupe=False,
+            prompt_file=str(root / "world" / "expand.txt"),
+        ),
+        instructions=InstructionsSection(
+            min_turns=2,
+            max_turns=5,
+            max_attempts=2,
+            temperature=0.7,
+            max_tokens=96,
+            prompt_file=str(root / "world" / "qa.txt"),
+        ),
+        transfer=TransferSection(
+            encoder=ENCODER,
+            method="mean-shift",
+            params=ALIGNER_PARAMS["mean-shift"],
+            target=image_store,
+            batch_size=256,
+        ),
+        seed=seed,
+    )
+    made = run_unicorn(config, root / "unicorn", command="modgap demo", progress=progress, log=log)
+    store = str(made.transferred_store)
+    pretrained = train_revision(root, "unicorn", size, seed, str(made.captions), store, None)
+    return train_revision(root, "unicorn-sft", size, seed, str(made.instructions), store, None, stage="sft",
+                          init=str(pretrained), steps=max(20, size.steps // 4))  # fmt: skip
 
 
 def _sft(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init: Path | None = None) -> Path:
@@ -282,6 +384,7 @@ COLUMNS = [
     ("exact", "exact"),
     ("bleu4", "BLEU-4"),
     ("cider", "CIDEr"),
+    ("vqa", "VQA"),
 ]
 
 
@@ -301,8 +404,10 @@ def report_markdown(result: DemoResult, size: DemoSize, seed: int) -> str:
         f"Gap of builtin:tiny-clip before alignment: centroid distance {b['centroid_distance']:.3f}, "
         f"modality classifier accuracy {b['separability']:.3f}, k-NN mixing {b['knn_mixing@10']:.3f}.",
         "",
-        "Models pretrained on *text only* (aligned as named) and on real paired image embeddings, all "
-        "evaluated on captions of held-out *images*. Gap figures are after alignment.",
+        "Models pretrained on *text only* (aligned as named), on real paired image embeddings, and on "
+        "synthetic text only (Unicorn: seeds expanded and conversations written by the built-in LM), all "
+        "evaluated on captions of held-out *images* and on questions about them (VQA accuracy, one question "
+        "per attribute and whether the shape is round). Gap figures are after alignment.",
         "",
         "| model | " + " | ".join(h for _, h in COLUMNS) + " |",
         "|---" * (len(COLUMNS) + 1) + "|",

@@ -1,21 +1,35 @@
-"""Train the built-in tiny CLIP on world pairs (contrastive, fixed temperature), saved in 🤗 CLIPModel format.
+"""Train the built-in tiny CLIP on world pairs (contrastive), saved in 🤗 CLIPModel format.
 
-The temperature is fixed at 0.01 (the value real CLIP ends at) rather than learned: with the world's
-information imbalance this gives a modality gap of the kind real encoders show (a learned temperature
-on fully described images nearly closes it; see the README).
+Positives: in this small world many scenes fit one caption, so with the plain CLIP loss (one positive per
+row) the loss can never be satisfied and training pulls matched pairs together until the gap is nearly
+closed. ``positives="describes"`` counts every image in the batch that the caption truly describes as a
+positive (multi-positive InfoNCE), which is what caption uniqueness gives a real CLIP: once the positives
+win by the temperature's margin the gradient stops, and the cone-shaped gap of the initialisation survives.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from modgap.progress import ProgressFactory, silent
-from modgap.world.scene import caption, make_scenes, render, vocabulary
+from modgap.world.scene import (
+    ATTRIBUTES,
+    Scene,
+    caption,
+    make_scenes,
+    parse_caption,
+    render,
+    sparse_seed,
+    vocabulary,
+)
 
 PROVENANCE = "modgap_world.json"
 
@@ -24,19 +38,29 @@ def train_encoder(
     out: str | Path,
     *,
     pairs: int = 20000,
-    steps: int = 3000,
+    steps: int = 600,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float = 2e-4,
     temperature: float = 0.01,
+    learn_temperature: bool = False,
+    positives: str = "describes",
+    partial_captions: float = 0.7,
     image_size: int = 32,
     width: int = 64,
     layers: int = 3,
-    projection_dim: int = 32,
+    projection_dim: int = 128,
     patch_size: int = 4,
     seed: int = 0,
     progress: ProgressFactory = silent,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> dict:
-    """Train on ``pairs`` scenes of the ``encoder`` split (a fresh caption phrasing each visit) and save."""
+    """Train on ``pairs`` scenes of the ``encoder`` split (a fresh caption phrasing each visit) and save.
+
+    ``positives``: ``"pair"`` (CLIP's loss) or ``"describes"`` (see the module docstring). ``on_step(step,
+    model)`` is called after each optimizer step (calibration runs measure the geometry on the way).
+    """
+    if positives not in ("pair", "describes"):
+        raise ValueError(f"positives must be 'pair' or 'describes', not {positives!r}")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from modgap.files import atomic_output_dir
@@ -64,7 +88,7 @@ def train_encoder(
         logit_scale_init_value=math.log(1 / temperature),
     )
     model = CLIPModel(config)
-    model.logit_scale.requires_grad_(False)
+    model.logit_scale.requires_grad_(learn_temperature)
     with progress("rendering", pairs) as advance:
         pixels = []
         for s in range(0, pairs, 1024):
@@ -81,29 +105,49 @@ def train_encoder(
     with progress("training encoder", steps) as advance:
         for _ in range(steps):
             idx = rng.choice(pairs, size=batch_size, replace=False)
-            texts = [caption(scenes[i], rng=rng) for i in idx]
+            # (no draw when there are no partial captions, so that older settings regenerate the same weights)
+            texts = [sparse_seed(scenes[i], rng) if partial_captions and rng.random() < partial_captions
+                     else caption(scenes[i], rng=rng) for i in idx]  # fmt: skip
             tok = tokenizer(texts, padding=True, return_tensors="pt")
             result = model(
                 input_ids=tok["input_ids"],
                 attention_mask=tok["attention_mask"],
                 pixel_values=pixels[torch.from_numpy(idx)],
-                return_loss=True,
+                return_loss=positives == "pair",
             )
-            result.loss.backward()
+            if positives == "pair":
+                loss = result.loss
+            else:
+                mask = torch.from_numpy(describes(texts, [scenes[i] for i in idx]))
+                loss = multi_positive_loss(result.logits_per_text, mask)
+            loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            losses.append(result.loss.item())
+            with torch.no_grad():  # CLIP's own clamp: the logit scale never exceeds 100
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
             advance(1)
+            if on_step is not None:
+                on_step(len(losses), model)
     provenance = {
         # The command that regenerates these weights (the output path aside).
-        "command": f"modgap world train-encoder --pairs {pairs} --steps {steps} --seed {seed}",
+        "command": (
+            f"modgap world train-encoder --pairs {pairs} --steps {steps} --seed {seed} --width {width}"
+            f" --projection-dim {projection_dim} --temperature {temperature} --lr {lr}"
+            f"{' --learn-temperature' if learn_temperature else ''} --positives {positives}"
+            f" --partial-captions {partial_captions}"
+        ),
         "seed": seed,
         "pairs": pairs,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
         "temperature": temperature,
+        "learn_temperature": learn_temperature,
+        "final_temperature": float(1 / model.logit_scale.exp()),
+        "positives": positives,
+        "partial_captions": partial_captions,
         "image_size": image_size,
         "width": width,
         "layers": layers,
@@ -118,3 +162,32 @@ def train_encoder(
         processor.save_pretrained(tmp)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
+
+
+_MENTIONED = re.compile(r"next to a small ([a-z]+) ([a-z]+)")
+
+
+def describes(texts: list[str], scenes: list[Scene]) -> np.ndarray:
+    """``[i, j]``: caption ``i`` is a true description of scene ``j``: what it says of the main object (a partial
+    caption says less), and the distractor it mentions if any."""
+    attributes = [s.attributes() for s in scenes]
+    owned = [{(d.colour, d.shape) for d in s.distractors} for s in scenes]
+    out = np.zeros((len(texts), len(scenes)), dtype=bool)
+    for i, text in enumerate(texts):
+        said = parse_caption(text)
+        mention = _MENTIONED.search(text)
+        for j, attrs in enumerate(attributes):
+            out[i, j] = all(said[a] in (None, attrs[a]) for a in ATTRIBUTES) and (
+                mention is None or (mention.group(1), mention.group(2)) in owned[j]
+            )
+    return out
+
+
+def multi_positive_loss(logits_per_text: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where a row's target is every column marked positive: −log Σ_pos softmax, both ways."""
+    neg_inf = torch.finfo(logits_per_text.dtype).min
+
+    def one_way(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~mask, neg_inf), 1)).mean()
+
+    return (one_way(logits_per_text, positives) + one_way(logits_per_text.T, positives.T)) / 2

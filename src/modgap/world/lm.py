@@ -3,7 +3,10 @@ tiny chat LM on world language (🤗 Llama config, word-level tokenizer).
 
 It learns the captions as replies to captioning prompts, and to restate a description given in the
 user turn in another phrasing: the in-context use of content that a real LLM brings to ReVision, and
-what lets a projector steer a frozen LM. Copying arrives abruptly: colour, size and position within a few
+what lets a projector steer a frozen LM. It also learns what a real LLM brings to Unicorn from its
+knowledge of the world: to expand a sparse seed ("a red shape") into a full caption, to write question/answer
+turns about a caption as the JSON ``synth instructions`` asks for (the JSON pieces are tokens), and to answer
+a question about a caption given in the user turn. Copying arrives abruptly: colour, size and position within a few
 hundred steps, shape only after ~1000 steps (its loss sits at log 5 until then), so the default budget is
 3000 steps at lr 1e-3; a run of 1500 steps at 2e-3 never learned to copy shapes.
 """
@@ -22,20 +25,43 @@ from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
 from modgap.mllm.chat import caption_messages
 from modgap.progress import ProgressFactory, silent
-from modgap.world.scene import PROMPT, caption, make_scenes, vocabulary
+from modgap.world.scene import (
+    EXPAND_PROMPT,
+    JSON_PIECES,
+    PROMPT,
+    QA_PROMPT,
+    caption,
+    conversation_json,
+    make_scenes,
+    question_answers,
+    sparse_seed,
+    vocabulary,
+)
 from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
 PROVENANCE = "modgap_world.json"
 RESTATE = "say it another way ."
 
 
+TASKS = 5  # texts per scene
+
+
 def lm_texts(n: int, seed: int, tokenizer) -> list[str]:
+    """``TASKS`` chat texts per scene: caption, restate, expand a seed, write a conversation, answer a question."""
     rng = np.random.default_rng(seed)
     texts = []
+
+    def chat(reply: str, user: str) -> str:
+        return tokenizer.apply_chat_template(caption_messages(reply, user), tokenize=False)
+
     for scene in make_scenes(n, seed, "lm"):
         a, b = caption(scene, rng=rng), caption(scene, rng=rng)
-        texts.append(tokenizer.apply_chat_template(caption_messages(a, PROMPT), tokenize=False))
-        texts.append(tokenizer.apply_chat_template(caption_messages(b, f"{a} {RESTATE}"), tokenize=False))
+        texts.append(chat(a, PROMPT))
+        texts.append(chat(b, f"{a} {RESTATE}"))
+        texts.append(chat(b, EXPAND_PROMPT.replace("{seed}", sparse_seed(scene, rng))))
+        texts.append(chat(conversation_json(scene, rng), QA_PROMPT.replace("{caption}", a)))
+        _, question, answer = question_answers(scene)[int(rng.integers(len(question_answers(scene))))]
+        texts.append(chat(f"{answer} .", f"{a} {question}"))
     return texts
 
 
@@ -98,8 +124,8 @@ def train_causal_lm(
 def train_world_lm(
     out: str | Path,
     *,
-    texts: int = 40000,
-    steps: int = 3000,
+    texts: int = 100000,
+    steps: int = 5000,
     batch_size: int = 32,
     lr: float = 1e-3,
     warmup: int = 100,
@@ -109,10 +135,11 @@ def train_world_lm(
     progress: ProgressFactory = silent,
 ) -> dict:
     words = [*vocabulary(), *RESTATE.split(), "<image>"]
-    tokenizer = build_chat_tokenizer(words, max_length=256)
-    corpus = lm_texts(texts // 2, seed, tokenizer)
+    tokenizer = build_chat_tokenizer(words, max_length=256, phrases=JSON_PIECES)
+    corpus = lm_texts(texts // TASKS, seed, tokenizer)
     with atomic_output_dir(out, overwrite=True) as tmp:
-        save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed)
+        save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed,
+                      phrases=JSON_PIECES)  # fmt: skip
         losses = train_causal_lm(
             tmp / "init",
             corpus,

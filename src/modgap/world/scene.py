@@ -226,6 +226,52 @@ def parse_caption(text: str) -> dict[str, str | None]:
 
 def vocabulary() -> list[str]:
     """Every word the world's captions and prompts use (for tokenizers)."""
-    words = set(_TOKEN.findall(" ".join(TEMPLATES + list(PLACE.values()) + [PROMPT, "next to a"])))
+    said = [*TEMPLATES, *PLACE.values(), PROMPT, "next to a", *SEED_TEMPLATES, EXPAND_PROMPT, QA_PROMPT,
+            *(q for q, _ in QUESTIONS.values()), "yes no thing something"]  # fmt: skip
+    words = set(_TOKEN.findall(" ".join(said)))
     words |= set(SHAPES) | set(COLOURS) | set(SIZE_WORDS)
-    return [*sorted(words - {"size", "colour", "shape", "place"}), ",", ".", "?"]
+    return [*sorted(words - {"size", "colour", "shape", "place", "seed", "caption"} | {"colour", "shape"}),
+            ",", ".", "?", ":"]  # fmt: skip
+
+
+# -- What the world's LM is asked to do as an LLM is in Unicorn: expand sparse seeds, write conversations -----
+SEED_TEMPLATES = [
+    "a {colour} shape",
+    "a {shape}",
+    "something {place}",
+    "a {size} thing",
+    "a {colour} {shape}",
+    "a {size} shape {place}",
+]
+EXPAND_PROMPT = "{seed} : write a full caption ."
+QA_PROMPT = "{caption} write questions and answers ."
+# The pieces of JSON syntax, tokens of the LM's word-level tokenizer so that its replies decode to valid JSON.
+JSON_PIECES = ['{"turns": [', '{"question": "', '", "answer": "', '"}, ', '"}]}']
+QUESTIONS = {  # type -> (question, answer from the main object)
+    "colour": ("what colour is the shape ?", lambda m: m.colour),
+    "shape": ("what shape is it ?", lambda m: m.shape),
+    "size": ("is it big or small ?", lambda m: m.size),
+    "position": ("where is it ?", lambda m: PLACE[str(m.position)]),
+    "round": ("is it round ?", lambda m: "yes" if m.shape == "circle" else "no"),  # a step of inference
+}
+
+
+def sparse_seed(scene: Scene, rng: np.random.Generator) -> str:
+    """A seed that names one or two things about the main object, as Unicorn's caption seeds are sparse."""
+    m = scene.main
+    template = str(rng.choice(SEED_TEMPLATES))
+    return template.format(colour=m.colour, shape=m.shape, size=str(rng.choice(SIZE_SYNONYMS[m.size])),
+                           place=PLACE[str(m.position)])  # fmt: skip
+
+
+def question_answers(scene: Scene) -> list[tuple[str, str, str]]:
+    """(type, question, short answer) about the main object, for every question type."""
+    return [(kind, q, answer(scene.main)) for kind, (q, answer) in QUESTIONS.items()]
+
+
+def conversation_json(scene: Scene, rng: np.random.Generator) -> str:
+    """Two to five question/answer turns about the main object, in the JSON ``synth instructions`` asks for."""
+    turns = question_answers(scene)
+    picked = [turns[i] for i in rng.permutation(len(turns))[: int(rng.integers(2, len(turns) + 1))]]
+    body = '"}, '.join('{"question": "' + q + '", "answer": "' + a + " ." for _, q, a in picked)
+    return '{"turns": [' + body + '"}]}'
