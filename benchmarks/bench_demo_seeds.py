@@ -2,7 +2,10 @@
 
 Each seed runs in its own workdir under --root (resumable: finished seeds are only re-evaluated, and their
 recorded wall time is kept). Usage:
-    python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick]
+    python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick] [--png docs/]
+
+--png DIR writes demo-seeds.png (mean ± std over seeds per model and attribute) and, from the first seed,
+demo-projections.png (text, aligned text and image embeddings in one PCA frame).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from modgap.world.demo import run_demo
 
 FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"]
-COMPARED = ["attributes", "vqa"]  # per-seed differences against the unaligned model
+COMPARED = ["attributes", "shape", "vqa"]  # per-seed differences against the unaligned model
 
 
 def main() -> None:
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--png", type=Path, help="Write the figures here.")
     args = parser.parse_args()
 
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
@@ -71,6 +75,36 @@ def main() -> None:
                 cells.append(f"{mean:+.3f} [{mean - width:+.3f}, {mean + width:+.3f}]")
             print(f"| {model} | " + " | ".join(cells) + " |")
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
+    if args.png:
+        write_figures(args, per_seed)
+
+
+def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[str, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modgap.world.demo import ALIGNERS
+    from modgap.world.report import FIGURES as FIGURES_PLOTTED
+    from modgap.world.report import _projections, bar_chart
+
+    args.png.mkdir(parents=True, exist_ok=True)
+    values = {}
+    for model in per_seed[args.seeds[0]]:
+        values[model] = {}
+        for figure in FIGURES_PLOTTED:
+            v = np.array([per_seed[s][model][figure] for s in args.seeds])
+            spread = v.std(ddof=1) if len(v) > 1 else 0.0
+            values[model][figure] = (v.mean(), v.mean() - spread, v.mean() + spread)
+    fig = bar_chart(values, f"modgap demo, {len(args.seeds)} seeds: mean ± std over seeds")
+    fig.savefig(args.png / "demo-seeds.png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    first = args.root / f"seed-{args.seeds[0]}{'-quick' if args.quick else ''}"
+    fig = _projections(first, list(ALIGNERS))
+    fig.savefig(args.png / "demo-projections.png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    print(f"figures: {args.png / 'demo-seeds.png'}, {args.png / 'demo-projections.png'}")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,9 @@ def test_gradient_cache_gives_the_plain_batch_gradient(data, tmp_path, stage):
     cached = _grads(stage, data, tmp_path, 5)  # chunks cut through queries / positives / negatives
     assert plain and plain.keys() == cached.keys()
     assert any(float(g.abs().max()) > 0 for g in plain.values())
-    for name in plain:
-        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-7, msg=name)
+    for name in plain:  # float32 sums in another order: differences far below each tensor's own scale
+        scale = float(plain[name].abs().max())
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-4 * scale, msg=name)
 
 
 # -- the recipe: resume, DDP --------------------------------------------------------------------

@@ -48,6 +48,8 @@ ALIGNERS = method_names("baseline", "aligner")  # every registered method except
 ALIGNER_PARAMS = {"mean-shift": {"add_target_mean": True}}
 PAIRED = "paired images"
 UNICORN = "unicorn (synthetic text)"
+VALIDATED_OT = "gaussian-ot, validated shrinkage"
+SHRINKAGES = (1e-3, 1e-2, 0.05, 0.1, 0.3, 1.0)
 ENCODER = "builtin:tiny-clip"
 LLM = "builtin:tiny-lm"
 
@@ -71,6 +73,7 @@ FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps
 @dataclasses.dataclass
 class DemoResult:
     rows: dict[str, dict[str, float]]  # model name → figures
+    run_dirs: dict[str, Path]  # model name → its run directory
     gap_before: dict[str, float]
     seconds: float
     workdir: Path
@@ -211,6 +214,39 @@ def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, flo
     return {**score_captions(replies, scenes), **vqa}
 
 
+def validated_shrinkage(
+    text_store: str, image_store: str, seed: int, grid: tuple[float, ...] = SHRINKAGES, sample: int = 1000
+) -> tuple[float, dict[float, float]]:
+    """Gaussian OT's covariance shrinkage chosen without pairs and without test data: fit on 80 % of each
+    unpaired pool, move the other 20 % of the texts, and keep the shrinkage whose moved texts are closest to
+    the held-out 20 % of the images (MMD², RBF kernel with one bandwidth for every candidate)."""
+    from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
+
+    from modgap.align import make_aligner
+    from modgap.store.store import EmbeddingStore
+
+    rng = np.random.default_rng(seed)
+    text, image = (
+        EmbeddingStore.open(text_store).to_numpy(np.float32),
+        EmbeddingStore.open(image_store).to_numpy(np.float32),
+    )
+    text, image = text[rng.permutation(len(text))], image[rng.permutation(len(image))]
+    (fit_t, val_t), (fit_i, val_i) = ((x[: int(0.8 * len(x))], x[int(0.8 * len(x)) :]) for x in (text, image))
+    val_t, val_i = val_t[:sample], val_i[:sample]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    target = unit(val_i).astype(np.float64)
+    d = euclidean_distances(target, squared=True)
+    gamma = 1.0 / max(float(np.median(d[np.triu_indices_from(d, k=1)])), 1e-12)
+    k_target = rbf_kernel(target, target, gamma=gamma).mean()
+    scores = {}
+    for shrinkage in grid:
+        aligner = make_aligner("gaussian-ot", shrinkage=shrinkage).fit(fit_t, fit_i)
+        moved = unit(aligner.transform(val_t).numpy().astype(np.float64))
+        scores[shrinkage] = float(rbf_kernel(moved, moved, gamma=gamma).mean() + k_target
+                                  - 2 * rbf_kernel(moved, target, gamma=gamma).mean())  # fmt: skip
+    return min(scores, key=scores.get), scores
+
+
 def claim_demo_dir(root: Path, seed: int, quick: bool, size: DemoSize) -> None:
     """The workdir is this demo's (same seed and size) or new; the embedder demo shares it."""
     claim_run_dir(
@@ -250,41 +286,68 @@ def run_demo(
         f"accuracy {before['separability']:.3f}, k-NN mixing {before['knn_mixing@10']:.3f}"
     )
     rows: dict[str, dict[str, float]] = {}
-    for method in aligners:
-        path = root / "aligners" / method
-        if not (path / "aligner.json").is_file():
-            make_aligner(method, **ALIGNER_PARAMS.get(method, {})).fit(text_store, image_store).save(path)
+    run_dirs: dict[str, Path] = {}  # model name -> its run directory (test captions and answers)
+
+    def aligned_row(name: str, slug: str, path: Path) -> None:
         report = _gap(root, load_aligner(path))
-        log(f"training on text aligned with {method}")
-        model_dir = train_revision(
-            root, method, size, seed, str(root / "world" / "text_pool.jsonl"), text_store, str(path)
-        )
-        rows[method] = {
+        log(f"training on text aligned with {name}")
+        model_dir = train_revision(root, slug, size, seed, str(root / "world" / "text_pool.jsonl"), text_store,
+                                   str(path))  # fmt: skip
+        rows[name] = {
             "centroid_distance": report["after"]["centroid_distance"],
             "knn_mixing": report["after"]["knn_mixing@10"],
             "neighbourhood_overlap": report["preservation"]["neighbourhood_overlap@10"],
             **_evaluate(root, model_dir, pools["test"]),
         }
+        run_dirs[name] = model_dir.parent
         if sft:
-            sft_dir = _sft(root, method, size, seed, sft, init=model_dir)
-            rows[f"{method} + sft {sft}"] = _evaluate(root, sft_dir, pools["test"])
+            sft_dir = _sft(root, slug, size, seed, sft, init=model_dir)
+            rows[f"{name} + sft {sft}"] = _evaluate(root, sft_dir, pools["test"])
+            run_dirs[f"{name} + sft {sft}"] = sft_dir.parent
+
+    for method in aligners:
+        path = root / "aligners" / method
+        if not (path / "aligner.json").is_file():
+            make_aligner(method, **ALIGNER_PARAMS.get(method, {})).fit(text_store, image_store).save(path)
+        aligned_row(method, method, path)
+    if "gaussian-ot" in aligners:
+        path = root / "aligners" / "gaussian-ot-validated"
+        if not (path / "aligner.json").is_file():
+            shrinkage, scores = validated_shrinkage(text_store, image_store, seed)
+            log(f"gaussian-ot shrinkage chosen on a validation split of the unpaired pools: {shrinkage} "
+                f"(MMD² " + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) + ")")  # fmt: skip
+            write_json(root / "aligners" / "gaussian-ot-validation.json", {"chosen": shrinkage, "mmd2": scores})
+            make_aligner("gaussian-ot", shrinkage=shrinkage).fit(text_store, image_store).save(path)
+        aligned_row(VALIDATED_OT, "gaussian-ot-validated", path)
     log("training on real paired image embeddings (upper bound)")
     paired_dir = train_revision(
         root, "paired", size, seed, str(root / "world" / "paired.jsonl"), str(root / "stores" / "paired-image"), None
     )
-    rows[PAIRED] = _evaluate(root, paired_dir, pools["test"])
+    rows[PAIRED], run_dirs[PAIRED] = _evaluate(root, paired_dir, pools["test"]), paired_dir.parent
     log("Unicorn: sparse seeds -> synthetic captions and conversations -> text pretraining and tuning")
-    rows[UNICORN] = _evaluate(root, _unicorn(root, size, seed, pools["text_pool"], image_store, progress, log),
-                              pools["test"])  # fmt: skip
+    unicorn_dir = _unicorn(root, size, seed, pools["text_pool"], image_store, progress, log)
+    rows[UNICORN], run_dirs[UNICORN] = _evaluate(root, unicorn_dir, pools["test"]), unicorn_dir.parent
     if sft:
         # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
-        rows[f"sft {sft} only"] = _evaluate(root, _sft(root, None, size, seed, sft), pools["test"])
-    result = DemoResult(rows, before, time.perf_counter() - started, root)
+        only = _sft(root, None, size, seed, sft)
+        rows[f"sft {sft} only"], run_dirs[f"sft {sft} only"] = _evaluate(root, only, pools["test"]), only.parent
+    result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root)
     write_json(
         root / "results.json",
-        {"rows": rows, "gap_before": before, "seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
+        {
+            "rows": rows,
+            "gap_before": before,
+            "seed": seed,
+            "quick": quick,
+            "size": dataclasses.asdict(size),
+            "runs": {name: str(d.relative_to(root)) for name, d in run_dirs.items()},
+        },
     )
     write_text(root / "report.md", report_markdown(result, size, seed))
+    from modgap.world.report import demo_report_html
+
+    title = f"modgap demo (seed {seed}, {'quick' if quick else 'full'})"
+    write_text(root / "report.html", demo_report_html(root, rows, run_dirs, list(aligners), title))
     return result
 
 

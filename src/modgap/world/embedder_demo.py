@@ -280,7 +280,7 @@ def run_embedder_demo(
         captions = root / "stores" / "paired-text"
         _embed_texts(captions, "builtin:tiny-clip", data / "paired_texts.jsonl", progress)
         log(mine_negatives(data / "train_pairs.jsonl", paired_images, data / "paired_texts.jsonl", captions, mined,
-                           depth=512).line())  # fmt: skip
+                           depth=2048).line())  # fmt: skip
     log(f"stage 2: {MINED_VARIANT}")
     models[MINED_VARIANT] = f"embedder:{tune(slug(MINED_VARIANT), distilled, paired_images, mined)}"
 

@@ -1,0 +1,145 @@
+"""`report.html` of a demo workdir: pictures of what the tables say, self-contained like the gap report.
+
+Bar charts: per model, accuracy per attribute of its captions of the held-out images and its VQA accuracy,
+with 95 % intervals from a bootstrap over test images (one seed's uncertainty; the seed spread is in
+``benchmarks/bench_demo_seeds.py``). Projections: one 2-D PCA frame fitted on unaligned text and image
+embeddings, and in it, per aligner, the image embeddings and the text embeddings after alignment.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modgap.world.evaluate import chance_levels
+from modgap.world.scene import ATTRIBUTES, parse_caption
+
+BOOTSTRAP = 1000
+
+
+def per_image_scores(run_dir: Path) -> dict[str, np.ndarray]:
+    """0/1 per test image and attribute (from ``test_captions.jsonl``) and VQA accuracy per question."""
+    captions = [json.loads(x) for x in (run_dir / "test_captions.jsonl").read_text().splitlines()]
+    said = [parse_caption(r["caption"]) for r in captions]
+    out = {a: np.array([s[a] == r["truth"][a] for s, r in zip(said, captions, strict=True)], float)
+           for a in ATTRIBUTES}  # fmt: skip
+    answers = run_dir / "test_answers.jsonl"
+    if answers.is_file():
+        out["vqa"] = np.array([json.loads(x)["accuracy"] for x in answers.read_text().splitlines()], float)
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, seed: int = 0, reps: int = BOOTSTRAP) -> tuple[float, float]:
+    """95 % percentile interval of the mean over ``reps`` resamples of the rows."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+FIGURES = [*ATTRIBUTES, "vqa"]
+
+
+def bar_chart(values: dict[str, dict[str, tuple[float, float, float]]], title: str) -> Any:
+    """Grouped bars: ``values[model][figure] = (value, lower, upper)`` for each of ``FIGURES``; chance dotted."""
+    import matplotlib.pyplot as plt
+
+    models = list(values)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(models)
+    for m, model in enumerate(models):
+        v = np.array([values[model].get(f, (np.nan,) * 3) for f in FIGURES])
+        ax.bar(np.arange(len(FIGURES)) + (m - (len(models) - 1) / 2) * width, v[:, 0], width,
+               yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=2, label=model)  # fmt: skip
+    chance = chance_levels()
+    for i, attribute in enumerate(ATTRIBUTES):
+        ax.hlines(chance[attribute], i - 0.45, i + 0.45, colors="black", linestyles="dotted")
+    ax.set_xticks(np.arange(len(FIGURES)), [*ATTRIBUTES, "VQA"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy on held-out images")
+    ax.set_title(title + " (dotted: chance)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _bars(scores: dict[str, dict[str, np.ndarray]]) -> Any:
+    values = {
+        model: {f: (float(v.mean()), *bootstrap_interval(v)) for f, v in per.items() if f in FIGURES}
+        for model, per in scores.items()
+    }
+    return bar_chart(values, "captions and answers about held-out images, 95 % bootstrap over test images")
+
+
+def _sample(store: Path, n: int, seed: int) -> np.ndarray:
+    from modgap.store.store import EmbeddingStore
+
+    s = EmbeddingStore.open(store)
+    rows = np.sort(np.random.default_rng(seed).choice(len(s), size=min(n, len(s)), replace=False))
+    return s.take(rows).astype(np.float32)
+
+
+def _projections(root: Path, aligners: list[str], n: int = 500) -> Any:
+    import matplotlib.pyplot as plt
+    import torch
+
+    from modgap.align import load_aligner
+
+    text = _sample(root / "stores" / "text_pool-text", n, 0)
+    image = _sample(root / "stores" / "image_pool-image", n, 1)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    text, image = unit(text), unit(image)
+    pooled = np.concatenate([text, image]).astype(np.float64)
+    centre = pooled.mean(0)
+    basis = np.linalg.svd(pooled - centre, full_matrices=False)[2][:2].T
+    panels: list[tuple[str, np.ndarray, np.ndarray]] = [("no alignment", text, image)]
+    for method in (m for m in aligners if m != "none"):  # "none" is the first panel
+        aligner = load_aligner(root / "aligners" / method)
+        moved = aligner.transform(torch.from_numpy(text)).numpy()
+        seen = aligner.transform_target(torch.from_numpy(image)).numpy()  # C3 centres the images too
+        panels.append((method, moved, seen))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (name, t, v) in zip(axes[0], panels, strict=True):
+        pv, pt = (v - centre) @ basis, (t - centre) @ basis
+        ax.scatter(pv[:, 0], pv[:, 1], s=3, alpha=0.4, label="image")
+        ax.scatter(pt[:, 0], pt[:, 1], s=3, alpha=0.4, label="text" if name == "no alignment" else "aligned text")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(markerscale=4, fontsize=7)
+    fig.suptitle("text and image embeddings in one PCA frame of the unaligned pools", y=1.03)
+    return fig
+
+
+def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: dict[str, Path],
+                     aligners: list[str], title: str) -> str:  # fmt: skip
+    """The page: a table of every model's figures, the bar chart, the projections (PNG inlined)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modgap.gap.report import _png
+
+    scores = {name: per_image_scores(d) for name, d in run_dirs.items() if (d / "test_captions.jsonl").is_file()}
+    pictures = []
+    for fig in (_bars(scores), _projections(root, aligners)):
+        pictures.append(_png(fig))
+        plt.close(fig)
+    keys = [*ATTRIBUTES, "attributes", "exact", "bleu4", "cider", "vqa"]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["model", *keys])
+    body = "".join(
+        "<tr><td>" + html.escape(name) + "</td>"
+        + "".join(f"<td>{r[k]:.3f}</td>" if k in r else "<td></td>" for k in keys) + "</tr>"
+        for name, r in rows.items()
+    )  # fmt: skip
+    imgs = "".join(f'<p><img src="data:image/png;base64,{p}" style="max-width:100%"></p>' for p in pictures)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}"
+        "td:first-child{text-align:left}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table>{imgs}</body></html>"
+    )
