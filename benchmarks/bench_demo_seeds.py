@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--png", type=Path, help="Write the figures here.")
+    parser.add_argument("--sft", type=int, default=0, help="Also tune every model on this many real pairs.")
     args = parser.parse_args()
 
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
@@ -36,9 +37,9 @@ def main() -> None:
     gaps: list[float] = []
     for seed in args.seeds:
         workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
-        timing = workdir / "wall_seconds.json"
+        timing = workdir / (f"wall_seconds_sft{args.sft}.json" if args.sft else "wall_seconds.json")
         started = time.perf_counter()
-        result = run_demo(workdir, quick=args.quick, seed=seed, log=lambda _: None)
+        result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, log=lambda _: None)
         # The first complete run of a seed is its figure (a seed resumed from a killed run times only the rest).
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
@@ -61,18 +62,21 @@ def main() -> None:
     if n > 1:
         from scipy import stats
 
-        print("\nper-seed difference against `none` (same seed, same test set): mean and 95 % t-interval\n")
+        print("\nper-seed difference against the unaligned model (`none`; `none + sft N` for tuned rows), same seed and"
+              " test set: mean and 95 % t-interval (* where it excludes 0)\n")  # fmt: skip
         print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
         print("|---" * (len(COMPARED) + 1) + "|")
         half = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
         for model in per_seed[args.seeds[0]]:
-            if model == "none":
+            baseline = f"none + sft {args.sft}" if "sft" in model else "none"
+            if model == baseline:
                 continue
             cells = []
             for figure in COMPARED:
-                d = np.array([per_seed[s][model][figure] - per_seed[s]["none"][figure] for s in args.seeds])
+                d = np.array([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in args.seeds])
                 mean, width = d.mean(), half * d.std(ddof=1)
-                cells.append(f"{mean:+.3f} [{mean - width:+.3f}, {mean + width:+.3f}]")
+                real = "*" if abs(mean) > width else ""
+                cells.append(f"{mean:+.3f} [{mean - width:+.3f}, {mean + width:+.3f}]{real}")
             print(f"| {model} | " + " | ".join(cells) + " |")
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
