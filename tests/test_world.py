@@ -177,7 +177,7 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     validation = json.loads((workdir / "aligners" / "gaussian-ot-validation.json").read_text())
     assert float(validation["chosen"]) == min(map(float, validation["mmd2"]), key=lambda k: validation["mmd2"][str(k)])
     page = (workdir / "report.html").read_text()  # self-contained: the figures are inlined
-    assert page.count("data:image/png;base64,") == 2 and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == 2 and 'src="http' not in page
     assert all(name in page for name in results["rows"])
     assert all(0 <= row["vqa"] <= 1 and "vqa/round" in row for row in results["rows"].values())
     # The Unicorn row was trained on what the built-in LM wrote from 500 sparse seeds: captions and conversations.
