@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modgap.errors import ModgapError
 from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import (
     ATTRIBUTES,
@@ -60,7 +61,9 @@ def train_encoder(
     model)`` is called after each optimizer step (calibration runs measure the geometry on the way).
     """
     if positives not in ("pair", "describes"):
-        raise ValueError(f"positives must be 'pair' or 'describes', not {positives!r}")
+        raise ModgapError(f"--positives must be 'pair' or 'describes', not {positives!r}")
+    if not 0 <= partial_captions <= 1:
+        raise ModgapError(f"--partial-captions must be between 0 and 1, not {partial_captions}")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from modgap.files import atomic_output_dir
