@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from modgap.eval.caption import caption_metrics
 from modgap.world.scene import ATTRIBUTES, Scene, parse_caption, references
+
+
+def attribute_hits(predictions: Sequence[str], truths: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Per caption and attribute: does the attribute parsed from the caption match the truth (booleans)."""
+    found = [parse_caption(text) for text in predictions]
+    return {a: np.array([f[a] == t[a] for f, t in zip(found, truths, strict=True)], bool) for a in ATTRIBUTES}
 
 
 def score_captions(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
@@ -13,18 +21,11 @@ def score_captions(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[
     four right (``exact``), and corpus BLEU-4 / CIDEr against every reference phrasing."""
     if len(predictions) != len(scenes) or not scenes:
         raise ValueError("one prediction per scene, at least one scene")
-    hits = dict.fromkeys(ATTRIBUTES, 0)
-    exact = 0
-    for text, scene in zip(predictions, scenes, strict=True):
-        found, truth = parse_caption(text), scene.attributes()
-        ok = [found[a] == truth[a] for a in ATTRIBUTES]
-        for a, good in zip(ATTRIBUTES, ok, strict=True):
-            hits[a] += good
-        exact += all(ok)
+    hits = attribute_hits(predictions, [s.attributes() for s in scenes])
     n = len(scenes)
-    out = {a: hits[a] / n for a in ATTRIBUTES}
+    out = {a: int(hits[a].sum()) / n for a in ATTRIBUTES}
     out["attributes"] = sum(out[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
-    out["exact"] = exact / n
+    out["exact"] = int(np.logical_and.reduce([hits[a] for a in ATTRIBUTES]).sum()) / n
     text_scores = caption_metrics(
         {str(i): p for i, p in enumerate(predictions)}, {str(i): references(s) for i, s in enumerate(scenes)}
     )

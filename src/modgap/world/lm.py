@@ -7,8 +7,8 @@ what lets a projector steer a frozen LM. It also learns what a real LLM brings t
 knowledge of the world: to expand a sparse seed ("a red shape") into a full caption, to write question/answer
 turns about a caption as the JSON ``synth instructions`` asks for (the JSON pieces are tokens), and to answer
 a question about a caption given in the user turn. Copying arrives abruptly: colour, size and position within a few
-hundred steps, shape only after ~1000 steps (its loss sits at log 5 until then), so the default budget is
-3000 steps at lr 1e-3; a run of 1500 steps at 2e-3 never learned to copy shapes.
+hundred steps, shape only after ~1000 steps (its loss sits at log 5 until then); a run of 1500 steps at 2e-3
+never learned to copy shapes. With five tasks the default budget is 5000 steps at lr 1e-3.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def lm_texts(n: int, seed: int, tokenizer) -> list[str]:
         texts.append(chat(b, f"{a} {RESTATE}"))
         texts.append(chat(b, EXPAND_PROMPT.replace("{seed}", sparse_seed(scene, rng))))
         texts.append(chat(conversation_json(scene, rng), QA_PROMPT.replace("{caption}", a)))
-        _, question, answer = question_answers(scene)[int(rng.integers(len(question_answers(scene))))]
+        asked = question_answers(scene)
+        _, question, answer = asked[int(rng.integers(len(asked)))]
         texts.append(chat(f"{answer} .", f"{a} {question}"))
     return texts
 

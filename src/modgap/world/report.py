@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from modgap.world.evaluate import chance_levels
-from modgap.world.scene import ATTRIBUTES, parse_caption
+from modgap.world.evaluate import attribute_hits, chance_levels
+from modgap.world.scene import ATTRIBUTES
 
 BOOTSTRAP = 1000
 
@@ -24,9 +24,8 @@ BOOTSTRAP = 1000
 def per_image_scores(run_dir: Path) -> dict[str, np.ndarray]:
     """0/1 per test image and attribute (from ``test_captions.jsonl``) and VQA accuracy per question."""
     captions = [json.loads(x) for x in (run_dir / "test_captions.jsonl").read_text().splitlines()]
-    said = [parse_caption(r["caption"]) for r in captions]
-    out = {a: np.array([s[a] == r["truth"][a] for s, r in zip(said, captions, strict=True)], float)
-           for a in ATTRIBUTES}  # fmt: skip
+    hits = attribute_hits([r["caption"] for r in captions], [r["truth"] for r in captions])
+    out = {a: hits[a].astype(float) for a in ATTRIBUTES}
     answers = run_dir / "test_answers.jsonl"
     if answers.is_file():
         out["vqa"] = np.array([json.loads(x)["accuracy"] for x in answers.read_text().splitlines()], float)
