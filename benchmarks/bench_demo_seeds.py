@@ -3,9 +3,13 @@
 Each seed runs in its own workdir under --root (resumable: finished seeds are only re-evaluated, and their
 recorded wall time is kept). Usage:
     python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick] [--png docs/]
+        [--sft N] [--scaling]
 
---png DIR writes demo-seeds.png (mean ± std over seeds per model and attribute) and, from the first seed,
-demo-projections.png (text, aligned text and image embeddings in one PCA frame).
+--sft N adds every text-pretrained model tuned on N real pairs and the same tuning without text pretraining,
+and compares against both. --scaling adds the data-scaling curves (text pool vs paired pool of 1/8 .. all)
+and compares every text-only size with every paired size. --png DIR writes demo-seeds.png (mean ± std over
+seeds per model and attribute), from the first seed demo-projections.png (text, aligned text and image
+embeddings in one PCA frame), and with --scaling demo-scaling.png (mean ± std over seeds per pool size).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modgap.world.demo import run_demo
+from modgap.world.demo import SCALES, run_demo
 
 FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"]
 COMPARED = ["attributes", "shape", "vqa"]  # per-seed differences against the unaligned model
@@ -30,16 +34,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--png", type=Path, help="Write the figures here.")
     parser.add_argument("--sft", type=int, default=0, help="Also tune every model on this many real pairs.")
+    parser.add_argument("--scaling", action="store_true", help="Also run the data-scaling curves.")
     args = parser.parse_args()
 
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    scaling: dict[int, dict] = {}
     seconds: dict[int, float] = {}
     gaps: list[float] = []
     for seed in args.seeds:
         workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
-        timing = workdir / (f"wall_seconds_sft{args.sft}.json" if args.sft else "wall_seconds.json")
+        timing = workdir / ("wall_seconds" + (f"_sft{args.sft}" if args.sft else "")
+                            + ("_scaling" if args.scaling else "") + ".json")  # fmt: skip
         started = time.perf_counter()
-        result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, log=lambda _: None)
+        result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, scaling=SCALES if args.scaling else (),
+                          log=lambda _: None)  # fmt: skip
+        scaling[seed] = result.scaling
         # The first complete run of a seed is its figure (a seed resumed from a killed run times only the rest).
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
@@ -60,30 +69,83 @@ def main() -> None:
             cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else 0.0:.3f}")
         print(f"| {model} | " + " | ".join(cells) + " |")
     if n > 1:
-        from scipy import stats
-
         print("\nper-seed difference against the unaligned model (`none`; `none + sft N` for tuned rows), same seed and"
               " test set: mean and 95 % t-interval (* where it excludes 0)\n")  # fmt: skip
         print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
         print("|---" * (len(COMPARED) + 1) + "|")
-        half = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
         for model in per_seed[args.seeds[0]]:
             baseline = f"none + sft {args.sft}" if "sft" in model else "none"
-            if model == baseline:
-                continue
-            cells = []
-            for figure in COMPARED:
-                d = np.array([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in args.seeds])
-                mean, width = d.mean(), half * d.std(ddof=1)
-                real = "*" if abs(mean) > width else ""
-                cells.append(f"{mean:+.3f} [{mean - width:+.3f}, {mean + width:+.3f}]{real}")
-            print(f"| {model} | " + " | ".join(cells) + " |")
+            if model != baseline:
+                cells = [difference(per_seed, args.seeds, model, baseline, figure) for figure in COMPARED]
+                print(f"| {model} | " + " | ".join(cells) + " |")
+        if args.sft:
+            only = f"sft {args.sft} only"
+            print(f"\nper-seed difference against the same tuning without text pretraining (`{only}`)\n")
+            print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
+            print("|---" * (len(COMPARED) + 1) + "|")
+            for model in (m for m in per_seed[args.seeds[0]] if m.endswith(f"+ sft {args.sft}")):
+                cells = [difference(per_seed, args.seeds, model, only, figure) for figure in COMPARED]
+                print(f"| {model} | " + " | ".join(cells) + " |")
+    if args.scaling:
+        print_scaling(scaling, args.seeds)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
-        write_figures(args, per_seed)
+        write_figures(args, per_seed, scaling)
 
 
-def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[str, float]]]) -> None:
+def difference(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int], model: str, baseline: str,
+               figure: str) -> str:  # fmt: skip
+    """Mean per-seed difference ``model - baseline`` with its 95 % t-interval, ``*`` where it excludes 0."""
+    d = np.array([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in seeds])
+    mean, lo, hi = t_interval(d)
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
+
+
+def t_interval(d: np.ndarray) -> tuple[float, float, float]:
+    from scipy import stats
+
+    mean = float(d.mean())
+    width = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean, mean - width, mean + width
+
+
+def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
+    """Mean ± std per pool size and curve; then every text-only size against every paired size (per-seed
+    differences of the mean attribute accuracy): where does N texts match M pairs?"""
+    first = scaling[seeds[0]]
+    sizes, curves = first["sizes"], list(first["curves"])
+    text, paired = curves
+    print(f"\nscaling ({len(seeds)} seeds): mean attribute accuracy / VQA, mean ± std over seeds\n")
+    heads = " | ".join(f"{c}: attributes | {c}: VQA" for c in curves)
+    print(f"| pool size | {heads} | Δ attributes (text − paired) |")
+    print("|---" * (2 * len(curves) + 2) + "|")
+    for i, n in enumerate(sizes):
+        cells = []
+        for curve in curves:
+            for figure in ("attributes", "vqa"):
+                v = np.array([scaling[s]["curves"][curve][i][figure] for s in seeds])
+                cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
+        d = np.array([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][i]["attributes"]
+                      for s in seeds])  # fmt: skip
+        mean, lo, hi = t_interval(d)
+        cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
+          "95 % t-interval (* excludes 0)\n")  # fmt: skip
+    print("| N texts \\ M pairs | " + " | ".join(map(str, sizes)) + " |")
+    print("|---" * (len(sizes) + 1) + "|")
+    for i, n in enumerate(sizes):
+        cells = []
+        for j in range(len(sizes)):
+            d = np.array([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][j]["attributes"]
+                          for s in seeds])  # fmt: skip
+            mean, lo, hi = t_interval(d)
+            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[str, float]]],
+                  scaling: dict[int, dict]) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,6 +171,21 @@ def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[s
     fig.savefig(args.png / "demo-projections.png", dpi=80, bbox_inches="tight")
     plt.close(fig)
     print(f"figures: {args.png / 'demo-seeds.png'}, {args.png / 'demo-projections.png'}")
+    if args.scaling:
+        from modgap.world.report import scaling_chart
+
+        sizes = scaling[args.seeds[0]]["sizes"]
+        curves = {}
+        for curve in scaling[args.seeds[0]]["curves"]:
+            curves[curve] = {}
+            for figure in ("attributes", "vqa"):
+                v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
+                mean, spread = v.mean(0), v.std(0, ddof=1)
+                curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
+        fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
+        fig.savefig(args.png / "demo-scaling.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        print(f"figure: {args.png / 'demo-scaling.png'}")
 
 
 if __name__ == "__main__":

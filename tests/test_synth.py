@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -383,3 +384,92 @@ def test_synth_run_makes_captions_conversations_and_the_transferred_store_and_sk
     typo = run_cli("synth", "run", "--config", tmp_path / "typo.yaml", tmp_path / "other", check=False)
     assert typo.returncode == 2 and "unknown settings ['per_seeds']" in typo.stderr
     assert not (tmp_path / "other").exists()
+
+
+class RefusingProxy:
+    """A real HTTP hop in front of the real server that behaves like servers without structured output: a
+    request carrying ``response_format`` gets HTTP 400, and the first chat request gets 429 with Retry-After.
+    Everything else is forwarded unchanged. Records (arrival time, body, status) per request."""
+
+    def __init__(self, upstream: str, retry_after: float):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.seen: list[tuple[float, dict, int]] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def forward(self, request: urllib.request.Request | str) -> None:
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as r:
+                        self.answer(r.status, r.read(), {"Content-Type": "application/json"})
+                except urllib.error.HTTPError as e:  # the server's own error answer, passed on
+                    self.answer(e.code, e.read(), {"Content-Type": "application/json"})
+
+            def do_GET(self):
+                self.forward(upstream.removesuffix("/v1") + self.path)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.loads(raw)
+                with proxy.lock:
+                    first = not proxy.seen
+                    status = 429 if first else 400 if "response_format" in body else 200
+                    proxy.seen.append((time.monotonic(), body, status))
+                if status != 200:
+                    error = {"error": {"message": "response_format is not supported" if status == 400 else "slow down",
+                                       "type": "invalid_request_error", "code": status}}  # fmt: skip
+                    headers = {
+                        "Content-Type": "application/json",
+                        **({"Retry-After": str(retry_after)} if first else {}),
+                    }
+                    self.answer(status, json.dumps(error).encode(), headers)
+                    return
+                request = urllib.request.Request(upstream.removesuffix("/v1") + self.path, data=raw,
+                                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                self.forward(request)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_server_that_refuses_structured_output_and_rate_limits_is_handled(tmp_path, server):
+    captions = write_captions(tmp_path / "captions.jsonl", 4)
+    settings = InstructionSettings(min_turns=2, max_turns=3, max_attempts=2, concurrency=1,
+                                   sampling=Sampling(temperature=1.0, max_tokens=16, seed=3))  # fmt: skip
+    proxy = RefusingProxy(server, retry_after=1.0)
+    try:
+        backend = OpenAIChat(LM, [proxy.url])
+        summary = synth_instructions(backend, captions, tmp_path / "i.jsonl", settings)
+    finally:
+        proxy.close()
+    statuses = [status for _, _, status in proxy.seen]
+    # 429 (retried after Retry-After), 400 (the schema refused: asked again without it, not a failed attempt),
+    # then every request of the run without response_format: 4 captions x 2 attempts reach the LLM.
+    assert statuses[:2] == [429, 400] and statuses[2:] == [200] * 8, statuses
+    assert all("response_format" in body for _, body, _ in proxy.seen[:2])
+    assert not any("response_format" in body for _, body, _ in proxy.seen[2:])
+    assert proxy.seen[1][1]["messages"] == proxy.seen[0][1]["messages"]  # the same request, resent
+    assert proxy.seen[1][0] - proxy.seen[0][0] >= 0.95  # Retry-After: 1 honoured
+    assert backend.retries == 1 and summary.requested == 8
+    meta = json.loads((tmp_path / "i.meta.json").read_text())["summary"]["structured_output"]
+    assert meta.startswith("refused by the server (HTTP 400") and "response_format is not supported" in meta
+    failures = lines(tmp_path / "i.failures.jsonl")  # the built-in LM writes captions, not JSON
+    assert len(failures) == 4 and all(f["attempts"] == 2 for f in failures)

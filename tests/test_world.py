@@ -210,6 +210,25 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     assert refused.returncode == 2 and "seed (0 -> 1)" in refused.stderr, refused.stderr
     assert json.loads((workdir / "results.json").read_text()) == again
 
+    # Scaling (two of the four sizes, to keep the suite short): the half-size text model is aligned with ReAlign
+    # fitted on exactly the texts it trains on; the full size is the demo's own realign / paired models.
+    from modgap.align import load_aligner
+    from modgap.store.store import EmbeddingStore
+    from modgap.world.demo import run_demo
+
+    curves = run_demo(workdir, quick=True, scaling=(4, 8), log=lambda _: None).scaling
+    assert curves["sizes"] == [2000, 4000] and list(curves["curves"]) == ["text only, realign", "paired images"]
+    assert curves["curves"]["text only, realign"][1] == results["rows"]["realign"]
+    assert curves["curves"]["paired images"][1] == results["rows"]["paired images"]
+    assert all(set(ATTRIBUTES) <= set(row) for rows in curves["curves"].values() for row in rows)
+    texts = EmbeddingStore.open(workdir / "stores" / "text_pool-text").get([f"text_pool-{i}" for i in range(2000)])
+    unit = texts.astype(np.float64) / np.linalg.norm(texts.astype(np.float64), axis=1, keepdims=True)
+    fitted = load_aligner(workdir / "aligners" / "realign-text2000").state["mu_t"]
+    np.testing.assert_allclose(np.asarray(fitted, dtype=np.float64), unit.mean(0), atol=1e-6)
+    trained = json.loads((workdir / curves["runs"]["paired images"][0] / "data_report.json").read_text())[0]
+    assert trained["rows"] == 2000 and trained["data"].endswith("paired-first-2000.jsonl")
+    assert (workdir / "report.html").read_text().count("data:image/png;base64,") == 3
+
     # The embedder section in the same workdir: the world, stores and the paired model are reused; a small
     # training budget (the demo's own figures are in the README), the real MiniLM teacher.
     from modgap.world.embedder_demo import MINED_VARIANT, PATCH_VARIANT, VARIANTS, EmbedderSize, run_embedder_demo

@@ -21,6 +21,14 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Smaller pools and budget (about 3 minutes on 2 CPU cores).")] = False,
     seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
     sft: Annotated[int, typer.Option(help="After text-only pretraining, tune on this many paired samples.")] = 0,
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            "--scaling",
+            help="Also train on 1/8, 1/4, 1/2 and all of the text pool (aligned) and of the paired pool: the "
+            "data-scaling curves (six more models).",
+        ),
+    ] = False,
     embedder: Annotated[
         bool,
         typer.Option("--embedder", help="Run the universal-embedder (UniME) section instead: both stages, ablations."),
@@ -36,8 +44,16 @@ def demo(
     if embedder:
         _embedder_demo(workdir, quick, seed, teacher)
         return
+    from modgap.world.demo import SCALES
+
     result = run_demo(
-        workdir, quick=quick, seed=seed, sft=sft, progress=rich_progress(), log=lambda m: err.print(m, highlight=False)
+        workdir,
+        quick=quick,
+        seed=seed,
+        sft=sft,
+        scaling=SCALES if scaling else (),
+        progress=rich_progress(),
+        log=lambda m: err.print(m, highlight=False),
     )
     table = Table(title=f"modgap demo (seed {seed}{', quick' if quick else ''}): captions of held-out images")
     table.add_column("model")
@@ -46,7 +62,21 @@ def demo(
     for row in table_rows(result.rows):
         table.add_row(*row)
     out.print(table)
-    out.print(f"report: {workdir / 'report.md'}  ({result.seconds:.0f} s)")
+    if result.scaling:
+        out.print(scaling_table(result.scaling))
+    out.print(f"report: {workdir / 'report.md'}, {workdir / 'report.html'}  ({result.seconds:.0f} s)")
+
+
+def scaling_table(scaling: dict) -> Table:
+    from modgap.world.demo import attributes_and_vqa
+
+    table = Table(title="scaling: mean attribute accuracy (VQA) by training pool size, same steps")
+    table.add_column("pool size", justify="right")
+    for curve in scaling["curves"]:
+        table.add_column(curve, justify="right")
+    for i, n in enumerate(scaling["sizes"]):
+        table.add_row(str(n), *(attributes_and_vqa(rows[i]) for rows in scaling["curves"].values()))
+    return table
 
 
 def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -> None:

@@ -50,6 +50,8 @@ PAIRED = "paired images"
 UNICORN = "unicorn (synthetic text)"
 VALIDATED_OT = "gaussian-ot, validated shrinkage"
 SHRINKAGES = (1e-3, 1e-2, 0.05, 0.1, 0.3, 1.0)
+SCALES = (1, 2, 4, 8)  # pool sizes of the scaling curves, as multiples of 1/8 of the text pool
+SCALING_METHOD = "realign"  # the paper's aligner on the text-only curve
 ENCODER = "builtin:tiny-clip"
 LLM = "builtin:tiny-lm"
 
@@ -77,6 +79,7 @@ class DemoResult:
     gap_before: dict[str, float]
     seconds: float
     workdir: Path
+    scaling: dict[str, Any] | None = None  # see :func:`run_scaling`
 
 
 def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
@@ -193,10 +196,15 @@ def write_questions(root: Path, scenes: list[Scene]) -> Path:
 
 
 def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, float]:
-    """Caption figures of held-out images, and VQA accuracy on questions about them (``vqa``, per type)."""
+    """Caption figures of held-out images, and VQA accuracy on questions about them (``vqa``, per type).
+    Written last to ``test_scores.json`` beside the model (greedy decoding: a rerun would give the same), and
+    read from there when present."""
     from modgap.eval.vqa import evaluate_vqa
     from modgap.mllm.infer import StoreInputs, load_model
 
+    done = model_dir.parent / "test_scores.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     model = load_model(model_dir)
     store = root / "stores" / "test-image"
     answers = evaluate_vqa(model, write_questions(root, scenes), store, batch_size=128, max_new_tokens=8)
@@ -211,7 +219,9 @@ def _evaluate(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, flo
             for i, (r, sc) in enumerate(zip(replies, scenes, strict=True))
         ],
     )
-    return {**score_captions(replies, scenes), **vqa}
+    scores = {**score_captions(replies, scenes), **vqa}
+    write_json(done, scores)
+    return scores
 
 
 def validated_shrinkage(
@@ -264,9 +274,12 @@ def run_demo(
     seed: int = 0,
     sft: int = 0,
     aligners: tuple[str, ...] = ALIGNERS,
+    scaling: tuple[int, ...] = (),
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
+    """The demo in ``workdir``; ``scaling`` (e.g. :data:`SCALES`) adds the data-scaling curves of
+    :func:`run_scaling`."""
     from modgap.align import load_aligner, make_aligner
 
     started = time.perf_counter()
@@ -274,6 +287,8 @@ def run_demo(
     size = QUICK if quick else FULL
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
+    if any(k not in SCALES for k in scaling):
+        raise ModgapError(f"scaling scales must be among {SCALES}, got {scaling}")
     claim_demo_dir(root, seed, quick, size)
     pools = write_world(root, size, seed, log)
     embed_world(root, progress, log)
@@ -331,7 +346,11 @@ def run_demo(
         # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
         only = _sft(root, None, size, seed, sft)
         rows[f"sft {sft} only"], run_dirs[f"sft {sft} only"] = _evaluate(root, only, pools["test"]), only.parent
-    result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root)
+    curves = None
+    if scaling:
+        log(f"scaling: text only ({SCALING_METHOD}) against paired images, pools of x{', x'.join(map(str, scaling))}")
+        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling)
+    result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root, curves)
     write_json(
         root / "results.json",
         {
@@ -341,14 +360,75 @@ def run_demo(
             "quick": quick,
             "size": dataclasses.asdict(size),
             "runs": {name: str(d.relative_to(root)) for name, d in run_dirs.items()},
+            **({"scaling": curves} if curves else {}),
         },
     )
     write_text(root / "report.md", report_markdown(result, size, seed))
     from modgap.world.report import demo_report_html
 
     title = f"modgap demo (seed {seed}, {'quick' if quick else 'full'})"
-    write_text(root / "report.html", demo_report_html(root, rows, run_dirs, list(aligners), title))
+    write_text(root / "report.html", demo_report_html(root, rows, run_dirs, list(aligners), title, curves))
     return result
+
+
+def run_scaling(
+    root: Path,
+    size: DemoSize,
+    seed: int,
+    test: list[Scene],
+    rows: dict[str, dict[str, float]],
+    run_dirs: dict[str, Path],
+    scales: tuple[int, ...] = SCALES,
+) -> dict[str, Any]:
+    """Does more unpaired text stand in for fewer pairs? For each scale k, a model pretrained on the first
+    k/8 of the text pool (aligned with :data:`SCALING_METHOD`, fitted on those texts and the image pool) and
+    one on the first k/8 of the paired pool, same steps and settings as every other model. The full pools
+    (k = 8) are the demo's own ``realign`` and ``paired images`` models.
+
+    Returns ``{"method", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``.
+    """
+    from modgap.align import make_aligner
+    from modgap.store.store import EmbeddingStore
+
+    full = min(size.text_pool, size.paired)
+    text_curve, paired_curve = f"text only, {SCALING_METHOD}", PAIRED
+    out: dict[str, Any] = {"method": SCALING_METHOD, "sizes": [], "curves": {text_curve: [], paired_curve: []},
+                           "runs": {text_curve: [], paired_curve: []}}  # fmt: skip
+    for k in sorted(scales):
+        n = full * k // SCALES[-1]
+        if n == size.text_pool and SCALING_METHOD in rows:
+            text_row, text_dir = rows[SCALING_METHOD], run_dirs[SCALING_METHOD]
+        else:
+            path, data = root / "aligners" / f"{SCALING_METHOD}-text{n}", _first_rows(root, "text_pool", n)
+            if not (path / "aligner.json").is_file():
+                ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
+                texts = EmbeddingStore.open(root / "stores" / "text_pool-text").get(ids)  # exactly the trained texts
+                make_aligner(SCALING_METHOD, **ALIGNER_PARAMS.get(SCALING_METHOD, {})).fit(
+                    texts.astype(np.float32), str(root / "stores" / "image_pool-image")
+                ).save(path)
+            model = train_revision(root, f"scaling/{SCALING_METHOD}-text{n}", size, seed, str(data),
+                                   str(root / "stores" / "text_pool-text"), str(path))  # fmt: skip
+            text_row, text_dir = _evaluate(root, model, test), model.parent
+        if n == size.paired and PAIRED in rows:
+            paired_row, paired_dir = rows[PAIRED], run_dirs[PAIRED]
+        else:
+            model = train_revision(root, f"scaling/paired{n}", size, seed, str(_first_rows(root, "paired", n)),
+                                   str(root / "stores" / "paired-image"), None)  # fmt: skip
+            paired_row, paired_dir = _evaluate(root, model, test), model.parent
+        out["sizes"].append(n)
+        for curve, row, run in ((text_curve, text_row, text_dir), (paired_curve, paired_row, paired_dir)):
+            out["curves"][curve].append(row)
+            out["runs"][curve].append(str(run.relative_to(root)))
+    return out
+
+
+def _first_rows(root: Path, pool: str, n: int) -> Path:
+    """``world/{pool}-first-{n}.jsonl``: the first ``n`` rows of a pool (written once)."""
+    path = root / "world" / f"{pool}-first-{n}.jsonl"
+    if not path.is_file():
+        lines = (root / "world" / f"{pool}.jsonl").read_text().splitlines()[:n]
+        write_jsonl(path, [json.loads(line) for line in lines])
+    return path
 
 
 def _unicorn(
@@ -419,10 +499,7 @@ def _unicorn(
 def _sft(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init: Path | None = None) -> Path:
     """A short tuning on the first ``n`` paired samples (real image embeddings), from ``init`` (a model
     pretrained on text) or, without it, from the base LM and a new projector."""
-    data = root / "world" / f"paired-first-{n}.jsonl"
-    if not data.is_file():
-        rows = [json.loads(line) for line in (root / "world" / "paired.jsonl").read_text().splitlines()[:n]]
-        write_jsonl(data, rows)
+    data = _first_rows(root, "paired", n)
     steps = max(20, size.steps // 4)
     return train_revision(
         root,
@@ -479,4 +556,24 @@ def report_markdown(result: DemoResult, size: DemoSize, seed: int) -> str:
         "Chance per attribute: " + ", ".join(f"{k} {v:.2f}" for k, v in chance_levels().items()) + ".",
         "",
     ]
+    if result.scaling:
+        curves = result.scaling["curves"]
+        lines += [
+            "## Scaling",
+            "",
+            f"Mean attribute accuracy (VQA) of models trained on the first N rows of the text pool (aligned with "
+            f"{result.scaling['method']}, fitted on those texts) or of the paired pool; {size.steps} steps each.",
+            "",
+            "| N | " + " | ".join(curves) + " |",
+            "|---" * (len(curves) + 1) + "|",
+            *(
+                f"| {n} | " + " | ".join(attributes_and_vqa(c[i]) for c in curves.values()) + " |"
+                for i, n in enumerate(result.scaling["sizes"])
+            ),
+            "",
+        ]
     return "\n".join(lines)
+
+
+def attributes_and_vqa(row: dict[str, float]) -> str:
+    return f"{row['attributes']:.3f} ({row.get('vqa', float('nan')):.3f})"

@@ -3,7 +3,8 @@
 Bar charts: per model, accuracy per attribute of its captions of the held-out images and its VQA accuracy,
 with 95 % intervals from a bootstrap over test images (one seed's uncertainty; the seed spread is in
 ``benchmarks/bench_demo_seeds.py``). Projections: one 2-D PCA frame fitted on unaligned text and image
-embeddings, and in it, per aligner, the image embeddings and the text embeddings after alignment.
+embeddings, and in it, per aligner, the image embeddings and the text embeddings after alignment. Scaling
+curves (when the demo ran them): mean attribute accuracy and VQA against pool size, text only vs paired.
 """
 
 from __future__ import annotations
@@ -73,6 +74,40 @@ def _bars(scores: dict[str, dict[str, np.ndarray]]) -> Any:
     return bar_chart(values, "captions and answers about held-out images, 95 % bootstrap over test images")
 
 
+def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], title: str) -> Any:
+    """Two panels (mean attribute accuracy, VQA): ``curves[name][figure]`` is an array (3, len(sizes)) of value,
+    lower and upper bound per pool size."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, figure, label in zip(axes, ["attributes", "vqa"], ["mean attribute accuracy", "VQA accuracy"],
+                                 strict=True):  # fmt: skip
+        for name, per in curves.items():
+            if figure not in per:
+                continue
+            v = per[figure]
+            ax.errorbar(sizes, v[0], yerr=[v[0] - v[1], v[2] - v[0]], marker="o", capsize=3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlabel("training pool size (texts or image-caption pairs)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, y=1.02)
+    return fig
+
+
+def _scaling(root: Path, scaling: dict[str, Any]) -> Any:
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for name, runs in scaling["runs"].items():
+        per_size = [per_image_scores(root / run) for run in runs]
+        mean_attr = [np.mean([s[a] for a in ATTRIBUTES], axis=0) for s in per_size]
+        curves[name] = {"attributes": np.array([(v.mean(), *bootstrap_interval(v)) for v in mean_attr]).T}
+        if all("vqa" in s for s in per_size):
+            curves[name]["vqa"] = np.array([(s["vqa"].mean(), *bootstrap_interval(s["vqa"])) for s in per_size]).T
+    title = "scaling: same steps, growing pools (95 % bootstrap over test images)"
+    return scaling_chart(scaling["sizes"], curves, title)
+
+
 def _sample(store: Path, n: int, seed: int) -> np.ndarray:
     from modgap.store.store import EmbeddingStore
 
@@ -114,8 +149,9 @@ def _projections(root: Path, aligners: list[str], n: int = 500) -> Any:
 
 
 def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: dict[str, Path],
-                     aligners: list[str], title: str) -> str:  # fmt: skip
-    """The page: a table of every model's figures, the bar chart, the projections (PNG inlined)."""
+                     aligners: list[str], title: str, scaling: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """The page: a table of every model's figures, the bar chart, the projections, the scaling curves when
+    given (PNG inlined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +161,11 @@ def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: di
 
     scores = {name: per_image_scores(d) for name, d in run_dirs.items() if (d / "test_captions.jsonl").is_file()}
     pictures = []
-    for fig in (_bars(scores), _projections(root, aligners)):
+    figures = [lambda: _bars(scores), lambda: _projections(root, aligners)]
+    if scaling:
+        figures.append(lambda: _scaling(root, scaling))
+    for make in figures:
+        fig = make()
         pictures.append(_png(fig))
         plt.close(fig)
     keys = [*ATTRIBUTES, "attributes", "exact", "bleu4", "cider", "vqa"]
