@@ -96,17 +96,18 @@ def main() -> None:
 def difference(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int], model: str, baseline: str,
                figure: str) -> str:  # fmt: skip
     """Mean per-seed difference ``model - baseline`` with its 95 % t-interval, ``*`` where it excludes 0."""
-    d = np.array([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in seeds])
-    mean, lo, hi = t_interval(d)
-    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
+    return t_interval([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in seeds])
 
 
-def t_interval(d: np.ndarray) -> tuple[float, float, float]:
+def t_interval(differences: list[float]) -> str:
+    """``mean [lo, hi]`` of per-seed differences with the 95 % t-interval, ``*`` where it excludes 0."""
     from scipy import stats
 
+    d = np.array(differences)
     mean = float(d.mean())
     width = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return mean, mean - width, mean + width
+    lo, hi = mean - width, mean + width
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
 
 
 def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
@@ -125,22 +126,16 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
             for figure in ("attributes", "vqa"):
                 v = np.array([scaling[s]["curves"][curve][i][figure] for s in seeds])
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
-        d = np.array([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][i]["attributes"]
-                      for s in seeds])  # fmt: skip
-        mean, lo, hi = t_interval(d)
-        cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}")
+        cells.append(t_interval([scaling[s]["curves"][text][i]["attributes"]
+                                 - scaling[s]["curves"][paired][i]["attributes"] for s in seeds]))  # fmt: skip
         print(f"| {n} | " + " | ".join(cells) + " |")
     print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
           "95 % t-interval (* excludes 0)\n")  # fmt: skip
     print("| N texts \\ M pairs | " + " | ".join(map(str, sizes)) + " |")
     print("|---" * (len(sizes) + 1) + "|")
     for i, n in enumerate(sizes):
-        cells = []
-        for j in range(len(sizes)):
-            d = np.array([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][j]["attributes"]
-                          for s in seeds])  # fmt: skip
-            mean, lo, hi = t_interval(d)
-            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}")
+        cells = [t_interval([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][j]["attributes"]
+                             for s in seeds]) for j in range(len(sizes))]  # fmt: skip
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 
