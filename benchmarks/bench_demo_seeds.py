@@ -3,13 +3,15 @@
 Each seed runs in its own workdir under --root (resumable: finished seeds are only re-evaluated, and their
 recorded wall time is kept). Usage:
     python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick] [--png docs/]
-        [--sft N] [--scaling]
+        [--sft N] [--scaling | --scaling-only] [--scaling-aligners realign gaussian-ot]
 
 --sft N adds every text-pretrained model tuned on N real pairs and the same tuning without text pretraining,
-and compares against both. --scaling adds the data-scaling curves (text pool vs paired pool of 1/8 .. all)
-and compares every text-only size with every paired size. --png DIR writes demo-seeds.png (mean ± std over
-seeds per model and attribute), from the first seed demo-projections.png (text, aligned text and image
-embeddings in one PCA frame), and with --scaling demo-scaling.png (mean ± std over seeds per pool size).
+and compares against both. --scaling adds the data-scaling curves (text pool vs paired pool of 1/8 .. all;
+one text-only curve per aligner of --scaling-aligners, default realign) and compares every text-only size
+with every paired size; --scaling-only trains only those curves (the full pools too, under scaling/).
+--png DIR writes demo-seeds.png (mean ± std over seeds per model and attribute), from the first seed
+demo-projections.png (text, aligned text and image embeddings in one PCA frame), and with --scaling
+demo-scaling[-METHODS].png (mean ± std over seeds per pool size).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from modgap.world.demo import SCALES, run_demo
+from modgap.world.demo import SCALES, SCALING_METHODS, run_demo, run_scaling_demo
 
 FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"]
 COMPARED = ["attributes", "shape", "vqa"]  # per-seed differences against the unaligned model
@@ -35,7 +38,13 @@ def main() -> None:
     parser.add_argument("--png", type=Path, help="Write the figures here.")
     parser.add_argument("--sft", type=int, default=0, help="Also tune every model on this many real pairs.")
     parser.add_argument("--scaling", action="store_true", help="Also run the data-scaling curves.")
+    parser.add_argument("--scaling-only", action="store_true", help="Only the data-scaling curves.")
+    parser.add_argument("--scaling-aligners", nargs="+", default=list(SCALING_METHODS), metavar="METHOD",
+                        help="One text-only scaling curve per aligner.")  # fmt: skip
     args = parser.parse_args()
+    if args.scaling_only:
+        scaling_only(args)
+        return
 
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
     scaling: dict[int, dict] = {}
@@ -43,11 +52,13 @@ def main() -> None:
     gaps: list[float] = []
     for seed in args.seeds:
         workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        methods = tuple(args.scaling_aligners)
+        scaled = "_scaling" + ("" if methods == SCALING_METHODS else "-" + "-".join(methods))
         timing = workdir / ("wall_seconds" + (f"_sft{args.sft}" if args.sft else "")
-                            + ("_scaling" if args.scaling else "") + ".json")  # fmt: skip
+                            + (scaled if args.scaling else "") + ".json")  # fmt: skip
         started = time.perf_counter()
         result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, scaling=SCALES if args.scaling else (),
-                          log=lambda _: None)  # fmt: skip
+                          scaling_methods=methods, log=lambda _: None)  # fmt: skip
         scaling[seed] = result.scaling
         # The first complete run of a seed is its figure (a seed resumed from a killed run times only the rest).
         if not timing.is_file():
@@ -93,6 +104,24 @@ def main() -> None:
         write_figures(args, per_seed, scaling)
 
 
+def scaling_only(args: argparse.Namespace) -> None:
+    scaling, seconds = {}, {}
+    for seed in args.seeds:
+        workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        timing = workdir / f"wall_seconds_scaling_only-{'-'.join(args.scaling_aligners)}.json"
+        started = time.perf_counter()
+        scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=tuple(args.scaling_aligners),
+                                         log=lambda _: None)  # fmt: skip
+        if not timing.is_file():
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+        seconds[seed] = json.loads(timing.read_text())["seconds"]
+        print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
+    print_scaling(scaling, args.seeds)
+    print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
+    if args.png:
+        write_scaling_figure(args, scaling)
+
+
 def difference(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int], model: str, baseline: str,
                figure: str) -> str:  # fmt: skip
     """Mean per-seed difference ``model - baseline`` with its 95 % t-interval, ``*`` where it excludes 0."""
@@ -111,32 +140,46 @@ def t_interval(differences: list[float]) -> str:
 
 
 def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
-    """Mean ± std per pool size and curve; then every text-only size against every paired size (per-seed
-    differences of the mean attribute accuracy): where does N texts match M pairs?"""
+    """Mean ± std per pool size and curve; then, per text-only curve, every text size against every paired size
+    (per-seed differences of the mean attribute accuracy): where does N texts match M pairs? With two text
+    curves, also the per-seed difference between them at each size."""
     first = scaling[seeds[0]]
     sizes, curves = first["sizes"], list(first["curves"])
-    text, paired = curves
+    *texts, paired = curves
+
+    def attributes(curve: str, i: int, s: int) -> float:
+        return scaling[s]["curves"][curve][i]["attributes"]
+
     print(f"\nscaling ({len(seeds)} seeds): mean attribute accuracy / VQA, mean ± std over seeds\n")
     heads = " | ".join(f"{c}: attributes | {c}: VQA" for c in curves)
-    print(f"| pool size | {heads} | Δ attributes (text − paired) |")
-    print("|---" * (2 * len(curves) + 2) + "|")
+    deltas = " | ".join(f"Δ attributes ({t} − paired)" for t in texts)
+    print(f"| pool size | {heads} | {deltas} |")
+    print("|---" * (2 * len(curves) + len(texts) + 1) + "|")
     for i, n in enumerate(sizes):
         cells = []
         for curve in curves:
             for figure in ("attributes", "vqa"):
                 v = np.array([scaling[s]["curves"][curve][i][figure] for s in seeds])
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
-        cells.append(t_interval([scaling[s]["curves"][text][i]["attributes"]
-                                 - scaling[s]["curves"][paired][i]["attributes"] for s in seeds]))  # fmt: skip
+        cells += [t_interval([attributes(t, i, s) - attributes(paired, i, s) for s in seeds]) for t in texts]
         print(f"| {n} | " + " | ".join(cells) + " |")
-    print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
-          "95 % t-interval (* excludes 0)\n")  # fmt: skip
-    print("| N texts \\ M pairs | " + " | ".join(map(str, sizes)) + " |")
-    print("|---" * (len(sizes) + 1) + "|")
-    for i, n in enumerate(sizes):
-        cells = [t_interval([scaling[s]["curves"][text][i]["attributes"] - scaling[s]["curves"][paired][j]["attributes"]
-                             for s in seeds]) for j in range(len(sizes))]  # fmt: skip
-        print(f"| {n} | " + " | ".join(cells) + " |")
+    for text in texts:
+        print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
+              "95 % t-interval (* excludes 0)\n")  # fmt: skip
+        print("| N texts \\ M pairs | " + " | ".join(map(str, sizes)) + " |")
+        print("|---" * (len(sizes) + 1) + "|")
+        for i, n in enumerate(sizes):
+            cells = [t_interval([attributes(text, i, s) - attributes(paired, j, s) for s in seeds])
+                     for j in range(len(sizes))]  # fmt: skip
+            print(f"| {n} | " + " | ".join(cells) + " |")
+    for a, b in pairwise(texts):
+        print(f"\n{b} − {a}, same size: per-seed Δ (95 % t-interval)\n")
+        print("| pool size | Δ attributes | Δ VQA |")
+        print("|---|---|---|")
+        for i, n in enumerate(sizes):
+            cells = [t_interval([scaling[s]["curves"][b][i][f] - scaling[s]["curves"][a][i][f] for s in seeds])
+                     for f in ("attributes", "vqa")]  # fmt: skip
+            print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[str, float]]],
@@ -167,20 +210,32 @@ def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[s
     plt.close(fig)
     print(f"figures: {args.png / 'demo-seeds.png'}, {args.png / 'demo-projections.png'}")
     if args.scaling:
-        from modgap.world.report import scaling_chart
+        write_scaling_figure(args, scaling)
 
-        sizes = scaling[args.seeds[0]]["sizes"]
-        curves = {}
-        for curve in scaling[args.seeds[0]]["curves"]:
-            curves[curve] = {}
-            for figure in ("attributes", "vqa"):
-                v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
-                mean, spread = v.mean(0), v.std(0, ddof=1)
-                curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
-        fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
-        fig.savefig(args.png / "demo-scaling.png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        print(f"figure: {args.png / 'demo-scaling.png'}")
+
+def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modgap.world.report import scaling_chart
+
+    sizes = scaling[args.seeds[0]]["sizes"]
+    curves = {}
+    for curve in scaling[args.seeds[0]]["curves"]:
+        curves[curve] = {}
+        for figure in ("attributes", "vqa"):
+            v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
+            mean, spread = v.mean(0), v.std(0, ddof=1)
+            curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
+    fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
+    methods = tuple(args.scaling_aligners)
+    name = "demo-scaling" + ("" if methods == SCALING_METHODS else "-" + "-".join(methods)) + ".png"
+    args.png.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png / name, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    print(f"figure: {args.png / name}")
 
 
 if __name__ == "__main__":

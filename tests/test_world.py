@@ -210,16 +210,25 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     assert refused.returncode == 2 and "seed (0 -> 1)" in refused.stderr, refused.stderr
     assert json.loads((workdir / "results.json").read_text()) == again
 
-    # Scaling (two of the four sizes, to keep the suite short): the half-size text model is aligned with ReAlign
-    # fitted on exactly the texts it trains on; the full size is the demo's own realign / paired models.
+    refused = run_cli("demo", "--quick", "--scaling", "--scaling-aligner", "bogus", "--workdir", tmp_path / "new",
+                      check=False)  # fmt: skip
+    assert refused.returncode == 2 and "bogus" in refused.stderr and not (tmp_path / "new").exists()
+
+    # Scaling (two of the four sizes, to keep the suite short), one text curve per aligner: each half-size text
+    # model is aligned with its method fitted on exactly the texts it trains on; the full size is the demo's
+    # own aligner / paired models.
     from modgap.align import load_aligner
     from modgap.store.store import EmbeddingStore
     from modgap.world.demo import run_demo
 
-    curves = run_demo(workdir, quick=True, scaling=(4, 8), log=lambda _: None).scaling
-    assert curves["sizes"] == [2000, 4000] and list(curves["curves"]) == ["text only, realign", "paired images"]
-    assert curves["curves"]["text only, realign"][1] == results["rows"]["realign"]
-    assert curves["curves"]["paired images"][1] == results["rows"]["paired images"]
+    curves = run_demo(workdir, quick=True, scaling=(4, 8), scaling_methods=("realign", "gaussian-ot"),
+                      log=lambda _: None).scaling  # fmt: skip
+    assert curves["sizes"] == [2000, 4000] and curves["methods"] == ["realign", "gaussian-ot"]
+    assert list(curves["curves"]) == ["text only, realign", "text only, gaussian-ot", "paired images"]
+    for curve, model in (("text only, realign", "realign"), ("text only, gaussian-ot", "gaussian-ot"),
+                         ("paired images", "paired images")):  # fmt: skip
+        assert curves["curves"][curve][1] == results["rows"][model]
+    assert curves["curves"]["text only, realign"][0] != curves["curves"]["text only, gaussian-ot"][0]
     assert all(set(ATTRIBUTES) <= set(row) for rows in curves["curves"].values() for row in rows)
     texts = EmbeddingStore.open(workdir / "stores" / "text_pool-text").get([f"text_pool-{i}" for i in range(2000)])
     unit = texts.astype(np.float64) / np.linalg.norm(texts.astype(np.float64), axis=1, keepdims=True)

@@ -26,9 +26,16 @@ def demo(
         typer.Option(
             "--scaling",
             help="Also train on 1/8, 1/4, 1/2 and all of the text pool (aligned) and of the paired pool: the "
-            "data-scaling curves (six more models).",
+            "data-scaling curves (three more models per curve).",
         ),
     ] = False,
+    scaling_aligner: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Aligner of a text-only scaling curve (repeat for several; default realign).",
+            metavar="METHOD",
+        ),
+    ] = None,
     embedder: Annotated[
         bool,
         typer.Option("--embedder", help="Run the universal-embedder (UniME) section instead: both stages, ablations."),
@@ -44,7 +51,7 @@ def demo(
     if embedder:
         _embedder_demo(workdir, quick, seed, teacher)
         return
-    from modgap.world.demo import SCALES
+    from modgap.world.demo import SCALES, SCALING_METHODS
 
     result = run_demo(
         workdir,
@@ -52,6 +59,7 @@ def demo(
         seed=seed,
         sft=sft,
         scaling=SCALES if scaling else (),
+        scaling_methods=tuple(scaling_aligner or SCALING_METHODS),
         progress=rich_progress(),
         log=lambda m: err.print(m, highlight=False),
     )

@@ -51,7 +51,7 @@ UNICORN = "unicorn (synthetic text)"
 VALIDATED_OT = "gaussian-ot, validated shrinkage"
 SHRINKAGES = (1e-3, 1e-2, 0.05, 0.1, 0.3, 1.0)
 SCALES = (1, 2, 4, 8)  # pool sizes of the scaling curves, as multiples of 1/8 of the text pool
-SCALING_METHOD = "realign"  # the paper's aligner on the text-only curve
+SCALING_METHODS = ("realign",)  # the paper's aligner: the default text-only curve
 ENCODER = "builtin:tiny-clip"
 LLM = "builtin:tiny-lm"
 
@@ -275,11 +275,12 @@ def run_demo(
     sft: int = 0,
     aligners: tuple[str, ...] = ALIGNERS,
     scaling: tuple[int, ...] = (),
+    scaling_methods: tuple[str, ...] = SCALING_METHODS,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """The demo in ``workdir``; ``scaling`` (e.g. :data:`SCALES`) adds the data-scaling curves of
-    :func:`run_scaling`."""
+    :func:`run_scaling`, one text-only curve per aligner of ``scaling_methods``."""
     from modgap.align import load_aligner, make_aligner
 
     started = time.perf_counter()
@@ -287,8 +288,8 @@ def run_demo(
     size = QUICK if quick else FULL
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
-    if any(k not in SCALES for k in scaling):
-        raise ModgapError(f"scaling scales must be among {SCALES}, got {scaling}")
+    if scaling:
+        _check_scaling(scaling, scaling_methods)
     claim_demo_dir(root, seed, quick, size)
     pools = write_world(root, size, seed, log)
     embed_world(root, progress, log)
@@ -348,8 +349,9 @@ def run_demo(
         rows[f"sft {sft} only"], run_dirs[f"sft {sft} only"] = _evaluate(root, only, pools["test"]), only.parent
     curves = None
     if scaling:
-        log(f"scaling: text only ({SCALING_METHOD}) against paired images, pools of x{', x'.join(map(str, scaling))}")
-        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling)
+        log(f"scaling: text only ({', '.join(scaling_methods)}) against paired images, pools of "
+            f"x{', x'.join(map(str, scaling))}")  # fmt: skip
+        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling, scaling_methods)
     result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root, curves)
     write_json(
         root / "results.json",
@@ -371,6 +373,38 @@ def run_demo(
     return result
 
 
+def _check_scaling(scales: tuple[int, ...], methods: tuple[str, ...]) -> None:
+    if not scales or any(k not in SCALES for k in scales):
+        raise ModgapError(f"scaling scales must be among {SCALES}, got {scales}")
+    unknown = [m for m in methods if m not in ALIGNERS]
+    if unknown or not methods:
+        raise ModgapError(f"scaling aligners must be among {', '.join(ALIGNERS)}, got {', '.join(unknown) or 'none'}")
+
+
+def run_scaling_demo(
+    workdir: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    scales: tuple[int, ...] = SCALES,
+    methods: tuple[str, ...] = SCALING_METHODS,
+    progress: ProgressFactory = silent,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The data-scaling curves of :func:`run_scaling` alone, in a demo workdir (the same world, stores and claim
+    as :func:`run_demo`): every size is trained under ``scaling/``, the full pools too, so no other demo model
+    is needed. Written to ``scaling.json``; resumable like the demo."""
+    root, size = Path(workdir), QUICK if quick else FULL
+    _check_scaling(scales, methods)
+    claim_demo_dir(root, seed, quick, size)
+    pools = write_world(root, size, seed, log)
+    embed_world(root, progress, log)
+    log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
+    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods)
+    write_json(root / "scaling.json", curves)
+    return curves
+
+
 def run_scaling(
     root: Path,
     size: DemoSize,
@@ -379,47 +413,59 @@ def run_scaling(
     rows: dict[str, dict[str, float]],
     run_dirs: dict[str, Path],
     scales: tuple[int, ...] = SCALES,
+    methods: tuple[str, ...] = SCALING_METHODS,
 ) -> dict[str, Any]:
-    """Does more unpaired text stand in for fewer pairs? For each scale k, a model pretrained on the first
-    k/8 of the text pool (aligned with :data:`SCALING_METHOD`, fitted on those texts and the image pool) and
-    one on the first k/8 of the paired pool, same steps and settings as every other model. The full pools
-    (k = 8) are the demo's own ``realign`` and ``paired images`` models.
+    """Does more unpaired text stand in for fewer pairs? For each scale k and aligner, a model pretrained on
+    the first k/8 of the text pool (aligned with that method, fitted on exactly those texts and the image
+    pool), and one on the first k/8 of the paired pool, same steps and settings as every other model. The
+    full pools (k = 8) are the demo's own aligner and ``paired images`` models when it trained them.
 
-    Returns ``{"method", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``.
+    Returns ``{"methods", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``
+    with one curve ``text only, METHOD`` per method, then ``paired images``.
     """
-    from modgap.align import make_aligner
-    from modgap.store.store import EmbeddingStore
-
     full = min(size.text_pool, size.paired)
-    text_curve, paired_curve = f"text only, {SCALING_METHOD}", PAIRED
-    out: dict[str, Any] = {"method": SCALING_METHOD, "sizes": [], "curves": {text_curve: [], paired_curve: []},
-                           "runs": {text_curve: [], paired_curve: []}}  # fmt: skip
+    names = {method: f"text only, {method}" for method in methods}
+    curves = [*names.values(), PAIRED]
+    out: dict[str, Any] = {"methods": list(methods), "sizes": [], "curves": {c: [] for c in curves},
+                           "runs": {c: [] for c in curves}}  # fmt: skip
     for k in sorted(scales):
         n = full * k // SCALES[-1]
-        if n == size.text_pool and SCALING_METHOD in rows:
-            text_row, text_dir = rows[SCALING_METHOD], run_dirs[SCALING_METHOD]
-        else:
-            path, data = root / "aligners" / f"{SCALING_METHOD}-text{n}", _first_rows(root, "text_pool", n)
-            if not (path / "aligner.json").is_file():
-                ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
-                texts = EmbeddingStore.open(root / "stores" / "text_pool-text").get(ids)  # exactly the trained texts
-                make_aligner(SCALING_METHOD, **ALIGNER_PARAMS.get(SCALING_METHOD, {})).fit(
-                    texts.astype(np.float32), str(root / "stores" / "image_pool-image")
-                ).save(path)
-            model = train_revision(root, f"scaling/{SCALING_METHOD}-text{n}", size, seed, str(data),
-                                   str(root / "stores" / "text_pool-text"), str(path))  # fmt: skip
-            text_row, text_dir = _evaluate(root, model, test), model.parent
+        trained = []
+        for method in methods:
+            if n == size.text_pool and method in rows:
+                trained.append((names[method], rows[method], run_dirs[method]))
+                continue
+            data, aligner = _first_rows(root, "text_pool", n), _subset_aligner(root, method, n)
+            model = train_revision(root, f"scaling/{method}-text{n}", size, seed, str(data),
+                                   str(root / "stores" / "text_pool-text"), str(aligner))  # fmt: skip
+            trained.append((names[method], _evaluate(root, model, test), model.parent))
         if n == size.paired and PAIRED in rows:
-            paired_row, paired_dir = rows[PAIRED], run_dirs[PAIRED]
+            trained.append((PAIRED, rows[PAIRED], run_dirs[PAIRED]))
         else:
             model = train_revision(root, f"scaling/paired{n}", size, seed, str(_first_rows(root, "paired", n)),
                                    str(root / "stores" / "paired-image"), None)  # fmt: skip
-            paired_row, paired_dir = _evaluate(root, model, test), model.parent
+            trained.append((PAIRED, _evaluate(root, model, test), model.parent))
         out["sizes"].append(n)
-        for curve, row, run in ((text_curve, text_row, text_dir), (paired_curve, paired_row, paired_dir)):
+        for curve, row, run in trained:
             out["curves"][curve].append(row)
             out["runs"][curve].append(str(run.relative_to(root)))
     return out
+
+
+def _subset_aligner(root: Path, method: str, n: int) -> Path:
+    """``aligners/{method}-text{n}``: ``method`` fitted on exactly the first ``n`` texts of the pool (the texts
+    that model trains on) and the whole image pool (written once)."""
+    from modgap.align import make_aligner
+    from modgap.store.store import EmbeddingStore
+
+    path = root / "aligners" / f"{method}-text{n}"
+    if not (path / "aligner.json").is_file():
+        ids = [json.loads(line)["id"] for line in _first_rows(root, "text_pool", n).read_text().splitlines()]
+        texts = EmbeddingStore.open(root / "stores" / "text_pool-text").get(ids)
+        make_aligner(method, **ALIGNER_PARAMS.get(method, {})).fit(
+            texts.astype(np.float32), str(root / "stores" / "image_pool-image")
+        ).save(path)
+    return path
 
 
 def _first_rows(root: Path, pool: str, n: int) -> Path:
@@ -562,7 +608,8 @@ def report_markdown(result: DemoResult, size: DemoSize, seed: int) -> str:
             "## Scaling",
             "",
             f"Mean attribute accuracy (VQA) of models trained on the first N rows of the text pool (aligned with "
-            f"{result.scaling['method']}, fitted on those texts) or of the paired pool; {size.steps} steps each.",
+            f"{', '.join(result.scaling['methods'])}, fitted on those texts) or of the paired pool; {size.steps} "
+            "steps each.",
             "",
             "| N | " + " | ".join(curves) + " |",
             "|---" * (len(curves) + 1) + "|",
