@@ -53,6 +53,7 @@ class EmbedderSize:
     steps: int
     batch_size: int
     lr: float = 5e-4
+    patch_base_steps: int | None = None  # pretraining steps of the patch-token base model (None: the demo's)
 
 
 EMBEDDER_QUICK = EmbedderSize(steps=100, batch_size=32)
@@ -299,7 +300,8 @@ def run_embedder_demo(
         log(f"patch tokens of the paired images: {summary.line()}")
     log(f"{PATCH_VARIANT}: base model, stage 1, stage 2")
     paired_data = str(root / "world" / "paired.jsonl")
-    base_patch = train_revision(root, "paired-patch", demo_size, seed, paired_data, str(patch_store), None)
+    base_patch = train_revision(root, "paired-patch", demo_size, seed, paired_data, str(patch_store), None,
+                                steps=esize.patch_base_steps)  # fmt: skip
     tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
     models[PATCH_VARIANT] = f"embedder:{tuned_patch}"
     rows = {}
