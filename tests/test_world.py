@@ -167,6 +167,15 @@ def test_builtin_lm_expands_seeds_writes_conversations_and_answers_questions_lik
     assert np.mean([r.text.rstrip(" .") == a for r, a in zip(replies, truth, strict=True)]) > 0.9
 
 
+def test_demo_scaling_options_are_refused_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "demo"
+    refused = run_cli("demo", "--quick", "--scaling", "--scaling-aligner", "bogus", "--workdir", workdir, check=False)
+    assert refused.returncode == 2 and "bogus" in refused.stderr and "realign" in refused.stderr, refused.stderr
+    refused = run_cli("demo", "--quick", "--scaling-aligner", "realign", "--workdir", workdir, check=False)
+    assert refused.returncode == 2 and "only applies with --scaling" in refused.stderr, refused.stderr
+    assert not workdir.exists()
+
+
 def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):
     workdir = tmp_path / "demo"
     proc = run_cli("demo", "--quick", "--workdir", workdir)
@@ -209,10 +218,6 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     refused = run_cli("demo", "--quick", "--seed", "1", "--workdir", workdir, check=False)
     assert refused.returncode == 2 and "seed (0 -> 1)" in refused.stderr, refused.stderr
     assert json.loads((workdir / "results.json").read_text()) == again
-
-    refused = run_cli("demo", "--quick", "--scaling", "--scaling-aligner", "bogus", "--workdir", tmp_path / "new",
-                      check=False)  # fmt: skip
-    assert refused.returncode == 2 and "bogus" in refused.stderr and not (tmp_path / "new").exists()
 
     # Scaling (two of the four sizes, to keep the suite short), one text curve per aligner: each half-size text
     # model is aligned with its method fitted on exactly the texts it trains on; the full size is the demo's

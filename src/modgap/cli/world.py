@@ -53,6 +53,10 @@ def demo(
         return
     from modgap.world.demo import SCALES, SCALING_METHODS
 
+    if scaling_aligner and not scaling:
+        from modgap.errors import ModgapError
+
+        raise ModgapError("--scaling-aligner only applies with --scaling")
     result = run_demo(
         workdir,
         quick=quick,
