@@ -50,12 +50,11 @@ def main() -> None:
     scaling: dict[int, dict] = {}
     seconds: dict[int, float] = {}
     gaps: list[float] = []
+    methods = tuple(args.scaling_aligners)
     for seed in args.seeds:
         workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
-        methods = tuple(args.scaling_aligners)
-        scaled = "_scaling" + ("" if methods == SCALING_METHODS else "-" + "-".join(methods))
         timing = workdir / ("wall_seconds" + (f"_sft{args.sft}" if args.sft else "")
-                            + (scaled if args.scaling else "") + ".json")  # fmt: skip
+                            + (f"_scaling{methods_suffix(methods)}" if args.scaling else "") + ".json")  # fmt: skip
         started = time.perf_counter()
         result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, scaling=SCALES if args.scaling else (),
                           scaling_methods=methods, log=lambda _: None)  # fmt: skip
@@ -104,14 +103,19 @@ def main() -> None:
         write_figures(args, per_seed, scaling)
 
 
+def methods_suffix(methods: tuple[str, ...]) -> str:
+    """How file names tell scaling runs apart: nothing for the default aligners, ``-m1-m2`` otherwise."""
+    return "" if methods == SCALING_METHODS else "-" + "-".join(methods)
+
+
 def scaling_only(args: argparse.Namespace) -> None:
     scaling, seconds = {}, {}
+    methods = tuple(args.scaling_aligners)
     for seed in args.seeds:
         workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
-        timing = workdir / f"wall_seconds_scaling_only-{'-'.join(args.scaling_aligners)}.json"
+        timing = workdir / f"wall_seconds_scaling_only{methods_suffix(methods)}.json"
         started = time.perf_counter()
-        scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=tuple(args.scaling_aligners),
-                                         log=lambda _: None)  # fmt: skip
+        scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=methods, log=lambda _: None)
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         seconds[seed] = json.loads(timing.read_text())["seconds"]
@@ -230,8 +234,7 @@ def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> 
             mean, spread = v.mean(0), v.std(0, ddof=1)
             curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
     fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
-    methods = tuple(args.scaling_aligners)
-    name = "demo-scaling" + ("" if methods == SCALING_METHODS else "-" + "-".join(methods)) + ".png"
+    name = f"demo-scaling{methods_suffix(tuple(args.scaling_aligners))}.png"
     args.png.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png / name, dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -349,9 +349,7 @@ def run_demo(
         rows[f"sft {sft} only"], run_dirs[f"sft {sft} only"] = _evaluate(root, only, pools["test"]), only.parent
     curves = None
     if scaling:
-        log(f"scaling: text only ({', '.join(scaling_methods)}) against paired images, pools of "
-            f"x{', x'.join(map(str, scaling))}")  # fmt: skip
-        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling, scaling_methods)
+        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling, scaling_methods, log)
     result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root, curves)
     write_json(
         root / "results.json",
@@ -399,8 +397,7 @@ def run_scaling_demo(
     claim_demo_dir(root, seed, quick, size)
     pools = write_world(root, size, seed, log)
     embed_world(root, progress, log)
-    log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
-    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods)
+    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods, log)
     write_json(root / "scaling.json", curves)
     return curves
 
@@ -414,6 +411,7 @@ def run_scaling(
     run_dirs: dict[str, Path],
     scales: tuple[int, ...] = SCALES,
     methods: tuple[str, ...] = SCALING_METHODS,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Does more unpaired text stand in for fewer pairs? For each scale k and aligner, a model pretrained on
     the first k/8 of the text pool (aligned with that method, fitted on exactly those texts and the image
@@ -423,6 +421,7 @@ def run_scaling(
     Returns ``{"methods", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``
     with one curve ``text only, METHOD`` per method, then ``paired images``.
     """
+    log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
     full = min(size.text_pool, size.paired)
     names = {method: f"text only, {method}" for method in methods}
     curves = [*names.values(), PAIRED]
