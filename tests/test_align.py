@@ -165,7 +165,7 @@ def test_dimension_mismatch(tmp_path, rng):
     with pytest.raises(ModgapError, match=r"dimension mismatch: source .*/t has D=4, target .*/i has D=5"):
         make_aligner("realign").fit(ts, its)
     a = make_aligner("realign").fit(ts, ts)
-    with pytest.raises(ModgapError, match="aligner was fitted on D=4"):
+    with pytest.raises(ModgapError, match="aligner .realign. was fitted on D=4"):
         apply_to_store(a, its, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -21,7 +21,7 @@ def test_revision_pkl_round_trip_keeps_files_ids_and_metadata(tmp_path, rng):
     assert s.metadata_columns == ["image_path", "source"]
     np.testing.assert_array_equal(s.to_numpy(), x)
     export_store("revision-pkl", s, tmp_path / "back")
-    assert sorted(os.listdir(tmp_path / "back")) == ["img_0.pkl", "img_1.pkl", "img_2.pkl"]
+    assert sorted(os.listdir(tmp_path / "back")) == ["_modgap_export.json", "img_0.pkl", "img_1.pkl", "img_2.pkl"]
     for name in ("img_0.pkl", "img_2.pkl"):
         with open(tmp_path / "pkl" / name, "rb") as f:
             orig = pickle.load(f)
@@ -63,7 +63,7 @@ def test_parquet_with_variable_lists_and_custom_columns(tmp_path):
     assert s.ids() == ["a", "b"] and s.metadata_columns == ["caption"]
     bad = pa.table({"id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0]]})
     pq.write_table(bad, tmp_path / "bad.parquet")
-    with pytest.raises(ModgapError, match=r"row 1 has an embedding of length 1, expected 2"):
+    with pytest.raises(ModgapError, match=r"bad.parquet: row 2 has an embedding of length 1, expected 2"):
         import_store("parquet", tmp_path / "bad.parquet", tmp_path / "s3")
     assert not (tmp_path / "s3").exists()
     with pytest.raises(ModgapError, match=r"in.parquet: no column 'id' \(columns: \['key', 'vec', 'caption'\]\)"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,8 +66,15 @@ class Aligner:
     passes: ClassVar[int] = 1  # streaming passes over the source that fit() needs
     target_passes: ClassVar[tuple[int, ...]] = (0,)  # passes that also read the target
     second_order: ClassVar[bool] = False  # whether pass 0 needs sums of outer products
+    # Parameters that must not be negative (noise scales); every float parameter must be finite.
+    non_negative: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        for name, value in self.params().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ModgapError(f"{self.method}: parameter {name} must be a finite number, got {value}")
+            if name in self.non_negative and value < 0:
+                raise ModgapError(f"{self.method}: parameter {name} must not be negative, got {value}")
         self.state: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.provenance: dict[str, Any] = {}
@@ -136,11 +144,19 @@ class Aligner:
         if not self.fitted:
             raise ModgapError(f"aligner {self.method!r} is not fitted")
 
+    def require_dim(self, dim: int, where: str) -> None:
+        """Refuse vectors of another width than the aligner was fitted on (``where`` names their store)."""
+        fitted = next((int(v.shape[-1]) for v in self.state.values() if v.ndim >= 1), dim)
+        if fitted != dim:
+            raise ModgapError(
+                f"dimension mismatch: aligner {self.method!r} was fitted on D={fitted}, {where} has D={dim}"
+            )
+
     # -- artifact -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``aligner.safetensors`` + ``aligner.json`` into the directory ``path`` (atomically)."""
         self._require_fitted()
-        with atomic_output_dir(path, overwrite=True) as tmp:
+        with atomic_output_dir(path, overwrite=True, markers=(ARTIFACT_CONFIG,)) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS))
             config = {
                 "method": self.method,

@@ -18,9 +18,10 @@ from modgap import __version__
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
-from modgap.files import atomic_output_dir
+from modgap.files import atomic_output_dir, check_replaceable
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
+from modgap.store.manifest import MANIFEST_NAME
 from modgap.store.store import EmbeddingStore, StoreWriter
 from modgap.store.stream import VectorSource
 
@@ -117,9 +118,7 @@ def apply_to_store(
     if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open(store)
     aligner._require_fitted()
-    fitted_dim = next((int(v.shape[-1]) for v in aligner.state.values() if v.ndim >= 1), store.dim)
-    if fitted_dim != store.dim:
-        raise ModgapError(f"dimension mismatch: aligner was fitted on D={fitted_dim}, {store.path} has D={store.dim}")
+    aligner.require_dim(store.dim, str(store.path))
     src = VectorSource(store, SOURCE, bad, chunk_rows, device)
     m = store.manifest
     dtype = dtype or m.dtype
@@ -132,7 +131,8 @@ def apply_to_store(
         "input_store": str(store.path),
         "dir": ALIGNER_SUBDIR,
     }
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    inputs = [store.path, aligner_path]
+    with atomic_output_dir(out, overwrite=overwrite, markers=(MANIFEST_NAME,), inputs=inputs) as tmp:
         with (
             StoreWriter(
                 tmp,
@@ -159,6 +159,15 @@ def apply_to_store(
             bad.write(Path(tmp) / "bad_rows.jsonl")
         aligner.save(Path(tmp) / ALIGNER_SUBDIR)
     return EmbeddingStore.open(out)
+
+
+def _store_paths(*sources: Any) -> list[Any]:
+    """The directories a fit reads (stores or paths; a list of them for several), for the overwrite guard."""
+    paths: list[Any] = []
+    for s in sources:
+        for one in s if isinstance(s, list | tuple) else [s]:
+            paths.append(one.path if isinstance(one, EmbeddingStore) else one)
+    return paths
 
 
 def _fit_method(
@@ -197,6 +206,9 @@ def fit_and_save(
 ) -> Aligner:
     """``modgap align fit``: fit on every process (statistics merged), save on rank 0 with ``bad_rows.jsonl``
     when rows were skipped. ``command`` is recorded in the aligner's provenance."""
+    from modgap.align.base import ARTIFACT_CONFIG
+
+    check_replaceable(out, (ARTIFACT_CONFIG,), inputs=_store_paths(source, target))
     aligner, bad = _fit_method(method, params, source, target, on_bad, chunk_rows, device, command, progress)
     if rank_and_world()[0] == 0:
         aligner.save(out)
@@ -224,8 +236,16 @@ def fit_and_apply(
 ) -> EmbeddingStore | None:
     """``modgap align run``: fit on every process, then rank 0 writes the aligned source store (and the
     aligner, with ``save_aligner``). Returns the store on rank 0, None elsewhere."""
+    from modgap.align.base import ARTIFACT_CONFIG
+
     if Path(out).exists() and not overwrite:
         raise ModgapError(f"{out}: already exists (pass --overwrite to replace it)")
+    inputs = _store_paths(source, target)
+    check_replaceable(out, (MANIFEST_NAME,), inputs=[*inputs, save_aligner])
+    if save_aligner is not None:
+        check_replaceable(save_aligner, (ARTIFACT_CONFIG,), inputs=[*inputs, out], flag="--save-aligner")
+        if Path(save_aligner).resolve() == Path(out).resolve():
+            raise ModgapError(f"{out}: --save-aligner and --out name the same directory")
     aligner, bad = _fit_method(method, params, source, target, on_bad, chunk_rows, device, command, progress)
     store = None
     if rank_and_world()[0] == 0:

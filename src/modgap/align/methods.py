@@ -108,6 +108,7 @@ class C3(_Params):
     method = "c3"
     noise_std: float = C3_NOISE_STD
     renormalize_noise: bool = False
+    non_negative = ("noise_std",)
 
     def end_pass(self, p: int, stats: dict[str, Moments]) -> None:
         mu_t, mu_i = self._means(stats)
@@ -134,6 +135,7 @@ class GaussianNoise(_Params):
     std: float = C3_NOISE_STD
     renormalize: bool = False
     seed: int = 0
+    non_negative = ("std",)
 
     @property
     def output_normalized(self) -> bool:

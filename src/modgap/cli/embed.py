@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modgap.cli.common import DeviceOpt, command_line, out
+from modgap.cli.common import DeviceOpt, command_line, out, quiet_transformers
 from modgap.errors import ModgapError
 from modgap.progress import rich_progress
 
@@ -53,6 +53,7 @@ def embed(
     from modgap.distributed import init_from_env, shutdown
     from modgap.embed import Columns, EmbedOptions, embed_data
 
+    quiet_transformers()
     outs = {"image": out_image, "text": out_text}
     wanted = {"both": ["image", "text"], "image": ["image"], "text": ["text"]}.get(modality)
     if wanted is None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from modgap.cli.common import err, out, quiet_transformers
+from modgap.cli.common import OnBadOpt, err, out, quiet_transformers
 from modgap.progress import rich_progress
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
@@ -36,6 +36,7 @@ def eval_caption(
     prompt: Annotated[str | None, typer.Option()] = None,
     base_llm: BaseLLMOpt = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    on_bad: OnBadOpt = "error",
 ) -> None:
     """Caption held-out embeddings and score BLEU-4 / CIDEr against the references (pycocoevalcap)."""
     from modgap.eval.caption import evaluate_captions
@@ -50,12 +51,14 @@ def eval_caption(
         batch_size=batch_size,
         limit=limit,
         prompt=prompt,
+        on_bad=on_bad,
         progress=rich_progress(unit="rows"),
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
     )
     if result.missing:
         err.print(f"{len(result.missing)} rows skipped: id not in {embeddings} (e.g. {result.missing[:3]})")
+    _report_bad(result.bad, out_dir)
     _print_figures(f"captions: {len(result.rows)} samples", result.metrics)
     _write_predictions(out_dir, result, "samples")
 
@@ -78,6 +81,7 @@ def eval_vqa(
     max_new_tokens: Annotated[int, typer.Option()] = 16,
     base_llm: BaseLLMOpt = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    on_bad: OnBadOpt = "error",
 ) -> None:
     """Answer questions about stored images; VQAv2 accuracy (normalised answers, min(1, matches/3)) overall and
     per question type."""
@@ -86,10 +90,11 @@ def eval_vqa(
 
     quiet_transformers()
     model = load_model(model_dir, base_llm=base_llm, device=device)
-    result = evaluate_vqa(model, data, embeddings, batch_size=batch_size, limit=limit, suffix=suffix,
+    result = evaluate_vqa(model, data, embeddings, batch_size=batch_size, limit=limit, suffix=suffix, on_bad=on_bad,
                           progress=rich_progress(unit="questions"), max_new_tokens=max_new_tokens)  # fmt: skip
     if result.missing:
         err.print(f"{len(result.missing)} questions skipped: image not in {embeddings} (e.g. {result.missing[:3]})")
+    _report_bad(result.bad, out_dir)
     _print_figures(f"VQA: {len(result.rows)} questions", result.metrics)
     _write_predictions(out_dir, result, "questions")
 
@@ -198,14 +203,22 @@ def eval_mmeb(
         out.print(f"wrote {json_out}")
 
 
+def _report_bad(bad: list[dict[str, str]], out_dir: Path | None) -> None:
+    if bad:
+        listed = f"; listed in {out_dir}/bad_rows.jsonl" if out_dir else ""
+        err.print(f"{len(bad)} rows left out: NaN, Inf or zero embedding (e.g. {[r['id'] for r in bad[:3]]}){listed}")
+
+
 def _write_predictions(out_dir: Path | None, result: Any, counted: str) -> None:
     """metrics.json (the figures, how many were scored and how many skipped) and predictions.jsonl."""
     from modgap.files import write_json, write_jsonl
 
     if out_dir:
         write_json(out_dir / "metrics.json", {**result.metrics, counted: len(result.rows),
-                                              "missing": len(result.missing)})  # fmt: skip
+                                              "missing": len(result.missing), "bad": len(result.bad)})  # fmt: skip
         write_jsonl(out_dir / "predictions.jsonl", result.rows)
+        if result.bad:
+            write_jsonl(out_dir / "bad_rows.jsonl", result.bad)
         out.print(f"wrote {out_dir}/metrics.json and predictions.jsonl")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modgap.cli.common import out, quiet_transformers
+from modgap.cli.common import OnBadOpt, err, out, quiet_transformers
 from modgap.errors import ModgapError
 
 EXAMPLE = "Example: modgap generate --model runs/sft --image photo.jpg"
@@ -36,6 +36,7 @@ def generate(
     base_llm: Annotated[str | None, typer.Option(help="New location of the base LM, if it moved.")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     out_file: Annotated[Path | None, typer.Option("--out", help="Write JSONL here instead of printing.")] = None,
+    on_bad: OnBadOpt = "error",
 ) -> None:
     """Generate replies from stored embeddings, image files or texts."""
     from modgap.files import write_jsonl
@@ -46,9 +47,17 @@ def generate(
     quiet_transformers()
     model = load_model(model_dir, base_llm=base_llm, device=device)
     if embeddings is not None:
-        inputs = StoreInputs(model, embeddings)
+        inputs = StoreInputs(model, embeddings, on_bad)
         keys = ids.split(",") if ids else inputs.store.ids()[:limit]
-        visual = inputs.ids(keys)
+        rows = inputs.store.row_of(keys)
+        keep = inputs.usable(rows)
+        if not keep.all():
+            shown = [r["id"] for r in inputs.bad.rows[:5]]
+            err.print(f"{int((~keep).sum())} ids left out: NaN, Inf or zero embedding (e.g. {shown})")
+        keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+        if not keys:
+            raise ModgapError(f"{embeddings}: no usable embedding among the ids asked for")
+        visual = inputs.rows(rows[keep])
     elif image:
         keys, visual = [str(p) for p in image], image_inputs(model, image, encoder, device)
     else:

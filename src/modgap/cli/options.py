@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 CONFIG_OPTION = "config"
@@ -37,6 +36,15 @@ def option_fields(cls: type, skip: tuple[str, ...]) -> list[dataclasses.Field]:
     return [f for f in fields if f.name not in inherited] + [f for f in fields if f.name in inherited]
 
 
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was set by the user (command line or environment), not left at its default.
+
+    Compared by name: typer bundles its own click, whose ``ParameterSource`` is not the ``click`` package's
+    (comparing the enums made every option look given, so a ``--config`` file was ignored)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and getattr(source, "name", str(source)) not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, Any], Path | None], None]) -> Any:
     """A Typer command with one option per field of ``cls`` (except ``skip``) plus ``--config``; it calls
     ``run(given, config_file)`` with the options the user set (all of them when there is no config file)."""
@@ -46,8 +54,7 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
         given = {
             name: value
             for name, value in options.items()
-            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
-            or not config_file  # without a file every value (defaults included) comes from here
+            if given_on_command_line(ctx, name) or not config_file  # without a file, defaults come from here too
         }
         hints = typing.get_type_hints(cls)
         for name, value in given.items():
@@ -59,6 +66,8 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for f in option_fields(cls, skip):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:  # --x/--no-x: a flag a config file turned on can be turned off here
+            flag = f"{flag}/--no-{flag[2:]}"
         default = None if f.default is dataclasses.MISSING else f.default
         annotation = Annotated[_cli_type(hints[f.name]), typer.Option(flag, help=f.metadata.get("help"))]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))

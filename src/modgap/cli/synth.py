@@ -23,7 +23,13 @@ BaseUrlOpt = Annotated[
 ]
 ApiKeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key.")]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight (openai backend).")]
-TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request before it is retried.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to wait for a reply before the request is retried (connecting gives up after 10 s). "
+        "Worst case for one request to a hung server: --request-attempts x (--timeout + up to 30 s of back-off)."
+    ),
+]
 RequestAttemptsOpt = Annotated[
     int, typer.Option(help="Attempts per request on connection errors, timeouts, 429 and 5xx.")
 ]

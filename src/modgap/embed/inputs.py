@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.files import read_rows
+from modgap.files import read_rows, read_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -93,7 +93,7 @@ def _records(path: Path, rows: list[dict[str, Any]], cols: Columns, image_root: 
 
 def _revision_json(path: Path, image_root: str | Path | None) -> Inputs:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ModgapError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not ({"images", "texts"} & set(data)):

@@ -138,8 +138,26 @@ def bucketed_batches(lengths: list[int], batch_size: int, window: int) -> list[l
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
-def _existing_ids(path: Path) -> set[str]:
-    return set(EmbeddingStore.open(path).ids()) if (path / MANIFEST_NAME).exists() else set()
+def _existing_ids(path: Path, encoder: Encoder, modality: str, options: EmbedOptions) -> set[str]:
+    """Ids already in the store at ``path`` (a resumed run), after checking that they were made the way this
+    run makes vectors: rows of another encoder (weights hash), features or settings are never mixed in."""
+    if not (path / MANIFEST_NAME).exists():
+        return set()
+    store = EmbeddingStore.open(path)
+    recorded, now = store.manifest.encoder or {}, encoder.describe()
+    compared = sorted(set(recorded) & set(now) - ({"max_text_length"} if modality == IMAGE else set()))
+    differ = [f"{k} ({recorded[k]!r} -> {now[k]!r})" for k in compared if recorded[k] != now[k]]
+    differ += [f"{k} (none -> {now[k]!r})" for k in sorted(set(now) - set(recorded)) if k in ("features", "tokens")]
+    if store.manifest.modality not in (None, modality):
+        differ.append(f"modality ({store.manifest.modality!r} -> {modality!r})")
+    if store.manifest.dtype != options.dtype:
+        differ.append(f"dtype ({store.manifest.dtype!r} -> {options.dtype!r})")
+    if differ:
+        raise ModgapError(
+            f"{path}: cannot add to this store: its rows were embedded differently ({', '.join(differ)}); "
+            "embed into a new --out"
+        )
+    return set(store.ids())
 
 
 def embed_modality(
@@ -161,7 +179,9 @@ def embed_modality(
     lo, hi = rank_slice(len(items), rank, world)
     mine = items[lo:hi]
     target = out if world == 1 else out / RANK_DIR.format(rank=rank)
-    done = _existing_ids(out) | (_existing_ids(target) if target != out else set())
+    done = _existing_ids(out, encoder, modality, options)
+    if target != out:
+        done |= _existing_ids(target, encoder, modality, options)
     todo = [(i, k, v) for i, (k, v) in enumerate(mine) if k not in done]
     t0 = time.perf_counter()
     failures: list[dict[str, str]] = []
@@ -312,6 +332,11 @@ def embed_data(
     if features == "patch" and TEXT in wanted:
         raise ModgapError("--features patch is for images (--modality image); texts have global embeddings only")
     inputs = read_inputs(data, image_root, columns or Columns())
+    for m in wanted:  # every modality is checked before any is embedded: no finished store, then an error
+        if not (inputs.texts if m == TEXT else inputs.images):
+            raise ModgapError(f"{inputs.source}: no {m} items (nothing embedded)")
+    if len(wanted) == 2 and Path(outs[IMAGE]).resolve() == Path(outs[TEXT]).resolve():  # type: ignore[arg-type]
+        raise ModgapError(f"--out-image and --out-text name the same store ({outs[IMAGE]})")
     init_from_env()
     encoder = load_encoder(
         encoder_spec,

@@ -92,15 +92,15 @@ class EmbedderTrainConfig(RunSettings):
     warmup_ratio: float = setting(0.05, "Fraction of steps of linear warm-up.")
     max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
     seed: int = setting(0, "Seed of the data order (and of a fresh projector).")
+    may_be_negative = ("fn_margin",)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ModgapError(f"unknown stage {self.stage!r} ({', '.join(STAGES)})")
-        for name in ("out", "data", "init", "llm", "teacher_embeddings", "embeddings"):
+        self.check_run_settings()
+        for name in ("data", "init", "llm", "teacher_embeddings", "embeddings"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
-        if not self.out:
-            raise ModgapError("--out is required")
         if not self.data:
             raise ModgapError("--data is required")
         if self.stage == "distill" and not self.teacher_embeddings:

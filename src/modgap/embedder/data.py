@@ -25,7 +25,7 @@ from modgap.errors import ModgapError
 from modgap.files import read_rows
 from modgap.mllm.chat import IMAGE_PLACEHOLDER
 from modgap.mllm.infer import StoreInputs
-from modgap.store.checks import bad_row_mask, row_norms
+from modgap.store.checks import BadRows, usable_store_rows
 from modgap.store.store import EmbeddingStore
 
 MMEB_IMAGE_TOKEN = re.compile(r"<\|image_\d+\|>")
@@ -53,7 +53,9 @@ def mmeb_text(value: object) -> str | None:
 class TextSet:
     """Texts and their teacher embeddings (stage 1)."""
 
-    def __init__(self, path: str | os.PathLike, teacher: str | os.PathLike, embedder: Embedder):
+    def __init__(
+        self, path: str | os.PathLike, teacher: str | os.PathLike, embedder: Embedder, bad: BadRows | None = None
+    ):
         rows = read_rows(path, what="text file")
         ids, texts = [], []
         for n, row in enumerate(rows, 1):
@@ -66,10 +68,15 @@ class TextSet:
             dup = next(k for k in ids if ids.count(k) > 1)
             raise ModgapError(f"{path}: id {dup!r} appears more than once")
         store = EmbeddingStore.open(teacher)
-        vectors = store.get(ids).astype(np.float32)
-        bad = np.flatnonzero(bad_row_mask(row_norms(vectors)))
-        if len(bad):
-            raise ModgapError(f"{store.path}: teacher embedding of {ids[bad[0]]!r} is NaN, Inf or zero")
+        rows_of = store.row_of(ids)
+        keep = usable_store_rows(store, rows_of, bad or BadRows("error"))
+        ids, texts = (
+            [k for k, ok in zip(ids, keep, strict=True) if ok],
+            [t for t, ok in zip(texts, keep, strict=True) if ok],
+        )
+        if not ids:
+            raise ModgapError(f"{path}: no text left with a usable teacher embedding in {store.path}")
+        vectors = store.take(rows_of[keep]).astype(np.float32)
         self.ids = ids
         self.teacher = torch.from_numpy(vectors)
         self.prompts = [embedder.prompt_ids(Item(text=t)) for t in texts]
@@ -86,7 +93,13 @@ class TextSet:
 class PairSet:
     """Query / positive (/ negative) rows in MMEB's training layout (stage 2)."""
 
-    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None, embedder: Embedder):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        images: str | os.PathLike | None,
+        embedder: Embedder,
+        bad: BadRows | None = None,
+    ):
         rows = read_rows(path, what="pairs file")
         self.sides = ["qry", "pos"]
         has_neg = [bool(r.get("neg_text") or r.get("neg_image_path")) for r in rows]
@@ -117,6 +130,22 @@ class PairSet:
                 self.image_rows[side].append(r)
         if not rows:
             raise ModgapError(f"{path}: no rows")
+        if self.store_inputs is not None:
+            self._leave_out_bad_images(bad or BadRows("error"))
+        if not len(self):
+            raise ModgapError(f"{path}: no row left with usable image embeddings in {images}")
+
+    def _leave_out_bad_images(self, bad: BadRows) -> None:
+        """Rows whose image embedding is NaN/Inf/zero: an error, or left out and recorded (``--on-bad skip``)."""
+        assert self.store_inputs is not None
+        used = np.unique([r for side in self.sides for r in self.image_rows[side] if r >= 0])
+        unusable = set(used[~usable_store_rows(self.store_inputs.store, used, bad)].tolist())
+        if not unusable:
+            return
+        keep = [not any(self.image_rows[s][n] in unusable for s in self.sides) for n in range(len(self))]
+        for side in self.sides:
+            self.prompts[side] = [p for p, ok in zip(self.prompts[side], keep, strict=True) if ok]
+            self.image_rows[side] = [r for r, ok in zip(self.image_rows[side], keep, strict=True) if ok]
 
     def __len__(self) -> int:
         return len(self.prompts["qry"])

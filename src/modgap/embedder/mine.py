@@ -19,6 +19,7 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.files import read_rows, write_jsonl
 from modgap.progress import ProgressFactory, silent
+from modgap.store.checks import BadRows, usable_store_rows
 from modgap.store.search import search
 from modgap.store.store import EmbeddingStore
 
@@ -57,8 +58,27 @@ def mine_negatives(
     rows = read_rows(data, what="pairs file")
     pool = read_rows(texts, what="text file")
     text_store, image_store = EmbeddingStore.open(text_embeddings), EmbeddingStore.open(images)
-    pool_ids = [str(r["id"]) for r in pool]
-    text_of = {str(r["id"]): str(r.get("text", r.get("caption", ""))) for r in pool}
+    if text_store.dim != image_store.dim:
+        raise ModgapError(
+            f"dimension mismatch: {text_store.path} holds {text_store.dim}-d vectors, {image_store.path} "
+            f"{image_store.dim}-d ones"
+        )
+    pool_ids, text_of, line_of = [], {}, {}
+    for n, r in enumerate(pool, 1):
+        if r.get("id") in (None, ""):
+            raise ModgapError(f"{texts}: row {n} has no id")
+        k = str(r["id"])
+        if k in line_of:
+            raise ModgapError(f"{texts}: row {n}: id {k!r} already on row {line_of[k]} (pool ids must be unique)")
+        line_of[k] = n
+        pool_ids.append(k)
+        text_of[k] = str(r.get("text", r.get("caption", "")))
+    absent = [k for k in pool_ids if k not in text_store.id_index()]
+    if absent:
+        raise ModgapError(
+            f"{texts}: {len(absent)} pool id(s) have no embedding in {text_store.path} (e.g. {absent[:5]}); "
+            "embed the whole pool"
+        )
     id_of_text: dict[str, str] = {}
     for k in pool_ids:
         id_of_text.setdefault(text_of[k], k)
@@ -71,6 +91,9 @@ def mine_negatives(
             raise ModgapError(f"{data}: row {n}: positive text {positive!r} is not in the pool {texts}")
         query_ids.append(str(image))
         positive_ids.append(id_of_text[positive])
+    error = BadRows("error")  # a NaN/Inf/zero query or positive would score every candidate as NaN
+    usable_store_rows(image_store, image_store.row_of(query_ids), error)
+    usable_store_rows(text_store, text_store.row_of(positive_ids), error)
     queries = image_store.get(query_ids).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     positives = text_store.get(positive_ids).astype(np.float32)

@@ -24,6 +24,7 @@ from modgap.embedder.model import Item
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
 from modgap.files import read_rows
+from modgap.mllm.chat import IMAGE_PLACEHOLDER
 from modgap.progress import ProgressFactory, silent
 
 TASK_SUFFIXES = (".parquet", ".jsonl")
@@ -63,6 +64,8 @@ class _Inputs:
     def add(self, text: str | None, image: str | None, where: str) -> int:
         if text is None and image is None:
             raise ModgapError(f"{where}: an input with neither text nor image")
+        if image is None and text is not None and IMAGE_PLACEHOLDER in text:
+            raise ModgapError(f"{where}: the text marks an image (<|image_1|>) but no image path is given")
         return self.index.setdefault((text, image), len(self.index))
 
     def embed(self, encoder: EmbedderEncoder, batch_size: int) -> torch.Tensor:

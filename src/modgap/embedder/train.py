@@ -37,15 +37,17 @@ from modgap.encoders.patches import patch_shape
 from modgap.errors import ModgapError
 from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
+from modgap.store.checks import BadRows
 from modgap.store.store import EmbeddingStore
 from modgap.training import (
+    BAD_ROWS_FILE,
+    check_finite_loss,
     epoch_batches,
     finish_run,
     is_sharded,
-    latest_checkpoint,
-    load_checkpoint,
     record_settings,
     register_trainable_checkpointing,
+    resume_checkpoint,
     save_checkpoint,
     start_run,
     steps_per_epoch,
@@ -235,25 +237,32 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
 
     out = Path(cfg.out)  # type: ignore[arg-type]
     settings = dataclasses.asdict(cfg)
-    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed)
+    inputs = [cfg.data, cfg.teacher_embeddings, cfg.embeddings, cfg.init, cfg.llm]
+    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed, inputs=inputs)
     main = accelerator.is_main_process
 
     # -- model and data -------------------------------------------------------------------------
     embedder = _make_embedder(cfg)
+    bad = BadRows(cfg.on_bad)
     if cfg.gradient_checkpointing:
         embedder.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert cfg.data is not None
     if cfg.stage == "distill":
         assert cfg.teacher_embeddings is not None
-        data: TextSet | PairSet = TextSet(cfg.data, cfg.teacher_embeddings, embedder)
+        data: TextSet | PairSet = TextSet(cfg.data, cfg.teacher_embeddings, embedder, bad)
     else:
-        data = PairSet(cfg.data, cfg.embeddings, embedder)
+        data = PairSet(cfg.data, cfg.embeddings, embedder, bad)
         if embedder.vlm.config.encoder is None and data.store_inputs is not None:
             # The image encoder of the stores, so that embedder:DIR can embed image files itself.
             embedder.vlm.config.encoder = (data.store_inputs.store.manifest.encoder or {}).get("name")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         record_settings(out, settings, CONFIG_FILE)
+        if bad.rows:
+            print(
+                f"left out {len(bad.rows)} NaN/Inf/zero embedding(s); listed in {out / BAD_ROWS_FILE}", file=sys.stderr
+            )
+            bad.write(out / BAD_ROWS_FILE)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = steps_per_epoch(len(data), cfg.batch_size, world, 1)
@@ -270,11 +279,8 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
     register_trainable_checkpointing(accelerator)
 
     step = 0
-    if cfg.resume and (found := latest_checkpoint(out)):
-        step, path = found
-        load_checkpoint(accelerator, path)
-        if main:
-            print(f"resuming from {path} (step {step} of {total_steps})", file=sys.stderr)
+    if cfg.resume and (found := resume_checkpoint(accelerator, out)):
+        step = found[0]
     log_with = cfg.report_to != "none"
     if log_with:
         accelerator.init_trackers("embedder", config=tracker_config(settings))
@@ -302,6 +308,7 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
                 scheduler.step()
                 step += 1
                 last_loss = float(loss)  # every process computed the same global loss
+                check_finite_loss(last_loss, step)
                 losses.append(last_loss)
                 if log_with and (step % cfg.log_every == 0 or step == stop_at):
                     accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0]}, step=step)

@@ -78,7 +78,10 @@ class Encoder(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What a store manifest records about the encoder."""
-        return {"name": self.name, "revision": self.revision, "dim": self.dim}
+        record = {"name": self.name, "revision": self.revision, "dim": self.dim}
+        if getattr(self, "max_text_length", None) is not None:
+            record["max_text_length"] = self.max_text_length  # changes text vectors: a resume must match it
+        return record
 
     def text_length(self, text: str) -> int:
         """A cheap length estimate used to bucket texts of similar length together."""

@@ -117,6 +117,25 @@ class TextPrep:
         return {k: v for k, v in out.items() if k in self.keys}
 
 
+DUAL_ENCODER_METHODS = ("get_image_features", "get_text_features")
+
+
+def _model_class(config: Any) -> type | None:
+    """The class ``AutoModel`` would build for ``config`` (None for remote code or an unknown type)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return None
+
+
+def _require_dual_encoder(path: str, cls: type | None) -> None:
+    missing = [m for m in DUAL_ENCODER_METHODS if cls is not None and not hasattr(cls, m)]
+    if missing:
+        raise ModgapError(f"{path}: {cls.__name__} is not a dual encoder (it lacks {', '.join(missing)})")
+
+
 class HFDualEncoder(Encoder):
     def __init__(
         self,
@@ -135,12 +154,11 @@ class HFDualEncoder(Encoder):
         self.dtype = dtype or default_dtype(self.device)
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
+            _require_dual_encoder(path, _model_class(config))  # before the weights are read (and reported on)
             model = AutoModel.from_pretrained(path, dtype=self.dtype, **kwargs)
         except (OSError, ValueError) as e:
             raise ModgapError(f"{path}: cannot load a transformers model ({e})") from e
-        missing = [m for m in ("get_image_features", "get_text_features") if not hasattr(model, m)]
-        if missing:
-            raise ModgapError(f"{path}: {type(model).__name__} is not a dual encoder (it lacks {', '.join(missing)})")
+        _require_dual_encoder(path, type(model))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)

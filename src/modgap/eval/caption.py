@@ -10,13 +10,16 @@ import contextlib
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modgap.errors import ModgapError
 from modgap.files import read_rows
 from modgap.progress import ProgressFactory, silent
+
+if TYPE_CHECKING:
+    from modgap.store.checks import OnBad
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -61,6 +64,7 @@ class CaptionEval:
     metrics: dict[str, float]
     rows: list[dict[str, Any]]  # id, prediction, references
     missing: list[str]
+    bad: list[dict[str, str]] = field(default_factory=list)  # NaN/Inf/zero rows left out
 
 
 def iter_batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -76,6 +80,7 @@ def evaluate_captions(
     batch_size: int = 32,
     limit: int | None = None,
     prompt: str | None = None,
+    on_bad: OnBad = "error",
     progress: ProgressFactory = silent,
     **generate_kwargs: Any,
 ) -> CaptionEval:
@@ -85,12 +90,14 @@ def evaluate_captions(
     rows = read_rows(data)
     if limit is not None:
         rows = rows[:limit]
-    inputs = StoreInputs(model, embeddings)
+    inputs = StoreInputs(model, embeddings, on_bad)
     index = inputs.store.id_index()
     present, missing = [], []
-    for n, row in enumerate(rows):
+    for n, row in enumerate(rows, 1):
         key = str(row.get("id", ""))
         (present if key in index else missing).append((n, key, row))
+    keep = inputs.usable([index[k] for _, k, _ in present])
+    present = [p for p, ok in zip(present, keep, strict=True) if ok]
     if not present:
         raise ModgapError(f"{data}: no row's id is in {embeddings}")
     predictions: dict[str, str] = {}
@@ -107,4 +114,4 @@ def evaluate_captions(
                 predictions[uid], references[uid] = reply, refs
                 out_rows.append({"id": key, "prediction": reply, "references": refs})
             advance(len(batch))
-    return CaptionEval(caption_metrics(predictions, references), out_rows, [k for _, k, _ in missing])
+    return CaptionEval(caption_metrics(predictions, references), out_rows, [k for _, k, _ in missing], inputs.bad.rows)

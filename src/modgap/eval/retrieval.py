@@ -147,6 +147,8 @@ def retrieval_recall(
     """Recall@k both ways for ``pairs`` of (text_id, image_id); see the module docstring for the protocol."""
     if metric not in METRICS:
         raise ModgapError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    if not ks or min(ks) < 1:
+        raise ModgapError(f"--k must be at least 1, got {list(ks)}")
     if not pairs:
         raise ModgapError("no pairs to evaluate")
     image_store, text_store = open_store(image), open_store(text)

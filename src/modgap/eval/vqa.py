@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modgap.errors import ModgapError
 from modgap.files import read_rows
 from modgap.progress import ProgressFactory, silent
+
+if TYPE_CHECKING:
+    from modgap.store.checks import OnBad
 
 # From the VQAv2 evaluation script's tables (a selection of its contraction list: the forms that lose their
 # apostrophe in free-form answers).
@@ -86,6 +89,7 @@ class VQAEval:
     metrics: dict[str, float]  # accuracy overall and per type
     rows: list[dict[str, Any]]  # id, image, question, prediction, answers, accuracy
     missing: list[str]  # question ids whose image is not in the store
+    bad: list[dict[str, str]] = field(default_factory=list)  # NaN/Inf/zero image rows left out
 
 
 def evaluate_vqa(
@@ -96,6 +100,7 @@ def evaluate_vqa(
     batch_size: int = 32,
     limit: int | None = None,
     suffix: str = "",
+    on_bad: OnBad = "error",
     progress: ProgressFactory = silent,
     **generate_kwargs: Any,
 ) -> VQAEval:
@@ -107,16 +112,22 @@ def evaluate_vqa(
     rows = read_rows(data, what="question file")
     if limit is not None:
         rows = rows[:limit]
-    inputs = StoreInputs(model, embeddings)
+    inputs = StoreInputs(model, embeddings, on_bad)
     index = inputs.store.id_index()
     present, missing = [], []
+    row_of_id: dict[str, int] = {}
     for n, row in enumerate(rows, 1):
         where = f"{data}: row {n}"
         for key in ("id", "image", "question"):
             if not isinstance(row.get(key), str | int) or str(row[key]).strip() == "":
                 raise ModgapError(f"{where} has no {key!r}")
+        if str(row["id"]) in row_of_id:
+            raise ModgapError(f"{where}: question id {row['id']!r} already on row {row_of_id[str(row['id'])]}")
+        row_of_id[str(row["id"])] = n
         answers = row_answers(row, f"{where} (id {row['id']!r})")
         (present if str(row["image"]) in index else missing).append((row, answers))
+    keep = inputs.usable([index[str(row["image"])] for row, _ in present])
+    present = [p for p, ok in zip(present, keep, strict=True) if ok]
     if not present:
         raise ModgapError(f"{data}: no question's image is in {embeddings}")
     scores: dict[str, list[float]] = defaultdict(list)
@@ -135,4 +146,4 @@ def evaluate_vqa(
                                  "prediction": reply, "answers": answers, "accuracy": accuracy})  # fmt: skip
             advance(len(batch))
     metrics = {k: sum(v) / len(v) for k, v in sorted(scores.items())}
-    return VQAEval(metrics, out_rows, [str(row["id"]) for row, _ in missing])
+    return VQAEval(metrics, out_rows, [str(row["id"]) for row, _ in missing], inputs.bad.rows)

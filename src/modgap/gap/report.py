@@ -134,6 +134,7 @@ def gap_report(
     plots = {"before": (t0[:sample], i0[:sample])}
     if aligner is not None:
         aligner._require_fitted()
+        aligner.require_dim(t_src.dim, f"{t_src.label} and {i_src.label}")
         mu_t1 = _stream_mean(t_src, aligner.transform_rows, progress, f"text after {aligner.method}")
         mu_i1 = _stream_mean(i_src, aligner.transform_target_rows, progress, f"image after {aligner.method}")
         t1 = aligner.transform(raw_t).numpy()

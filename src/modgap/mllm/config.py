@@ -96,10 +96,9 @@ class TrainConfig(RunSettings):
     def __post_init__(self) -> None:
         if self.stage not in ("pretrain", "sft"):
             raise ModgapError(f"unknown stage {self.stage!r}")
-        if not self.out:
-            raise ModgapError("--out is required")
+        self.check_run_settings()
         self.data, self.embeddings = [str(p) for p in self.data], [str(p) for p in self.embeddings]
-        for name in ("out", "init", "aligner"):
+        for name in ("init", "aligner"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
         if len(self.data) != len(self.embeddings) or not self.data:

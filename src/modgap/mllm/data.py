@@ -31,6 +31,7 @@ from modgap.files import read_rows
 from modgap.mllm.chat import IGNORE, caption_messages, encode, llava_messages, place_image
 from modgap.mllm.model import visual_view
 from modgap.progress import ProgressFactory, silent
+from modgap.store.checks import BadRows, usable_store_rows
 from modgap.store.store import EmbeddingStore
 
 KEEP_IDS = 1000  # missing ids listed in the report (the count is always exact)
@@ -48,6 +49,7 @@ class SourceReport:
     placeholder_added: int = 0
     truncated: int = 0
     dropped_overlong: int = 0
+    bad_vectors: int = 0  # samples left out under --on-bad skip (their embedding is NaN, Inf or zero)
 
     def line(self) -> str:
         parts = [f"{self.data}: {self.samples} samples from {self.rows} rows ({self.modality} embeddings)"]
@@ -59,6 +61,8 @@ class SourceReport:
             parts.append(f"{self.truncated} cut to max_length")
         if self.dropped_overlong:
             parts.append(f"{self.dropped_overlong} dropped (over max_length, no reply left)")
+        if self.bad_vectors:
+            parts.append(f"{self.bad_vectors} left out (NaN, Inf or zero embedding; see bad_rows.jsonl)")
         return "; ".join(parts)
 
 
@@ -161,8 +165,12 @@ def build_training_set(
     max_length: int,
     max_missing: float = 0.01,
     id_key: str = "id",
+    bad: BadRows | None = None,
     progress: ProgressFactory = silent,
 ) -> TrainingSet:
+    """Samples of every ``(data file, store)`` pair, tokenised; the embeddings they use are checked once
+    (``bad``: the NaN/Inf/zero rule, an error unless it skips and records)."""
+    bad = bad or BadRows("error")
     ids_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
     src_out: list[int] = []
@@ -174,15 +182,16 @@ def build_training_set(
         if modality not in ("text", "image"):
             raise ModgapError(f"{store_path}: store modality is {modality!r}; expected text or image")
         rows = read_rows(data_path)
+        first = len(row_out)
         report = SourceReport(str(data_path), str(store_path), modality, rows=len(rows))
         keys = []
-        for n, row in enumerate(rows):
+        for n, row in enumerate(rows, 1):
             if id_key not in row:
                 raise ModgapError(f"{data_path}: row {n} has no {id_key!r} field")
             keys.append(str(row[id_key]))
         index = store.id_index()
         with progress(f"tokenising {Path(data_path).name}", len(rows)) as advance:
-            for n, (row, key) in enumerate(zip(rows, keys, strict=False)):
+            for n, (row, key) in enumerate(zip(rows, keys, strict=False), 1):
                 advance(1)
                 where = f"{data_path}: row {n} (id {key!r})"
                 store_row = index.get(key)
@@ -207,6 +216,15 @@ def build_training_set(
                     labels_out.append(np.asarray(enc.labels, dtype=np.int32))
                     src_out.append(s)
                     row_out.append(store_row)
+        used = np.asarray(row_out[first:], dtype=np.int64)
+        unique = np.unique(used)
+        unusable = unique[~usable_store_rows(store, unique, bad)]
+        if len(unusable):
+            keep = ~np.isin(used, unusable)
+            report.bad_vectors = int((~keep).sum())
+            report.samples -= report.bad_vectors
+            for out in (ids_out, labels_out, src_out, row_out):
+                out[first:] = [x for x, ok in zip(out[first:], keep, strict=True) if ok]
         if rows and report.missing / len(rows) > max_missing:
             raise ModgapError(
                 f"{data_path}: {report.missing} of {len(rows)} rows ({report.missing / len(rows):.1%}) have no "

@@ -19,6 +19,7 @@ from modgap.errors import ModgapError
 from modgap.mllm.config import CONFIG_FILE
 from modgap.mllm.data import same_aligner, store_aligner
 from modgap.mllm.model import VisionLanguageModel
+from modgap.store.checks import BadRows, OnBad, bad_row_mask, row_norms, usable_store_rows
 from modgap.store.store import EmbeddingStore
 
 
@@ -41,10 +42,13 @@ def load_model(path: str | os.PathLike, *, base_llm: str | None = None, device: 
 
 
 class StoreInputs:
-    """Rows of one store as a model's visual inputs; checks once that the store suits the model."""
+    """Rows of one store as a model's visual inputs; checks once that the store suits the model, and never
+    feeds it a NaN/Inf/zero vector (:meth:`usable` leaves them out under ``--on-bad skip``, recorded in
+    ``bad``; reading one is an error)."""
 
-    def __init__(self, model: VisionLanguageModel, store: EmbeddingStore | str | os.PathLike):
+    def __init__(self, model: VisionLanguageModel, store: EmbeddingStore | str | os.PathLike, on_bad: OnBad = "error"):
         self.model = model
+        self.bad = BadRows(on_bad)
         self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
         self.modality = self.store.manifest.modality or "image"
         if self.store.dim != model.config.embed_dim:
@@ -60,8 +64,17 @@ class StoreInputs:
                 + "; use the raw store"
             )
 
+    def usable(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Which of ``rows`` may be read: a bad one raises (``--on-bad error``) or is recorded and masked out."""
+        return usable_store_rows(self.store, rows, self.bad)
+
     def rows(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
-        raw = self.store.take(np.asarray(rows))
+        rows = np.asarray(rows, dtype=np.int64)
+        raw = self.store.take(rows)
+        mask = bad_row_mask(row_norms(raw))
+        if mask.any():
+            ids = self.store.ids()
+            BadRows("error").handle(str(self.store.path), [ids[r] for r in rows], raw, mask)
         return self.model.visual_inputs(torch.from_numpy(raw.astype(np.float32)), self.modality, aligned=self.aligned)
 
     def ids(self, ids: Sequence[str]) -> torch.Tensor:

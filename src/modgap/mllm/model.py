@@ -24,6 +24,7 @@ from modgap.mllm.chat import IGNORE, VISUAL_ID, caption_messages, encode, ensure
 from modgap.mllm.config import (
     ADAPTER_DIR,
     ALIGNER_DIR,
+    CONFIG_FILE,
     LLM_DIR,
     PROJECTOR_FILE,
     TOKENIZER_DIR,
@@ -101,6 +102,12 @@ class VisionLanguageModel(nn.Module):
         """Load a saved model directory (``base_llm`` overrides the recorded base LM location)."""
         path = Path(path)
         config = MLLMConfig.load(path)
+        needed = [PROJECTOR_FILE, TOKENIZER_DIR]
+        needed += [LLM_DIR] if config.llm_weights == "llm" else [ADAPTER_DIR] if config.llm_weights == "adapter" else []
+        needed += [ALIGNER_DIR] if config.has_aligner else []
+        missing = [name for name in needed if not (path / name).exists()]
+        if missing:
+            raise ModgapError(f"{path}: incomplete model directory, missing {', '.join(missing)}")
         if base_llm:
             config.base_llm = base_llm
         remote = config.trust_remote_code
@@ -150,7 +157,7 @@ class VisionLanguageModel(nn.Module):
         config = MLLMConfig(**{**self.config.__dict__})
         if created_by is not None:
             config.created_by = created_by
-        with atomic_output_dir(path, overwrite=True) as tmp:
+        with atomic_output_dir(path, overwrite=True, markers=(CONFIG_FILE,)) as tmp:
             llm_kwargs = {} if llm_state is None else {"state_dict": llm_state}
             if _is_peft(llm) and config.llm_weights == "llm":
                 # LoRA over an LM whose own weights were trained before: an adapter alone would be applied to

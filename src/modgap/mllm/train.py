@@ -29,14 +29,16 @@ from modgap.mllm.config import TrainConfig, load_config
 from modgap.mllm.data import batch_visual, build_training_set, collate, training_aligner
 from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
+from modgap.store.checks import BadRows
 from modgap.store.store import EmbeddingStore
 from modgap.training import (
+    BAD_ROWS_FILE,
+    check_finite_loss,
     epoch_batches,
     finish_run,
-    latest_checkpoint,
-    load_checkpoint,
     record_settings,
     register_trainable_checkpointing,
+    resume_checkpoint,
     save_checkpoint,
     start_run,
     step_generator,
@@ -119,7 +121,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
 
     out = Path(cfg.out)
     settings = dataclasses.asdict(cfg)
-    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed, grad_accum=cfg.grad_accum)
+    inputs = [*cfg.data, *cfg.embeddings, cfg.init, cfg.aligner, cfg.llm]
+    accelerator = start_run(cfg, settings, CONFIG_FILE, seed=cfg.seed, grad_accum=cfg.grad_accum, inputs=inputs)
     main = accelerator.is_main_process
 
     # -- model and data -------------------------------------------------------------------------
@@ -128,6 +131,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     progress = progress if main else silent
+    bad = BadRows(cfg.on_bad)
     data = build_training_set(
         list(zip(cfg.data, cfg.embeddings, strict=False)),
         model.tokenizer,
@@ -135,6 +139,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
         prompt=model.config.prompt,
         max_length=model.config.max_length,
         max_missing=cfg.max_missing,
+        bad=bad,
         progress=progress,
     )
     if main:
@@ -142,6 +147,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
         for r in data.reports:
             print(r.line(), file=sys.stderr)
         write_json(out / "data_report.json", [dataclasses.asdict(r) for r in data.reports])
+        if bad.rows:
+            bad.write(out / BAD_ROWS_FILE)
         record_settings(out, settings, CONFIG_FILE)
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -163,11 +170,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
     register_trainable_checkpointing(accelerator)
 
     step, tokens_seen = 0, 0
-    if cfg.resume and (found := latest_checkpoint(out)):
-        step, path = found
-        tokens_seen = load_checkpoint(accelerator, path)["tokens"]
-        if main:
-            print(f"resuming from {path} (step {step} of {total_steps})", file=sys.stderr)
+    if cfg.resume and (found := resume_checkpoint(accelerator, out)):
+        step, tokens_seen = found[0], found[1]["tokens"]
 
     log_with = cfg.report_to != "none"
     if log_with:
@@ -218,6 +222,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
                 scheduler.step()
                 step += 1
                 last_loss = accelerator.reduce(step_loss, "mean").item()
+                check_finite_loss(last_loss, step)
                 tokens_seen += int(accelerator.reduce(step_tokens, "sum").item())
                 losses.append(last_loss)
                 if log_with and (step % cfg.log_every == 0 or step == stop_at):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from modgap.errors import BadVectorsError, ModgapError
 from modgap.files import write_jsonl
+
+if TYPE_CHECKING:
+    from modgap.store.store import EmbeddingStore
 
 OnBad = Literal["error", "skip"]
 ON_BAD_CHOICES = ("error", "skip")
@@ -85,3 +88,23 @@ class BadRows:
 
     def write(self, path: str | Path) -> None:
         write_jsonl(path, self.rows)
+
+
+def usable_store_rows(
+    store: EmbeddingStore, rows: Sequence[int] | np.ndarray, bad: BadRows, *, chunk: int = 65536
+) -> np.ndarray:
+    """The one check for vectors read by id or row (training, tuning, generation, evaluation): a mask of the
+    ``rows`` of ``store`` that may be used. A NaN/Inf/zero vector raises under ``--on-bad error`` (naming the
+    store and ids) or is recorded in ``bad`` and masked out under ``--on-bad skip``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    keep = np.ones(len(rows), dtype=bool)
+    ids = None
+    for s in range(0, len(rows), chunk):
+        part = rows[s : s + chunk]
+        vectors = store.take(part)
+        mask = bad_row_mask(row_norms(vectors))
+        if mask.any():
+            ids = ids if ids is not None else store.ids()
+            bad.handle(str(store.path), [ids[r] for r in part], vectors, mask)
+            keep[s : s + len(part)] = ~mask
+    return keep

@@ -5,6 +5,7 @@ Every function writes its output under a temporary name and renames it when comp
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -18,8 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from modgap.errors import ModgapError
-from modgap.files import atomic_output_dir
+from modgap.files import atomic_output_dir, read_lines
 from modgap.store.checks import BadRows, OnBad, bad_row_mask, row_norms
+from modgap.store.manifest import MANIFEST_NAME
 from modgap.store.safe_pickle import safe_load
 from modgap.store.store import EMBEDDING, ID, EmbeddingStore, StoreWriter
 
@@ -78,11 +80,13 @@ def import_store(
     if dtype is None:
         first = batches.peek()
         dtype = "float16" if first is not None and first[2].dtype == np.float16 else "float32"
-    with atomic_output_dir(dest, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dest, overwrite=overwrite, markers=(MANIFEST_NAME,), inputs=[src, ids_file]) as tmp:
         with StoreWriter(
             tmp, dim=dim, dtype=dtype, modality=modality, created_by=created_by, metadata_columns=columns
         ) as writer:
             for where, ids, emb, meta in batches:
+                with np.errstate(over="ignore"):  # out of the store dtype's range: Inf, caught as a bad row below
+                    emb = np.asarray(emb).astype(dtype, copy=False)  # checked as stored, not as read
                 norms = row_norms(emb)
                 mask = bad_row_mask(norms)
                 bad.handle(where, ids, emb, mask)
@@ -92,7 +96,7 @@ def import_store(
                     emb, norms = emb[keep], norms[keep]
                     meta = {c: [v for v, ok in zip(vals, keep, strict=True) if ok] for c, vals in meta.items()}
                 all_unit &= bool(np.all(np.abs(norms - 1) < 1e-3))
-                writer.write(ids, emb, meta)
+                writer.write(ids, emb, meta, where=where)
                 progress(len(ids) + int(mask.sum()))
             writer.manifest.normalized = all_unit if normalized is None else normalized
             if writer.count == 0:
@@ -199,13 +203,26 @@ def _npy_batches(src: Path, ids_file: str | os.PathLike | None) -> tuple[int, li
         raise ModgapError(f"{npy}: not a plain numeric .npy file ({e})") from e
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise ModgapError(f"{npy}: expected a 2-D float array, got {arr.dtype} {arr.shape}")
-    ids = ids_path.read_text().splitlines()
+    ids = read_lines(ids_path)
+    seen: dict[str, int] = {}
+    for line, key in enumerate(ids, 1):
+        if not key.strip():
+            raise ModgapError(f"{ids_path}:{line}: empty id")
+        if key in seen:
+            raise ModgapError(f"{ids_path}:{line}: id {key!r} already on line {seen[key]}")
+        seen[key] = line
+    del seen
     if len(ids) != len(arr):
         raise ModgapError(f"{ids_path}: {len(ids)} ids for {len(arr)} rows in {npy}")
 
     def gen() -> Iterator[Batch]:
         for s in range(0, len(arr), IMPORT_CHUNK_ROWS):
-            yield f"{npy} rows {s}..", ids[s : s + IMPORT_CHUNK_ROWS], np.asarray(arr[s : s + IMPORT_CHUNK_ROWS]), {}
+            yield (
+                f"{npy} rows {s + 1}..",
+                ids[s : s + IMPORT_CHUNK_ROWS],
+                np.asarray(arr[s : s + IMPORT_CHUNK_ROWS]),
+                {},
+            )
 
     return arr.shape[1], [], gen()
 
@@ -243,16 +260,23 @@ def _parquet_batches(src: Path, id_column: str, embedding_column: str) -> tuple[
                 raise ModgapError(f"{f}: columns {pf.schema_arrow.names} differ from {files[0]}'s {schema.names}")
             start = 0
             for batch in pf.iter_batches(batch_size=IMPORT_CHUNK_ROWS):
-                where = f"{f} rows {start}.."
+                where = f"{f} rows {start + 1}.."
                 col = batch.column(embedding_column)
+                if col.null_count:
+                    i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise ModgapError(f"{f}: row {start + i + 1} has no embedding (null)")
                 lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-                if col.null_count or (lengths != dim).any():
-                    i = int(np.flatnonzero(np.isnan(lengths.astype(float)) | (lengths != dim))[0])
+                if (lengths != dim).any():
+                    i = int(np.flatnonzero(lengths != dim)[0])
                     raise ModgapError(
-                        f"{where}: row {start + i} has an embedding of length {lengths[i]}, expected {dim}"
+                        f"{f}: row {start + i + 1} has an embedding of length {lengths[i]}, expected {dim}"
                     )
                 emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-                ids = [str(x) for x in batch.column(id_column).to_pylist()]
+                raw_ids = batch.column(id_column)
+                if raw_ids.null_count:
+                    i = int(np.flatnonzero(raw_ids.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise ModgapError(f"{f}: row {start + i + 1} has no id (null in column {id_column!r})")
+                ids = [str(x) for x in raw_ids.to_pylist()]
                 meta = {c: [_str_or_none(v) for v in batch.column(c).to_pylist()] for c in columns}
                 yield where, ids, emb, meta
                 start += batch.num_rows
@@ -263,6 +287,11 @@ def _parquet_batches(src: Path, id_column: str, embedding_column: str) -> tuple[
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
+# Marks a directory `store export` wrote, so --overwrite may replace it; "_" keeps Parquet dataset readers
+# (pyarrow, 🤗 datasets) from taking it for data.
+EXPORT_MARKER = "_modgap_export.json"
+
+
 def export_store(
     fmt: str,
     store: EmbeddingStore,
@@ -275,28 +304,30 @@ def export_store(
     """Export ``store`` into ``out_dir`` (created whole or not at all)."""
     if fmt not in EXPORT_FORMATS:
         raise ModgapError(f"unknown export format {fmt!r}; choose one of {EXPORT_FORMATS}")
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, markers=(EXPORT_MARKER,), inputs=[store.path]) as tmp:
         if fmt == "npy":
             _export_npy(store, tmp, progress)
         elif fmt == "parquet":
             _export_parquet(store, tmp, progress)
         else:
             _export_pkl(store, tmp, records_per_pkl, progress)
+        marker = {"format": fmt, "store": str(store.path), "rows": len(store), "dim": store.dim}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return Path(out_dir)
 
 
 def _export_npy(store: EmbeddingStore, out: Path, progress: Progress) -> None:
-    arr = np.lib.format.open_memmap(out / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(store), store.dim))
-    with open(out / "ids.txt", "w") as f:
+    # Plain writes, not a memory map: a full disk is then an OSError (reported as such), not a SIGBUS.
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+    with open(out / "embeddings.npy", "wb") as arr, open(out / "ids.txt", "w", encoding="utf-8") as f:
+        np.lib.format.write_array_header_1_0(arr, {**header, "shape": (len(store), store.dim)})
         for chunk in store.iter_chunks(IMPORT_CHUNK_ROWS, exact=False, columns=()):
-            arr[chunk.start : chunk.start + len(chunk)] = chunk.embeddings
+            arr.write(np.ascontiguousarray(chunk.embeddings, dtype="<f4").tobytes())
             ids = chunk.ids
             if any("\n" in k or "\r" in k for k in ids):
                 raise ModgapError(f"{store.path}: an id contains a line break; export as parquet instead")
             f.write("".join(k + "\n" for k in ids))
             progress(len(chunk))
-    arr.flush()
-    del arr
 
 
 def _export_parquet(store: EmbeddingStore, out: Path, progress: Progress) -> None:

@@ -463,9 +463,11 @@ class StoreWriter:
         ids: Sequence[str] | pa.Array,
         embeddings: np.ndarray | torch.Tensor,
         metadata: dict[str, Sequence[Any] | pa.Array] | None = None,
+        where: str | None = None,
     ) -> None:
         """Append rows. ``embeddings`` is (n, dim) and is copied, so the caller may reuse its buffer;
-        ``metadata`` maps each metadata column to n values."""
+        ``metadata`` maps each metadata column to n values; ``where`` names their source in errors (the
+        store being written is a temporary directory the user never sees)."""
         n = len(ids)
         source = as_cpu_tensor(embeddings)
         if source.ndim != 2 or tuple(source.shape) != (n, self.manifest.dim):
@@ -474,7 +476,7 @@ class StoreWriter:
             )
         ids_arr = _string_array(ids)
         if ids_arr.null_count:
-            raise ModgapError(f"{self.path}: ids must not be null")
+            raise ModgapError(f"{where or self.path}: ids must not be null")
         if self._seen is not None:
             new: set[str] = set()
             dupes: set[str] = set()
@@ -483,7 +485,7 @@ class StoreWriter:
                     dupes.add(k)
                 new.add(k)
             if dupes:
-                raise ModgapError(f"{self.path}: duplicate id(s): {_preview(sorted(dupes))}")
+                raise ModgapError(f"{where or self.path}: duplicate id(s): {_preview(sorted(dupes))}")
             self._seen |= new
         metadata = metadata or {}
         unknown = set(metadata) - set(self.manifest.metadata_columns)

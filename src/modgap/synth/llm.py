@@ -15,6 +15,7 @@ that ignore ``n``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from modgap.errors import ModgapError
+
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection; --timeout bounds the wait for a reply
 
 Messages = list[dict[str, str]]
 
@@ -70,13 +73,15 @@ class OpenAIChat:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
     ):
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, Timeout
 
         self.name = f"openai:{model}"
         self.model = model
         self.base_urls = list(base_urls or [os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")])
         key = os.environ.get(api_key_env) or "EMPTY"  # local servers need none
-        self.clients = [AsyncOpenAI(base_url=u, api_key=key, max_retries=0, timeout=timeout) for u in self.base_urls]
+        # A dead host is found in seconds (connect), a slow reply may take the whole ``timeout`` (read).
+        limits = Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
+        self.clients = [AsyncOpenAI(base_url=u, api_key=key, max_retries=0, timeout=limits) for u in self.base_urls]
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self._next = 0
         self.retries = 0  # requests sent again after a failure that may pass
@@ -132,6 +137,12 @@ class OpenAIChat:
                     ) from e
                 self.retries += 1
                 await asyncio.sleep(self._wait(attempt, e))
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
+                # HTTP 200 whose body is not a chat completion (a proxy's page, a broken server): may pass.
+                if attempt == self.max_attempts:
+                    raise RequestFailed(f"the server's answer is not a chat completion ({e})") from e
+                self.retries += 1
+                await asyncio.sleep(self._wait(attempt, e))
             except openai.APIStatusError as e:
                 if e.status_code >= 500:
                     if attempt == self.max_attempts:
@@ -147,7 +158,14 @@ class OpenAIChat:
                     continue
                 raise RequestFailed(f"HTTP {e.status_code}: {e.message}") from e
             else:
-                choice = r.choices[0]
+                choices = getattr(r, "choices", None)
+                if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+                    if attempt == self.max_attempts:
+                        raise RequestFailed(f"the server's answer has no choices ({str(r)[:200]!r})")
+                    self.retries += 1
+                    await asyncio.sleep(self._wait(attempt, ValueError("no choices")))
+                    continue
+                choice = choices[0]
                 usage = r.usage
                 return Reply(
                     choice.message.content or "",

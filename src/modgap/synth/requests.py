@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from modgap.errors import ModgapError
 from modgap.synth.cache import ReplyCache
 from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, RequestFailed, Sampling
 
@@ -84,4 +85,9 @@ async def gather_replies(
             on_reply(reply)
 
     await asyncio.gather(*(one(*job) for job in todo))
+    refusals = {r for r in out.values() if isinstance(r, str)}
+    if cached == 0 and len(refusals) == 1 and all(isinstance(r, str) for r in out.values()):
+        # Every request of the window refused for one reason (a wrong model name, a bad key): a setting, not
+        # the data; stop instead of listing every input as a failure and ending "successfully" with 0 rows.
+        raise ModgapError(f"every one of {len(out)} requests failed the same way: {refusals.pop()}; nothing written")
     return out, cached

@@ -17,8 +17,8 @@ from typing import Any
 
 from modgap.errors import ModgapError
 from modgap.files import write_json
+from modgap.training.run import CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
 
@@ -98,3 +98,57 @@ def load_checkpoint(accelerator: Any, path: str | os.PathLike) -> dict[str, Any]
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``trainer_state.json``."""
     accelerator.load_state(str(path))
     return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def damaged_files(path: str | os.PathLike) -> list[str]:
+    """Files of a checkpoint that are cut short or corrupt: safetensors whose size disagrees with their
+    header, torch zip archives that fail their CRC check, a trainer state that is not JSON."""
+    import zipfile
+
+    bad = []
+    for f in sorted(Path(path).iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            if f.suffix == ".safetensors":
+                with open(f, "rb") as h:
+                    size = int.from_bytes(h.read(8), "little")
+                    header = json.loads(h.read(size))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                if f.stat().st_size != 8 + size + max(ends, default=0):
+                    bad.append(f.name)
+            elif f.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                with zipfile.ZipFile(f) as z:
+                    if z.testzip() is not None:
+                        bad.append(f.name)
+            elif f.name == STATE_FILE:
+                json.loads(f.read_text())
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+            bad.append(f.name)
+    return bad
+
+
+def resume_checkpoint(accelerator: Any, out: str | os.PathLike) -> tuple[int, dict[str, Any]] | None:
+    """Restore the newest intact checkpoint of ``out``: (step, its trainer state), or None when there is none.
+    A damaged checkpoint (a file cut short by a full disk or a copy) is named on stderr and skipped for the
+    one before it; if every one is damaged, the run stops with the names of the damaged files."""
+    import sys
+
+    found = list_checkpoints(out)
+    damaged: list[str] = []
+    for step, path in reversed(found):
+        broken = damaged_files(path)
+        if broken:
+            damaged.append(f"{path} ({', '.join(broken)})")
+            if accelerator.is_main_process:
+                print(f"checkpoint {path} is damaged ({', '.join(broken)}); trying the one before", file=sys.stderr)
+            continue
+        state = load_checkpoint(accelerator, path)
+        if accelerator.is_main_process:
+            print(f"resuming from {path} (step {step})", file=sys.stderr)
+        return step, state
+    if damaged:
+        raise ModgapError(
+            f"{out}: no intact checkpoint to resume from; damaged: {'; '.join(damaged)} (start over with --overwrite)"
+        )
+    return None

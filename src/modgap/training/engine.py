@@ -13,14 +13,18 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modgap.errors import ModgapError
-from modgap.training.run import check_run_dir, clear_run_dir
+from modgap.files import content_fingerprint
+from modgap.training.run import INPUTS_KEY, check_run_dir, clear_run_dir
 from modgap.training.settings import RESUMABLE_CHANGES, RunSettings
 
 
@@ -88,6 +92,23 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int, grad_accum: int) -
     return steps
 
 
+# peft and Accelerate ask transformers 5 for a renamed attribute in every run; the notice is theirs to act on
+# and would precede every one-line message of ours.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+BAD_ROWS_FILE = "bad_rows.jsonl"  # the samples --on-bad skip left out, in the run directory
+
+
+def check_finite_loss(loss: float, step: int) -> None:
+    """A NaN/Inf loss ends the run with an error before any model is written (every process sees the same
+    reduced loss, so all stop together); checkpoints already written stay."""
+    if not math.isfinite(loss):
+        raise ModgapError(
+            f"step {step}: the loss is {loss} (not finite); stopped, no model written. "
+            "Check the embeddings and lower --lr; --resume continues from the last checkpoint"
+        )
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """A generator that is a function of (seed, step, micro-batch, rank): resumed runs draw the same noise."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
@@ -98,12 +119,22 @@ def tracker_config(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in settings.items()}
 
 
-def start_run(cfg: RunSettings, settings: dict[str, Any], settings_file: str, *, seed: int, grad_accum: int = 1) -> Any:
-    """Open a run: the run-directory guard (a resume may change only :data:`RESUMABLE_CHANGES`), the
-    Accelerator, ``--overwrite`` clearing the directory (main process; everyone waits), the seeds."""
+def start_run(
+    cfg: RunSettings,
+    settings: dict[str, Any],
+    settings_file: str,
+    *,
+    seed: int,
+    grad_accum: int = 1,
+    inputs: Sequence[str | os.PathLike | None] = (),
+) -> Any:
+    """Open a run: the run-directory guard (a resume may change only :data:`RESUMABLE_CHANGES`; ``--overwrite``
+    replaces only a run directory holding none of ``inputs``), the Accelerator, ``--overwrite`` clearing the
+    directory (main process; everyone waits), the seeds."""
     from accelerate.utils import set_seed
 
     out = Path(cfg.out)  # type: ignore[arg-type]
+    settings[INPUTS_KEY] = {str(p): content_fingerprint(p) for p in inputs if p is not None and Path(p).exists()}
     check_run_dir(
         out,
         settings,
@@ -111,6 +142,7 @@ def start_run(cfg: RunSettings, settings: dict[str, Any], settings_file: str, *,
         overwrite=cfg.overwrite,
         may_change=RESUMABLE_CHANGES,
         settings_file=settings_file,
+        inputs=inputs,
     )
     accelerator = make_accelerator(
         out, grad_accum=grad_accum, mixed_precision=cfg.mixed_precision, report_to=cfg.report_to

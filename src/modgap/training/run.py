@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.files import write_json
+from modgap.files import check_replaceable, write_json
+
+CHECKPOINTS = "checkpoints"  # the run directory's checkpoint folder
+INPUTS_KEY = "input_fingerprints"  # recorded settings: a content hash of every input, checked on resume
 
 
 def settings_changes(before: Mapping[str, Any], now: Mapping[str, Any], may_change: Collection[str] = ()) -> list[str]:
@@ -34,11 +37,14 @@ def check_run_dir(
     may_change: Collection[str] = (),
     settings_file: str = "settings.json",
     hint: str = "",
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> bool:
     """Whether ``out`` may be used for a run with ``settings``; returns True when a recorded run is resumed.
 
-    Without ``resume``, an existing non-empty directory is refused unless ``overwrite``. With ``resume``,
-    a directory without recorded settings starts from scratch and one with other settings is refused.
+    Without ``resume``, an existing non-empty directory is refused unless ``overwrite``, and ``overwrite``
+    replaces only a run directory (one holding ``settings_file`` or checkpoints) that holds none of the run's
+    ``inputs``. With ``resume``, a directory without recorded settings starts from scratch and one with other
+    settings is refused.
     """
     out = Path(out)
     saved = out / settings_file
@@ -49,14 +55,24 @@ def check_run_dir(
             before = json.loads(saved.read_text())
         except json.JSONDecodeError as e:
             raise ModgapError(f"{saved}: not valid JSON ({e})") from e
+        was, now = before.get(INPUTS_KEY), settings.get(INPUTS_KEY)
+        if isinstance(was, dict) and isinstance(now, dict):
+            edited = sorted(p for p in set(was) & set(now) if was[p] != now[p])
+            if edited:
+                raise ModgapError(
+                    f"{out}: cannot resume: the content of {', '.join(edited)} changed since the run began "
+                    "(continuing would train on other data; start over with --overwrite)"
+                )
         changed = settings_changes(before, settings, may_change)
         if changed:
             raise ModgapError(
                 f"{out}: cannot resume, settings differ from the run being resumed: " + ", ".join(changed) + hint
             )
         return True
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ModgapError(f"{out}: already exists (pass --resume to continue it or --overwrite to start over)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ModgapError(f"{out}: already exists (pass --resume to continue it or --overwrite to start over)")
+        check_replaceable(out, (settings_file, CHECKPOINTS), inputs=[p for p in inputs if p is not None])
     return False
 
 

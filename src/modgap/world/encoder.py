@@ -158,7 +158,7 @@ def train_encoder(
         "patch_size": patch_size,
         "final_loss": float(np.mean(losses[-20:])),
     }
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True, markers=(PROVENANCE,)) as tmp:
         model.eval()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -116,7 +116,7 @@ def train_causal_lm(
             optimizer.zero_grad()
             losses.append(loss.item())
             advance(1)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True, markers=("config.json",), inputs=[llm_dir]) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return losses
@@ -138,7 +138,7 @@ def train_world_lm(
     words = [*vocabulary(), *RESTATE.split(), "<image>"]
     tokenizer = build_chat_tokenizer(words, max_length=256, phrases=JSON_PIECES)
     corpus = lm_texts(texts // TASKS, seed, tokenizer)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True, markers=(PROVENANCE,)) as tmp:
         save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed,
                       phrases=JSON_PIECES)  # fmt: skip
         losses = train_causal_lm(
