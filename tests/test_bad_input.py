@@ -480,3 +480,15 @@ def test_stale_temporaries_of_killed_runs_are_removed_by_the_next_success(tmp_pa
 def test_timeout_help_states_the_worst_case():
     proc = run_cli("synth", "captions", "--help")
     assert "Worst case" in proc.stdout and "connecting gives up after 10 s" in " ".join(proc.stdout.split())
+
+
+def test_compositional_names_the_bad_caption_and_its_store(tmp_path, rng):
+    from modgap.eval.compositional import Triple, compositional_accuracy
+
+    make_store(tmp_path / "i", rng.normal(size=(2, 4)).astype(np.float32), prefix="i")
+    captions = rng.normal(size=(4, 4)).astype(np.float32)
+    captions[3] = np.nan
+    make_store(tmp_path / "t", captions, prefix="c")
+    triples = [Triple("i0", "c0", "c1", "all"), Triple("i1", "c2", "c3", "all")]
+    with pytest.raises(ModgapError, match=r"/t: 1 unusable vector\(s\) .*'c3' \(nan\)"):
+        compositional_accuracy(tmp_path / "i", tmp_path / "t", triples)

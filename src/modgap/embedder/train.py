@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +37,8 @@ from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows
 from modgap.store.store import EmbeddingStore
-from modgap.training import (
-    BAD_ROWS_FILE,
-    check_finite_loss,
-    epoch_batches,
-    finish_run,
-    is_sharded,
-    record_settings,
-    register_trainable_checkpointing,
-    resume_checkpoint,
-    save_checkpoint,
-    start_run,
-    steps_per_epoch,
-    tracker_config,
-    train_lora,
-)
+from modgap.training import BAD_ROWS_FILE, is_sharded, record_settings, start_run, train_lora
+from modgap.training.loop import run_loop
 
 MODEL_SUBDIR = "model"
 CONFIG_FILE = "embedder_train_config.json"
@@ -233,8 +218,6 @@ def _average_gradients(model: nn.Module, world: int, bucket: int = 2**24) -> Non
 
 def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> EmbedderTrainResult:
     """Run one embedder stage; ``progress`` draws the step bar (main process only)."""
-    from transformers import get_cosine_schedule_with_warmup
-
     out = Path(cfg.out)  # type: ignore[arg-type]
     settings = dataclasses.asdict(cfg)
     inputs = [cfg.data, cfg.teacher_embeddings, cfg.embeddings, cfg.init, cfg.llm]
@@ -264,65 +247,20 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
             )
             bad.write(out / BAD_ROWS_FILE)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = steps_per_epoch(len(data), cfg.batch_size, world, 1)
-    total_steps = cfg.max_steps or cfg.epochs * per_epoch
-
-    # -- optimisation ---------------------------------------------------------------------------
     params = [p for p in embedder.parameters() if p.requires_grad]
     if not params:
         raise ModgapError("nothing to train (check --tune)")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer = accelerator.prepare(embedder, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    register_trainable_checkpointing(accelerator)
+    objective = Objective(cfg, accelerator.num_processes)
 
-    step = 0
-    if cfg.resume and (found := resume_checkpoint(accelerator, out)):
-        step = found[0]
-    log_with = cfg.report_to != "none"
-    if log_with:
-        accelerator.init_trackers("embedder", config=tracker_config(settings))
-    unwrapped: Embedder = accelerator.unwrap_model(model)
-    objective = Objective(cfg, world)
-    progress = progress if main else silent
+    def step(model: nn.Module, indices: list[int], step: int, micro: int) -> tuple[torch.Tensor, int]:
+        unwrapped: Embedder = accelerator.unwrap_model(model)
+        loss = contrastive_step(model, unwrapped, accelerator, data.batch(indices), objective, cfg.grad_cache_chunk)
+        return loss, len(indices)  # every process computed the same global loss
 
-    # -- loop -----------------------------------------------------------------------------------
-    losses: list[float] = []
-    stop_at = min(total_steps, cfg.stop_after) if cfg.stop_after is not None else total_steps
-    model.train()
-    started, steps_at_start = time.perf_counter(), step
-    last_loss = float("nan")
-    with progress(cfg.stage, total_steps, step) as advance:
-        while step < stop_at:
-            epoch = step // per_epoch
-            batches = epoch_batches(len(data), cfg.batch_size, world, rank, seed=cfg.seed, epoch=epoch)
-            for in_epoch in range(step % per_epoch, per_epoch):
-                batch = data.batch(batches[in_epoch])
-                loss = contrastive_step(model, unwrapped, accelerator, batch, objective, cfg.grad_cache_chunk)
-                if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-                scheduler.step()
-                step += 1
-                last_loss = float(loss)  # every process computed the same global loss
-                check_finite_loss(last_loss, step)
-                losses.append(last_loss)
-                if log_with and (step % cfg.log_every == 0 or step == stop_at):
-                    accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
-                rate = (step - steps_at_start) * cfg.batch_size * world / max(time.perf_counter() - started, 1e-9)
-                advance(1, f"loss {last_loss:.4f} · {rate:,.1f} samples/s")
-                if (cfg.save_every and step % cfg.save_every == 0) or step == stop_at:
-                    save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, epoch=epoch)
-                if step >= stop_at:
-                    break
-    elapsed = time.perf_counter() - started
-    samples_per_second = (step - steps_at_start) * cfg.batch_size * world / elapsed if elapsed > 0 else 0.0
-
-    model_dir = out / MODEL_SUBDIR
-    stopped_early = step < total_steps
-    created_by = {"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "settings": settings}
-    finish_run(accelerator, model, model_dir, save=not stopped_early, created_by=created_by)
-    return EmbedderTrainResult(model_dir, step, last_loss, losses, samples_per_second, stopped_early, elapsed)
+    result = run_loop(
+        accelerator, embedder, [{"params": params}], cfg, step,
+        samples=len(data), settings=settings, label=cfg.stage, unit="samples", model_dir=out / MODEL_SUBDIR,
+        created_by={"stage": cfg.stage, "settings": settings}, progress=progress,
+    )  # fmt: skip
+    return EmbedderTrainResult(result.model_dir, result.steps, result.final_loss, result.losses, result.per_second,
+                               result.stopped_early, result.seconds)  # fmt: skip

@@ -19,6 +19,7 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.eval.retrieval import TIE_TOLERANCE, open_store, pair_scores, prepare_vectors
 from modgap.files import read_rows
+from modgap.store.checks import BadRows, usable_store_rows
 from modgap.store.search import METRICS
 from modgap.store.store import EmbeddingStore
 
@@ -57,6 +58,10 @@ def compositional_accuracy(
     if metric not in METRICS:
         raise ModgapError(f"unknown metric {metric!r}; choose one of {METRICS}")
     image_store, text_store = open_store(image), open_store(text)
+    error = BadRows("error")  # names the store and the ids of the unusable vectors themselves
+    usable_store_rows(image_store, image_store.row_of(list(dict.fromkeys(t.image_id for t in triples))), error)
+    captions = list(dict.fromkeys(k for t in triples for k in (t.positive_id, t.negative_id)))
+    usable_store_rows(text_store, text_store.row_of(captions), error)
     v = prepare_vectors(image_store.get([t.image_id for t in triples]), metric)
     pos = prepare_vectors(text_store.get([t.positive_id for t in triples]), metric)
     neg = prepare_vectors(text_store.get([t.negative_id for t in triples]), metric)

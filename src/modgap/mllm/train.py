@@ -14,9 +14,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,21 +29,8 @@ from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows
 from modgap.store.store import EmbeddingStore
-from modgap.training import (
-    BAD_ROWS_FILE,
-    check_finite_loss,
-    epoch_batches,
-    finish_run,
-    record_settings,
-    register_trainable_checkpointing,
-    resume_checkpoint,
-    save_checkpoint,
-    start_run,
-    step_generator,
-    steps_per_epoch,
-    tracker_config,
-    train_lora,
-)
+from modgap.training import BAD_ROWS_FILE, record_settings, start_run, step_generator, train_lora
+from modgap.training.loop import run_loop
 
 MODEL_SUBDIR = "model"
 CONFIG_FILE = "train_config.json"  # the run directory's recorded settings
@@ -117,8 +102,6 @@ def _make_model(cfg: TrainConfig, stores: list[EmbeddingStore], aligner: Aligner
 
 def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResult:
     """Run one ReVision stage; ``progress`` draws the step bar with the loss and tokens/s (main process only)."""
-    from transformers import get_cosine_schedule_with_warmup
-
     out = Path(cfg.out)
     settings = dataclasses.asdict(cfg)
     inputs = [*cfg.data, *cfg.embeddings, cfg.init, cfg.aligner, cfg.llm]
@@ -130,7 +113,6 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
     model = _set_trainable(_make_model(cfg, stores, training_aligner(stores, cfg.aligner)), cfg)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    progress = progress if main else silent
     bad = BadRows(cfg.on_bad)
     data = build_training_set(
         list(zip(cfg.data, cfg.embeddings, strict=False)),
@@ -140,7 +122,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
         max_length=model.config.max_length,
         max_missing=cfg.max_missing,
         bad=bad,
-        progress=progress,
+        progress=progress if main else silent,
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -151,95 +133,29 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
             bad.write(out / BAD_ROWS_FILE)
         record_settings(out, settings, CONFIG_FILE)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = steps_per_epoch(len(data), cfg.batch_size, world, cfg.grad_accum)
-    total_steps = cfg.max_steps or cfg.epochs * per_epoch
-
-    # -- optimisation ---------------------------------------------------------------------------
-    projector_params = [p for p in model.projector.parameters() if p.requires_grad]
-    llm_params = [p for p in model.llm.parameters() if p.requires_grad]
-    groups = [{"params": projector_params, "lr": cfg.projector_lr or cfg.lr}]
-    if llm_params:
+    # -- optimisation: the projector may have its own learning rate --------------------------------
+    groups = [
+        {"params": [p for p in model.projector.parameters() if p.requires_grad], "lr": cfg.projector_lr or cfg.lr}
+    ]
+    if llm_params := [p for p in model.llm.parameters() if p.requires_grad]:
         groups.append({"params": llm_params, "lr": cfg.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The scheduler is stepped here once per optimizer step (Accelerate's wrapper would step it once per
-    # process); it is checkpointed with the rest.
-    accelerator.register_for_checkpointing(scheduler)
-    register_trainable_checkpointing(accelerator)
+    pad_id, aligner, rank = model.tokenizer.pad_token_id, model.aligner, accelerator.process_index
+    normalize = model.config.token_mode != "patch"
 
-    step, tokens_seen = 0, 0
-    if cfg.resume and (found := resume_checkpoint(accelerator, out)):
-        step, tokens_seen = found[0], found[1]["tokens"]
+    def step(wrapped: torch.nn.Module, indices: list[int], step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {k: v.to(accelerator.device) for k, v in collate(data, indices, pad_id).items()}
+        noise = step_generator(cfg.seed, step, micro, rank)  # a resumed run draws the same noise
+        visual = batch_visual(data, indices, aligner, train=True, noise_std=cfg.noise_std, generator=noise,
+                              normalize=normalize)  # fmt: skip
+        loss = wrapped(batch["input_ids"], batch["attention_mask"], visual.to(accelerator.device),
+                       labels=batch["labels"]).loss  # fmt: skip
+        accelerator.backward(loss)
+        return loss.detach(), batch["attention_mask"].sum()
 
-    log_with = cfg.report_to != "none"
-    if log_with:
-        accelerator.init_trackers("train", config=tracker_config(settings))
-    unwrapped: VisionLanguageModel = accelerator.unwrap_model(model)
-    pad_id = unwrapped.tokenizer.pad_token_id
-    aligner = unwrapped.aligner
-
-    # -- loop -----------------------------------------------------------------------------------
-    losses: list[float] = []
-    stop_at = min(total_steps, cfg.stop_after) if cfg.stop_after is not None else total_steps
-    model.train()
-    started, tokens_at_start = time.perf_counter(), tokens_seen
-    last_loss = float("nan")
-    with progress("training", total_steps, step) as advance:
-        while step < stop_at:
-            epoch = step // per_epoch
-            batches = epoch_batches(len(data), cfg.batch_size, world, rank, seed=cfg.seed, epoch=epoch)
-            for in_epoch in range(step % per_epoch, per_epoch):
-                step_loss = torch.zeros((), device=accelerator.device)
-                step_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-                for micro in range(cfg.grad_accum):
-                    indices = batches[in_epoch * cfg.grad_accum + micro]
-                    batch = {k: v.to(accelerator.device) for k, v in collate(data, indices, pad_id).items()}
-                    visual = batch_visual(
-                        data,
-                        indices,
-                        aligner,
-                        train=True,
-                        noise_std=cfg.noise_std,
-                        generator=step_generator(cfg.seed, step, micro, rank),
-                        normalize=unwrapped.config.token_mode != "patch",
-                    )
-                    with accelerator.accumulate(model):
-                        loss = model(
-                            batch["input_ids"],
-                            batch["attention_mask"],
-                            visual.to(accelerator.device),
-                            labels=batch["labels"],
-                        ).loss
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    step_loss += loss.detach() / cfg.grad_accum
-                    step_tokens += batch["attention_mask"].sum()
-                scheduler.step()
-                step += 1
-                last_loss = accelerator.reduce(step_loss, "mean").item()
-                check_finite_loss(last_loss, step)
-                tokens_seen += int(accelerator.reduce(step_tokens, "sum").item())
-                losses.append(last_loss)
-                if log_with and (step % cfg.log_every == 0 or step == stop_at):
-                    accelerator.log(
-                        {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen}, step=step
-                    )
-                rate = (tokens_seen - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-                advance(1, f"loss {last_loss:.4f} · {rate:,.0f} tok/s")
-                if (cfg.save_every and step % cfg.save_every == 0) or step == stop_at:
-                    save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, epoch=epoch, tokens=tokens_seen)
-                if step >= stop_at:
-                    break
-    elapsed = time.perf_counter() - started
-    tps = (tokens_seen - tokens_at_start) / elapsed if elapsed > 0 else 0.0
-
-    model_dir = out / MODEL_SUBDIR
-    stopped_early = step < total_steps
-    created_by = {"command": " ".join(sys.argv), "stage": cfg.stage, "steps": step, "train_config": settings}
-    finish_run(accelerator, model, model_dir, save=not stopped_early, created_by=created_by)
-    return TrainResult(model_dir, step, last_loss, losses, tps, stopped_early, elapsed)
+    result = run_loop(
+        accelerator, model, groups, cfg, step,
+        samples=len(data), settings=settings, grad_accum=cfg.grad_accum, label="training", unit="tokens",
+        model_dir=out / MODEL_SUBDIR, created_by={"stage": cfg.stage, "train_config": settings}, progress=progress,
+    )  # fmt: skip
+    return TrainResult(result.model_dir, result.steps, result.final_loss, result.losses, result.per_second,
+                       result.stopped_early, result.seconds)  # fmt: skip

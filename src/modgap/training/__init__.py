@@ -1,9 +1,10 @@
 """The training engine every recipe shares: run directories, checkpoints, the Accelerate set-up, data order,
 the run settings every recipe has, LoRA.
 
-Recipes (``modgap.mllm.train``, ``modgap.embedder.train``) stay linear files that call these functions; there
-is no trainer class to subclass. Names are imported on first use, so that ``modgap.training.settings`` (the
-shared settings, which the CLI reads) loads without torch.
+Recipes (``modgap.mllm.train``, ``modgap.embedder.train``) build their model and data and hand one step
+function to :func:`~modgap.training.loop.run_loop`, the loop they share; there is no trainer class to
+subclass. Names are imported on first use, so that ``modgap.training.settings`` (the shared settings, which
+the CLI reads) loads without torch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ _EXPORTS = {
     "steps_per_epoch": "engine",
     "tracker_config": "engine",
     "train_lora": "lora",
+    "LoopResult": "loop",
+    "optimizer_and_schedule": "loop",
+    "run_loop": "loop",
     "check_run_dir": "run",
     "claim_run_dir": "run",
     "clear_run_dir": "run",
