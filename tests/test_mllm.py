@@ -475,14 +475,15 @@ def test_train_options_are_the_config_fields(tmp_path):
     import typer
 
     from modgap.cli.train import app
-    from modgap.mllm.train import TrainConfig, load_config
+    from modgap.files import load_dataclass
+    from modgap.mllm.train import TrainConfig
 
     command = typer.main.get_command(app)
     for stage in ("pretrain", "sft"):
         options = {p.name for p in command.commands[stage].params}
         assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"stage"} | {"config"}
     (tmp_path / "run.yaml").write_text("out: runs/x\nbatch_size: 3\nlr: 0.5\ndata: [a.jsonl]\nembeddings: [s]\n")
-    cfg = load_config("sft", tmp_path / "run.yaml", {"batch_size": 4})
+    cfg = load_dataclass(TrainConfig, tmp_path / "run.yaml", {"batch_size": 4}, stage="sft")
     assert (cfg.stage, cfg.batch_size, cfg.lr, cfg.data, cfg.tune) == ("sft", 4, 0.5, ["a.jsonl"], "full")
     (tmp_path / "typo.yaml").write_text("out: runs/x\nbatchsize: 3\n")
     proc = run_cli("train", "pretrain", "--config", tmp_path / "typo.yaml", check=False)

@@ -473,3 +473,29 @@ def test_a_server_that_refuses_structured_output_and_rate_limits_is_handled(tmp_
     assert meta.startswith("refused by the server (HTTP 400") and "response_format is not supported" in meta
     failures = lines(tmp_path / "i.failures.jsonl")  # the built-in LM writes captions, not JSON
     assert len(failures) == 4 and all(f["attempts"] == 2 for f in failures)
+
+
+def test_stage_defaults_are_written_once():
+    """The library, the commands' options and `synth run`'s config sections agree (they once differed: the
+    instruction temperature was 0.7 in the CLI and config but 0.8 in the library)."""
+    import typer
+
+    from modgap.cli.synth import app
+    from modgap.synth.pipeline import CaptionsSection, InstructionsSection
+
+    command = typer.main.get_command(app)
+    options = {
+        name: {p.name: p.default for p in command.commands[name].params} for name in ("captions", "instructions")
+    }
+    lib_c, lib_i = CaptionSettings(), InstructionSettings()
+    for lib, section, cli in ((lib_c, CaptionsSection(), options["captions"]),
+                              (lib_i, InstructionsSection(), options["instructions"])):  # fmt: skip
+        sampling = lib.sampling
+        assert (section.temperature, section.top_p, section.max_tokens) == (
+            sampling.temperature, sampling.top_p, sampling.max_tokens)  # fmt: skip
+        assert (cli["temperature"], cli["top_p"], cli["max_tokens"], cli["concurrency"]) == (
+            sampling.temperature, sampling.top_p, sampling.max_tokens, lib.concurrency)  # fmt: skip
+    assert lib_i.sampling.temperature == 0.7 and lib_c.sampling.temperature == 0.8
+    assert options["instructions"]["turns"] == f"{lib_i.min_turns}-{lib_i.max_turns}"
+    assert (options["captions"]["min_words"], options["captions"]["near_duplicate"]) == (
+        lib_c.min_words, lib_c.near_duplicate_threshold)  # fmt: skip

@@ -362,6 +362,13 @@ def _typed(value: Any, tp: Any, name: str, where: str) -> Any:
     return value
 
 
+def setting_like(base: type, name: str, default: Any, help: str | None = None) -> Any:
+    """The field ``name`` of dataclass ``base`` with another default (and help) for a subclass: a recipe
+    whose batch size or learning rate differs restates the default, not the setting."""
+    field = next(f for f in dataclasses.fields(base) if f.name == name)
+    return setting(default, help or field.metadata["help"], field.metadata.get("flag"))
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str, **fixed: Any) -> T:
     """``cls(**data, **fixed)`` for a dataclass, refusing keys it does not have (a typo is an error, not a no-op)
     and values that are not of the setting's type."""
@@ -378,7 +385,9 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str, **fixed: Any
 
 
 def load_dataclass(
-    cls: type[T], path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, **fixed: Any
+    cls: type[T], path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, **fixed: Any
 ) -> T:
-    """A dataclass from a JSON/YAML file, with ``overrides`` (e.g. options given on the command line) on top."""
-    return from_mapping(cls, {**read_settings(path), **(overrides or {})}, str(path), **fixed)
+    """A dataclass from a JSON/YAML file (or none), with ``overrides`` (e.g. options given on the command line)
+    on top and ``fixed`` (what the command decides, e.g. the stage) over both."""
+    settings = read_settings(path) if path else {}
+    return from_mapping(cls, {**settings, **(overrides or {})}, str(path or "settings"), **fixed)

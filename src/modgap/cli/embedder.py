@@ -31,11 +31,11 @@ def _command(stage: str) -> Any:
     from modgap.embedder.config import EmbedderTrainConfig
 
     def run(given: dict[str, Any], config_file: Path | None) -> None:
-        from modgap.embedder.config import load_train_config
         from modgap.embedder.train import train
+        from modgap.files import load_dataclass
 
         quiet_transformers()
-        cfg = load_train_config(stage, config_file, given)
+        cfg = load_dataclass(EmbedderTrainConfig, config_file, given, stage=stage)
         result = train(cfg, progress=rich_progress(unit="steps"))
         report_training(
             result,

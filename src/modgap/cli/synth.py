@@ -10,9 +10,13 @@ import typer
 from modgap.cli.common import command_line, out, quiet_transformers
 from modgap.errors import ModgapError
 from modgap.progress import rich_progress
+from modgap.synth.settings import CAPTION_SAMPLING, INSTRUCTION_SAMPLING, CaptionSettings, InstructionSettings
 
 if TYPE_CHECKING:
     from modgap.synth.llm import LocalChat, OpenAIChat
+
+# The stages' defaults, written once in modgap.synth.settings (a cheap import: no torch, no network).
+CAPTIONS, INSTRUCTIONS = CaptionSettings(), InstructionSettings()
 
 app = typer.Typer(help="Synthesise training data from text alone with an LLM (Unicorn).", no_args_is_help=True)
 
@@ -80,22 +84,22 @@ def captions(
     llm: LlmOpt,
     seeds: Annotated[Path, typer.Option(help="Seed captions: JSONL/CSV/TSV/Parquet with id and text columns.")],
     out_file: Annotated[Path, typer.Option("--out", help="Captions JSONL (with .meta.json and .failures.jsonl).")],
-    per_seed: Annotated[int, typer.Option(help="Captions requested per seed.")] = 1,
+    per_seed: Annotated[int, typer.Option(help="Captions requested per seed.")] = CAPTIONS.per_seed,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
-    concurrency: ConcurrencyOpt = 8,
+    concurrency: ConcurrencyOpt = CAPTIONS.concurrency,
     timeout: TimeoutOpt = 120.0,
     request_attempts: RequestAttemptsOpt = 6,
     batch_size: BatchSizeOpt = 16,
-    temperature: Annotated[float, typer.Option()] = 0.8,
-    top_p: Annotated[float, typer.Option()] = 0.95,
-    max_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option()] = CAPTION_SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option()] = CAPTION_SAMPLING.top_p,
+    max_tokens: Annotated[int, typer.Option()] = CAPTION_SAMPLING.max_tokens,
     seed: SeedOpt = 0,
-    min_words: Annotated[int, typer.Option(help="Shorter captions are filtered out.")] = 5,
-    max_words: Annotated[int, typer.Option(help="Longer captions are filtered out.")] = 200,
+    min_words: Annotated[int, typer.Option(help="Shorter captions are filtered out.")] = CAPTIONS.min_words,
+    max_words: Annotated[int, typer.Option(help="Longer captions are filtered out.")] = CAPTIONS.max_words,
     near_duplicate: Annotated[
         float, typer.Option(help="MinHash Jaccard above which a caption is a near duplicate (1: off).")
-    ] = 0.9,
+    ] = CAPTIONS.near_duplicate_threshold,
     keep_duplicates: Annotated[
         bool, typer.Option(help="Keep exact and near duplicates (e.g. to dedupe shards later).")
     ] = False,
@@ -146,19 +150,21 @@ def instructions(
         Path, typer.Option("--captions", help="Captions (stage 1's output, or any file with id and caption columns).")
     ],
     out_file: Annotated[Path, typer.Option("--out", help="Conversations JSONL (with .meta.json, .failures.jsonl).")],
-    turns: Annotated[str, typer.Option(help="MIN-MAX question/answer turns per conversation.")] = "3-8",
+    turns: Annotated[
+        str, typer.Option(help="MIN-MAX question/answer turns per conversation.")
+    ] = f"{INSTRUCTIONS.min_turns}-{INSTRUCTIONS.max_turns}",
     max_attempts: Annotated[
         int, typer.Option(help="Requests per caption: an invalid reply is sent back with the error, then retried.")
-    ] = 3,
+    ] = INSTRUCTIONS.max_attempts,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
-    concurrency: ConcurrencyOpt = 8,
+    concurrency: ConcurrencyOpt = INSTRUCTIONS.concurrency,
     timeout: TimeoutOpt = 120.0,
     request_attempts: RequestAttemptsOpt = 6,
     batch_size: BatchSizeOpt = 16,
-    temperature: Annotated[float, typer.Option()] = 0.7,
-    top_p: Annotated[float, typer.Option()] = 0.95,
-    max_tokens: Annotated[int, typer.Option()] = 1024,
+    temperature: Annotated[float, typer.Option()] = INSTRUCTION_SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option()] = INSTRUCTION_SAMPLING.top_p,
+    max_tokens: Annotated[int, typer.Option()] = INSTRUCTION_SAMPLING.max_tokens,
     seed: SeedOpt = 0,
     prompt_file: PromptFileOpt = None,
     id_column: Annotated[str, typer.Option()] = "id",

@@ -33,11 +33,11 @@ def _command(stage: str) -> Any:
     from modgap.mllm.config import TrainConfig
 
     def run(given: dict[str, Any], config_file: Path | None) -> None:
-        from modgap.mllm.config import load_config
+        from modgap.files import load_dataclass
         from modgap.mllm.train import train
 
         quiet_transformers()
-        cfg = load_config(stage, config_file, given)
+        cfg = load_dataclass(TrainConfig, config_file, given, stage=stage)
         result = train(cfg, progress=rich_progress(unit="steps"))
         report_training(result, cfg.out, f"{result.tokens_per_second:,.0f} tokens/s; model in {result.model_dir}")
 

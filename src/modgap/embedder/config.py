@@ -8,12 +8,11 @@ how the prompt's hidden states become one vector. :class:`EmbedderTrainConfig` h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.files import from_mapping, load_dataclass, read_settings, setting
+from modgap.files import load_dataclass, setting, setting_like
 from modgap.training.settings import RunSettings
 
 EMBEDDER_FILE = "modgap_embedder.json"
@@ -76,22 +75,20 @@ class EmbedderTrainConfig(RunSettings):
     embed_dim: int | None = setting(None, "Visual embedding width of a model built from --llm (tune: the store's).")
     num_visual_tokens: int = setting(8, "k: visual tokens per embedding (models built from --llm).", "--visual-tokens")
     tune: str = setting("lora", "lora | full | projector (what of the LM is trained; tune also trains the projector).")
-    lora_r: int = setting(16, "LoRA rank.")
-    lora_alpha: int = setting(32, "LoRA alpha.")
-    lora_dropout: float = setting(0.0, "LoRA dropout.")
     temperature: float = setting(0.02, "tune: InfoNCE temperature; distill: the student's.")
     teacher_temperature: float = setting(0.02, "distill: temperature of the teacher's similarity softmax.")
     hard_negatives: int = setting(8, "tune: hardest in-batch negatives kept per query (k).")
     fn_margin: float = setting(0.1, "tune: drop candidates scoring above sim(q, pos) + margin (false negatives).")
-    batch_size: int = setting(32, "Samples per process per step (in-batch negatives are gathered across processes).")
     grad_cache_chunk: int | None = setting(None, "Gradient caching: forward/backward this many inputs at a time.")
-    epochs: int = setting(1, "Passes over the data.")
-    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
-    lr: float = setting(1e-4, "Learning rate.")
-    weight_decay: float = setting(0.0, "AdamW weight decay.")
-    warmup_ratio: float = setting(0.05, "Fraction of steps of linear warm-up.")
-    max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
-    seed: int = setting(0, "Seed of the data order (and of a fresh projector).")
+    batch_size: int = setting_like(
+        RunSettings,
+        "batch_size",
+        32,
+        "Samples per process per step (in-batch negatives are gathered across processes).",
+    )
+    lr: float = setting_like(RunSettings, "lr", 1e-4)
+    warmup_ratio: float = setting_like(RunSettings, "warmup_ratio", 0.05)
+    lora_dropout: float = setting_like(RunSettings, "lora_dropout", 0.0)
     may_be_negative = ("fn_margin",)
 
     def __post_init__(self) -> None:
@@ -113,19 +110,10 @@ class EmbedderTrainConfig(RunSettings):
             raise ModgapError(f"unknown --tune {self.tune!r} (lora, full or projector)")
         if self.stage == "distill" and self.tune == "projector":
             raise ModgapError("distill trains the language model: --tune lora or full")
-        for name in ("batch_size", "epochs", "num_visual_tokens"):
+        for name in ("num_visual_tokens",):
             if getattr(self, name) < 1:
                 raise ModgapError(f"--{name.replace('_', '-')} must be at least 1")
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
             raise ModgapError("--grad-cache-chunk must be at least 1")
         if self.temperature <= 0 or self.teacher_temperature <= 0:
             raise ModgapError("temperatures must be positive")
-
-
-def load_train_config(
-    stage: str, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None
-) -> EmbedderTrainConfig:
-    """Settings from a JSON/YAML file (unknown keys refused), with ``given`` (command-line options) on top."""
-    settings = dict(read_settings(config_file)) if config_file else {}
-    settings.update(given or {})
-    return from_mapping(EmbedderTrainConfig, settings, str(config_file or "settings"), stage=stage)

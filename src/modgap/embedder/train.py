@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modgap.distributed import average_gradients, gather_keep_grad
 from modgap.embedder.config import EmbedderConfig, EmbedderTrainConfig
 from modgap.embedder.data import Batch, PairSet, TextSet
 from modgap.embedder.losses import DistillationKL, HardNegativeInfoNCE
@@ -105,18 +106,6 @@ def encode(model: nn.Module, unwrapped: Embedder, batch: Batch, start: int, stop
     return model(inputs["input_ids"], inputs["attention_mask"], visual)
 
 
-def gather_keep_grad(x: torch.Tensor, world: int) -> torch.Tensor:
-    """Every process's ``x`` concatenated in rank order; this process's part keeps its gradient."""
-    if world == 1:
-        return x
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
-
-
 class Objective:
     """The stage's loss over the global batch, from this process's embeddings (and teacher rows)."""
 
@@ -182,35 +171,8 @@ def contrastive_step(
                     part = encode(model, unwrapped, batch, s, e, device)
                     accelerator.backward((part * grads[s:e]).sum())
     if ddp:
-        _average_gradients(model, world)
+        average_gradients(model, world)
     return loss.detach()
-
-
-def _average_gradients(model: nn.Module, world: int, bucket: int = 2**24) -> None:
-    """What DDP's reducer does, once: every trainable gradient averaged over processes (missing ones as 0),
-    all-reduced in buckets of about ``bucket`` elements (memory for one bucket, few collectives)."""
-    import torch.distributed as dist
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    groups: list[list[torch.Tensor]] = [[]]
-    size = 0
-    for p in params:
-        if size and size + p.numel() > bucket:
-            groups.append([])
-            size = 0
-        groups[-1].append(p)
-        size += p.numel()
-    for group in groups:
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
-        dist.all_reduce(flat)
-        flat /= world
-        at = 0
-        for p in group:
-            p.grad.copy_(flat[at : at + p.numel()].view_as(p))
-            at += p.numel()
 
 
 # -- the recipe ----------------------------------------------------------------------------------

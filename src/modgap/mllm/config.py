@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.files import from_mapping, read_settings, setting
+from modgap.files import from_mapping, setting, setting_like
 from modgap.training.settings import RunSettings
 
 CONFIG_FILE = "modgap_mllm.json"
@@ -79,19 +78,9 @@ class TrainConfig(RunSettings):
     max_missing: float = setting(0.01, "Largest tolerated fraction of rows without an embedding.")
     noise_std: float = setting(0.0, "Train-time Gaussian noise on visual inputs (CapDec-style).")
     tune: str | None = setting(None, "projector | full | lora (default: projector for pretrain, full for sft).")
-    lora_r: int = setting(16, "LoRA rank.")
-    lora_alpha: int = setting(32, "LoRA alpha.")
-    lora_dropout: float = setting(0.05, "LoRA dropout.")
-    epochs: int = setting(1, "Passes over the data.")
-    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
-    batch_size: int = setting(8, "Samples per process per micro-batch.")
     grad_accum: int = setting(1, "Micro-batches per optimizer step.")
-    lr: float | None = setting(None, "Learning rate (default 1e-3 pretrain, 2e-5 sft).")
+    lr: float | None = setting_like(RunSettings, "lr", None, "Learning rate (default 1e-3 pretrain, 2e-5 sft).")
     projector_lr: float | None = setting(None, "Projector learning rate (default: --lr).")
-    weight_decay: float = setting(0.0, "AdamW weight decay.")
-    warmup_ratio: float = setting(0.03, "Fraction of steps of linear warm-up.")
-    max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
-    seed: int = setting(0, "Seed of the projector's initialisation, the data order and the noise.")
 
     def __post_init__(self) -> None:
         if self.stage not in ("pretrain", "sft"):
@@ -113,16 +102,6 @@ class TrainConfig(RunSettings):
             raise ModgapError(f"unknown --tune {self.tune!r} (projector, full or lora)")
         if self.lr is None:
             self.lr = 1e-3 if self.stage == "pretrain" else 2e-5
-        for name in ("batch_size", "grad_accum", "epochs", "num_visual_tokens"):
+        for name in ("grad_accum", "num_visual_tokens"):
             if getattr(self, name) < 1:
                 raise ModgapError(f"--{name.replace('_', '-')} must be at least 1")
-
-
-def load_config(
-    stage: str, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None
-) -> TrainConfig:
-    """Settings from a JSON/YAML file (unknown keys refused), with ``given`` (options set on the command
-    line) on top, for ``stage``."""
-    settings = dict(read_settings(config_file)) if config_file else {}
-    settings.update(given or {})
-    return from_mapping(TrainConfig, settings, str(config_file or "settings"), stage=stage)

@@ -23,7 +23,7 @@ from modgap.align.base import Aligner
 from modgap.encoders.patches import patch_shape
 from modgap.errors import ModgapError
 from modgap.files import write_json
-from modgap.mllm.config import TrainConfig, load_config
+from modgap.mllm.config import TrainConfig
 from modgap.mllm.data import batch_visual, build_training_set, collate, training_aligner
 from modgap.mllm.model import VisionLanguageModel
 from modgap.progress import ProgressFactory, silent
@@ -35,7 +35,7 @@ from modgap.training.loop import run_loop
 MODEL_SUBDIR = "model"
 CONFIG_FILE = "train_config.json"  # the run directory's recorded settings
 
-__all__ = ["CONFIG_FILE", "MODEL_SUBDIR", "TrainConfig", "TrainResult", "load_config", "train"]
+__all__ = ["CONFIG_FILE", "MODEL_SUBDIR", "TrainConfig", "TrainResult", "train"]
 
 
 @dataclasses.dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import codecs
 import collections
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,3 @@ def safe_load(path: str | Path) -> Any:
         raise ModgapError(f"{path}: unsafe pickle refused, not loaded ({e})") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise ModgapError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from e
-
-
-def safe_loads(data: bytes) -> Any:
-    return RestrictedUnpickler(io.BytesIO(data)).load()

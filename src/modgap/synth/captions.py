@@ -23,31 +23,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from modgap.progress import ProgressFactory, silent
 from modgap.synth import stage
 from modgap.synth.cache import ReplyCache, request_key
-from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply, Sampling
+from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Reply
 from modgap.synth.requests import ReplyCounter, gather_replies
+from modgap.synth.settings import CaptionSettings
 from modgap.synth.stage import DistinctNgrams, Emit, read_texts
 
 REFUSAL = re.compile(r"\b(I'?m sorry|I apologi[sz]e|I cannot|I can't|as an AI|I am unable|I'm unable)\b", re.I)
 FILTERS = ("request_failed", "empty", "truncated", "refusal", "too_short", "too_long", "duplicate", "near_duplicate")
-
-
-@dataclass
-class CaptionSettings:
-    per_seed: int = 1
-    min_words: int = 5
-    max_words: int = 200
-    near_duplicate_threshold: float = 0.9  # estimated Jaccard similarity of word 3-gram sets (1: off)
-    dedupe: bool = True  # drop exact and near duplicates (within this run or shard)
-    concurrency: int = 8
-    window: int = 4096  # seeds whose replies are gathered, judged and written at a time (bounds the memory)
-    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass

@@ -30,18 +30,18 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modgap.errors import ModgapError
 from modgap.progress import ProgressFactory, silent
 from modgap.synth import stage
 from modgap.synth.cache import ReplyCache, request_key
-from modgap.synth.llm import LocalChat, Messages, OpenAIChat, Sampling
+from modgap.synth.llm import LocalChat, Messages, OpenAIChat
 from modgap.synth.requests import ReplyCounter, gather_replies
+from modgap.synth.settings import InstructionSettings
 from modgap.synth.stage import Emit, read_texts
 
 REASONS = ("request_failed", "truncated", "not_json", "invalid")
@@ -60,22 +60,6 @@ class Turn(BaseModel):
 class Conversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     turns: list[Turn]
-
-
-@dataclass
-class InstructionSettings:
-    min_turns: int = 3
-    max_turns: int = 8
-    max_attempts: int = 3  # requests per caption, the first included
-    concurrency: int = 8
-    window: int = 4096  # captions conversed, judged and written at a time (bounds the memory)
-    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024))
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_turns <= self.max_turns:
-            raise ModgapError(f"--turns {self.min_turns}-{self.max_turns}: expected 1 <= MIN <= MAX")
-        if self.max_attempts < 1:
-            raise ModgapError("--max-attempts must be at least 1")
 
 
 @dataclass

@@ -19,27 +19,15 @@ import json
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from modgap.errors import ModgapError
+from modgap.synth.settings import Sampling
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection; --timeout bounds the wait for a reply
 
 Messages = list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings, recorded with every output; ``seed`` is the base of the per-sample seeds."""
-
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 256
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

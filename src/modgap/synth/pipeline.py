@@ -26,6 +26,7 @@ from typing import Any
 from modgap.errors import ModgapError
 from modgap.files import from_mapping, read_settings
 from modgap.progress import ProgressFactory, silent
+from modgap.synth.settings import CAPTION_SAMPLING, INSTRUCTION_SAMPLING, CaptionSettings, InstructionSettings
 
 SETTINGS_FILE = "unicorn.json"
 SECTIONS = ("llm", "seeds", "captions", "instructions", "transfer")
@@ -50,27 +51,30 @@ class SeedsSection:
     text_column: str = "text"
 
 
+_CAPTIONS, _INSTRUCTIONS = CaptionSettings(), InstructionSettings()  # the stages' defaults, written once there
+
+
 @dataclasses.dataclass
 class CaptionsSection:
-    per_seed: int = 1
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 256
-    min_words: int = 5
-    max_words: int = 200
-    near_duplicate: float = 0.9
-    dedupe: bool = True  # drop exact and near duplicates
+    per_seed: int = _CAPTIONS.per_seed
+    temperature: float = CAPTION_SAMPLING.temperature
+    top_p: float = CAPTION_SAMPLING.top_p
+    max_tokens: int = CAPTION_SAMPLING.max_tokens
+    min_words: int = _CAPTIONS.min_words
+    max_words: int = _CAPTIONS.max_words
+    near_duplicate: float = _CAPTIONS.near_duplicate_threshold
+    dedupe: bool = _CAPTIONS.dedupe  # drop exact and near duplicates
     prompt_file: str | None = None
 
 
 @dataclasses.dataclass
 class InstructionsSection:
-    min_turns: int = 3
-    max_turns: int = 8
-    max_attempts: int = 3
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 1024
+    min_turns: int = _INSTRUCTIONS.min_turns
+    max_turns: int = _INSTRUCTIONS.max_turns
+    max_attempts: int = _INSTRUCTIONS.max_attempts
+    temperature: float = INSTRUCTION_SAMPLING.temperature
+    top_p: float = INSTRUCTION_SAMPLING.top_p
+    max_tokens: int = INSTRUCTION_SAMPLING.max_tokens
     prompt_file: str | None = None
 
 

@@ -1,7 +1,8 @@
-"""The run settings every training recipe has (torch-free: the CLI builds options from them).
+"""The run and optimisation settings every training recipe has (torch-free: the CLI builds options from them).
 
-A recipe's settings dataclass inherits :class:`RunSettings`; its own fields (data, model, optimisation)
-come after these in ``--help``.
+A recipe's settings dataclass inherits :class:`RunSettings`; its own fields (data, model, losses) come first
+in ``--help``. A recipe whose default differs (the embedder's batch size, the learning rate of a stage)
+restates only that default, with :func:`modgap.files.setting_like`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ class RunSettings:
     on_bad: str = setting(
         "error", "NaN/Inf/zero embeddings: 'error' stops, 'skip' leaves their samples out (bad_rows.jsonl)."
     )
+    # -- optimisation (a recipe restates only a different default, with files.setting_like) --------
+    epochs: int = setting(1, "Passes over the data.")
+    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
+    batch_size: int = setting(8, "Samples per process per micro-batch.")
+    lr: float | None = setting(None, "Learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_ratio: float = setting(0.03, "Fraction of steps of linear warm-up.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0: off).")
+    seed: int = setting(0, "Seed of the data order, of a fresh model's initialisation and of train-time noise.")
+    lora_r: int = setting(16, "LoRA rank.")
+    lora_alpha: int = setting(32, "LoRA alpha.")
+    lora_dropout: float = setting(0.05, "LoRA dropout.")
 
     may_be_negative: ClassVar[tuple[str, ...]] = ()  # float settings allowed below 0 (every other one is not)
 
@@ -61,8 +74,11 @@ class RunSettings:
             value = getattr(self, name, None)
             if value is not None and value < 1:
                 raise ModgapError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.log_every < 1:
-            raise ModgapError("--log-every must be at least 1")
+        for name in ("log_every", "epochs", "batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ModgapError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ModgapError(f"--lr must be positive, got {self.lr}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
