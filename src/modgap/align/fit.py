@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from modgap import __version__
+from modgap.align.record import ALIGNER_SUBDIR, RECORD_KEY, aligner_record
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
@@ -27,8 +28,6 @@ from modgap.store.stream import VectorSource
 
 if TYPE_CHECKING:
     from modgap.align.base import Aligner
-
-ALIGNER_SUBDIR = "aligner"  # an aligned store carries the aligner that made it, so training can use it
 
 
 def _all_reduce(stats: dict[str, Moments]) -> None:
@@ -123,14 +122,7 @@ def apply_to_store(
     m = store.manifest
     dtype = dtype or m.dtype
     extra = dict(m.extra)
-    extra["aligner"] = {
-        "method": aligner.method,
-        "params": aligner.params(),
-        "path": aligner_path,
-        "fitted_on": aligner.provenance,
-        "input_store": str(store.path),
-        "dir": ALIGNER_SUBDIR,
-    }
+    extra[RECORD_KEY] = aligner_record(aligner, store, aligner_path)
     inputs = [store.path, aligner_path]
     with atomic_output_dir(out, overwrite=overwrite, markers=(MANIFEST_NAME,), inputs=inputs) as tmp:
         with (

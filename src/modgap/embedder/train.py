@@ -54,6 +54,7 @@ class EmbedderTrainResult:
     samples_per_second: float
     stopped_early: bool
     seconds: float = 0.0
+    model: Embedder | None = None  # the trained embedder in memory
 
 
 def _make_embedder(cfg: EmbedderTrainConfig) -> Embedder:
@@ -225,4 +226,4 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
         created_by={"stage": cfg.stage, "settings": settings}, progress=progress,
     )  # fmt: skip
     return EmbedderTrainResult(result.model_dir, result.steps, result.final_loss, result.losses, result.per_second,
-                               result.stopped_early, result.seconds)  # fmt: skip
+                               result.stopped_early, result.seconds, result.model)  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from modgap.align.base import Aligner, load_aligner
+from modgap.align.record import is_aligned, same_aligner, store_aligner
 from modgap.errors import ModgapError
 from modgap.files import read_rows
 from modgap.mllm.chat import IGNORE, caption_messages, encode, llava_messages, place_image
@@ -71,35 +72,6 @@ class Source:
     store: EmbeddingStore
     modality: str
     aligned: bool = False  # rows written by an aligner: used as they are
-
-
-def is_aligned(store: EmbeddingStore) -> bool:
-    """Whether the store's rows were written by an aligner (``modgap align apply``/``run``)."""
-    return bool(store.manifest.extra.get("aligner"))
-
-
-def store_aligner(store: EmbeddingStore) -> Aligner | None:
-    """The aligner recorded by ``modgap align apply`` in an aligned store; None for a raw store."""
-    if not is_aligned(store):
-        return None
-    record = store.manifest.extra["aligner"]
-    candidates = [store.path / record["dir"]] if record.get("dir") else []
-    if record.get("path"):
-        candidates.append(Path(record["path"]))
-    for path in candidates:
-        if (path / "aligner.json").is_file():
-            return load_aligner(path)
-    raise ModgapError(
-        f"{store.path}: the store was written by the {record.get('method')!r} aligner, but that aligner is "
-        "not saved with it (made by an older modgap); rerun 'modgap align apply' to rewrite the store"
-    )
-
-
-def same_aligner(a: Aligner, b: Aligner) -> bool:
-    """Same method, parameters and fitted tensors."""
-    if a.method != b.method or a.params() != b.params() or set(a.state) != set(b.state):
-        return False
-    return all(torch.equal(a.state[k], b.state[k]) for k in a.state)
 
 
 def training_aligner(stores: Sequence[EmbeddingStore], aligner_dir: str | None) -> Aligner | None:

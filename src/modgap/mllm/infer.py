@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modgap.align.record import same_aligner, store_aligner
 from modgap.encoders.base import IMAGE, Encoder, Prepared, open_images
 from modgap.errors import ModgapError
 from modgap.mllm.config import CONFIG_FILE
-from modgap.mllm.data import same_aligner, store_aligner
 from modgap.mllm.model import VisionLanguageModel
 from modgap.store.checks import BadRows, OnBad, bad_row_mask, row_norms, usable_store_rows
 from modgap.store.store import EmbeddingStore

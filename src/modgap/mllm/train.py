@@ -47,6 +47,7 @@ class TrainResult:
     tokens_per_second: float
     stopped_early: bool
     seconds: float = 0.0  # wall time of the optimizer steps taken by this call
+    model: VisionLanguageModel | None = None  # the trained model in memory
 
 
 def _set_trainable(model: VisionLanguageModel, cfg: TrainConfig) -> VisionLanguageModel:
@@ -158,4 +159,4 @@ def train(cfg: TrainConfig, *, progress: ProgressFactory = silent) -> TrainResul
         model_dir=out / MODEL_SUBDIR, created_by={"stage": cfg.stage, "train_config": settings}, progress=progress,
     )  # fmt: skip
     return TrainResult(result.model_dir, result.steps, result.final_loss, result.losses, result.per_second,
-                       result.stopped_early, result.seconds)  # fmt: skip
+                       result.stopped_early, result.seconds, result.model)  # fmt: skip

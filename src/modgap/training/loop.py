@@ -37,6 +37,7 @@ class LoopResult:
     per_second: float  # units (``count``) per second over the steps taken by this call
     stopped_early: bool
     seconds: float  # wall time of those steps
+    model: Any = None  # the trained model in memory (unwrapped from the engine)
 
 
 def optimizer_and_schedule(
@@ -135,4 +136,4 @@ def run_loop(
     created_by = {"command": " ".join(sys.argv), **created_by, "steps": step}
     finish_run(accelerator, model, model_dir, save=not stopped_early, created_by=created_by)
     rate = (seen - seen_at_start) / elapsed if elapsed > 0 else 0.0
-    return LoopResult(model_dir, step, last_loss, losses, rate, stopped_early, elapsed)
+    return LoopResult(model_dir, step, last_loss, losses, rate, stopped_early, elapsed, accelerator.unwrap_model(model))

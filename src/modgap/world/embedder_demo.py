@@ -33,7 +33,8 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.demo import (
+from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
+from modgap.world.steps import (
     FULL,
     QUICK,
     DemoSize,
@@ -42,7 +43,6 @@ from modgap.world.demo import (
     train_revision,
     write_world,
 )
-from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
 
 BASE = "tiny-clip"
 CREATED_BY = "modgap demo --embedder"
@@ -234,15 +234,8 @@ def run_embedder_demo(
     data = _write_eval_data(root, pools["test"], seed)
 
     log("base vision-language model: pretrained on paired image embeddings")
-    base_vlm = train_revision(
-        root,
-        "paired",
-        demo_size,
-        seed,
-        str(root / "world" / "paired.jsonl"),
-        str(root / "stores" / "paired-image"),
-        None,
-    )
+    base_vlm = train_revision(root, "paired", size=demo_size, seed=seed, data=root / "world" / "paired.jsonl",
+                              store=root / "stores" / "paired-image")  # fmt: skip
     teacher_store = root / "embedder" / "stores" / "teacher-text"
     if not (teacher_store / "done").is_file():
         log(f"teacher embeddings of the text pool: {teacher}")
@@ -300,7 +293,7 @@ def run_embedder_demo(
         log(f"patch tokens of the paired images: {summary.line()}")
     log(f"{PATCH_VARIANT}: base model, stage 1, stage 2")
     paired_data = str(root / "world" / "paired.jsonl")
-    base_patch = train_revision(root, "paired-patch", demo_size, seed, paired_data, str(patch_store), None,
+    base_patch = train_revision(root, "paired-patch", size=demo_size, seed=seed, data=paired_data, store=patch_store,
                                 steps=esize.patch_base_steps)  # fmt: skip
     tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
     models[PATCH_VARIANT] = f"embedder:{tuned_patch}"

@@ -1,0 +1,78 @@
+"""The demo's Unicorn row: no image and no human caption, only sparse seeds and the built-in LM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from modgap.files import write_jsonl, write_text
+from modgap.progress import ProgressFactory
+from modgap.world.scene import EXPAND_PROMPT, QA_PROMPT, Scene, sparse_seed
+from modgap.world.steps import ALIGNER_PARAMS, ENCODER, LLM, DemoSize, train_revision
+
+
+def unicorn_row(
+    root: Path,
+    size: DemoSize,
+    seed: int,
+    scenes: list[Scene],
+    image_store: str,
+    progress: ProgressFactory,
+    log: Callable[[str], None],
+) -> Path:
+    """Unicorn on the world: a sparse seed per text-pool scene (``size.unicorn_seeds``), two captions per seed and a
+    conversation per caption from the built-in LM (``synth run``), the captions' text embeddings mean-shifted
+    onto the image centroid (the demo's mean shift), then pretraining on the captions and tuning (LLM and
+    projector) on the conversations, both on those embeddings."""
+    from modgap.synth.pipeline import (
+        CaptionsSection,
+        InstructionsSection,
+        LLMSection,
+        SeedsSection,
+        TransferSection,
+        UnicornConfig,
+        run_unicorn,
+    )
+
+    seeds = root / "world" / "unicorn_seeds.jsonl"
+    if not seeds.is_file():
+        rng = np.random.default_rng(seed)
+        write_jsonl(seeds, [{"id": f"seed-{i}", "text": sparse_seed(s, rng)}
+                            for i, s in enumerate(scenes[: size.unicorn_seeds])])  # fmt: skip
+    write_text(root / "world" / "expand.txt", EXPAND_PROMPT)
+    write_text(root / "world" / "qa.txt", QA_PROMPT)
+    config = UnicornConfig(
+        llm=LLMSection(model=LLM, batch_size=64),
+        seeds=SeedsSection(path=str(seeds)),
+        captions=CaptionsSection(
+            per_seed=2,
+            temperature=0.7,
+            max_tokens=32,
+            min_words=3,
+            dedupe=False,
+            prompt_file=str(root / "world" / "expand.txt"),
+        ),
+        instructions=InstructionsSection(
+            min_turns=2,
+            max_turns=5,
+            max_attempts=2,
+            temperature=0.7,
+            max_tokens=96,
+            prompt_file=str(root / "world" / "qa.txt"),
+        ),
+        transfer=TransferSection(
+            encoder=ENCODER,
+            method="mean-shift",
+            params=ALIGNER_PARAMS["mean-shift"],
+            target=image_store,
+            batch_size=256,
+        ),
+        seed=seed,
+    )
+    made = run_unicorn(config, root / "unicorn", command="modgap demo", progress=progress, log=log)
+    store = str(made.transferred_store)
+    pretrained = train_revision(root, "unicorn", size=size, seed=seed, data=made.captions, store=store)
+    return train_revision(root, "unicorn-sft", size=size, seed=seed, data=made.instructions, store=store, stage="sft",
+                          init=str(pretrained), steps=max(20, size.steps // 4))  # fmt: skip
