@@ -176,6 +176,39 @@ def test_demo_scaling_options_are_refused_before_anything_is_written(tmp_path):
     assert not workdir.exists()
 
 
+def test_demo_on_a_small_world_resumes_tunes_and_scales(tmp_path):
+    """The demo's wiring in the default run, on a world small enough for it: every row, the reports, a rerun
+    with --sft reusing every finished model, the scaling curves' subset aligners, the workdir guard. (The
+    quick demo itself, with its above-chance claims and the embedder section, is the slow test below.)"""
+    from modgap.align import load_aligner
+    from modgap.errors import ModgapError
+    from modgap.store.store import EmbeddingStore
+    from modgap.world.demo import DemoSize, run_demo
+
+    workdir, quiet = tmp_path / "demo", (lambda _: None)
+    size = DemoSize(image_pool=400, text_pool=600, paired=600, test=80, steps=40, unicorn_seeds=30)
+    aligners = ("none", "realign", "gaussian-ot")
+    first = run_demo(workdir, size=size, aligners=aligners, log=quiet)
+    assert set(first.rows) == {*aligners, "paired images", "unicorn (synthetic text)",
+                               "gaussian-ot, validated shrinkage"}  # fmt: skip
+    assert all(set(ATTRIBUTES) <= set(row) and 0 <= row["vqa"] <= 1 for row in first.rows.values())
+    assert "| realign |" in (workdir / "report.md").read_text()
+    assert (workdir / "report.html").read_text().count("data:image/png;base64,") == 2
+    again = run_demo(workdir, size=size, aligners=aligners, sft=40, scaling=(4, 8), log=quiet)
+    for name, row in first.rows.items():
+        assert again.rows[name] == row, name  # reused, not retrained
+    assert {f"{m} + sft 40" for m in aligners} | {"sft 40 only"} <= set(again.rows)
+    curves = again.scaling
+    assert curves["sizes"] == [300, 600] and curves["curves"]["text only, realign"][1] == first.rows["realign"]
+    texts = EmbeddingStore.open(workdir / "stores" / "text_pool-text").get([f"text_pool-{i}" for i in range(300)])
+    unit = texts.astype(np.float64) / np.linalg.norm(texts.astype(np.float64), axis=1, keepdims=True)
+    fitted = load_aligner(workdir / "aligners" / "realign-text300").state["mu_t"]
+    np.testing.assert_allclose(np.asarray(fitted, dtype=np.float64), unit.mean(0), atol=1e-6)
+    with pytest.raises(ModgapError, match=r"seed \(0 -> 1\)"):
+        run_demo(workdir, size=size, aligners=aligners, seed=1, log=quiet)
+
+
+@pytest.mark.slow
 def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path):
     workdir = tmp_path / "demo"
     proc = run_cli("demo", "--quick", "--workdir", workdir)

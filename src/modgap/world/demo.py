@@ -66,16 +66,18 @@ def run_demo(
     aligners: tuple[str, ...] = ALIGNERS,
     scaling: tuple[int, ...] = (),
     scaling_methods: tuple[str, ...] = SCALING_METHODS,
+    size: DemoSize | None = None,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """The demo in ``workdir``; ``scaling`` (e.g. :data:`SCALES`) adds the data-scaling curves of
-    :func:`run_scaling`, one text-only curve per aligner of ``scaling_methods``."""
+    :func:`run_scaling`, one text-only curve per aligner of ``scaling_methods``. ``size`` replaces the
+    quick/full sizes (the test suite's small world; recorded in the workdir like them)."""
     from modgap.align import load_aligner, make_aligner
 
     started = time.perf_counter()
     root = Path(workdir)
-    size = QUICK if quick else FULL
+    size = size or (QUICK if quick else FULL)
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
     if scaling:

