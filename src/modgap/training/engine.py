@@ -46,13 +46,39 @@ def make_accelerator(
 
     if report_to not in ("tensorboard", "wandb", "none"):
         raise ModgapError(f"--report-to must be tensorboard, wandb or none, got {report_to!r}")
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=grad_accum,
         mixed_precision=resolve_mixed_precision(mixed_precision),
         log_with=None if report_to == "none" else report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=os.path.join(str(out), "logs")),
     )
+    check_engine(accelerator)
+    return accelerator
+
+
+def check_engine(accelerator: Any) -> None:
+    """Refuse the set-ups Accelerate would run silently as something else: FSDP or DeepSpeed asked for (by an
+    ``accelerate launch`` config) on a machine where Accelerate falls back to plain DDP (CPU only: measured
+    with torch 2.13 and accelerate 1.x, the FSDP plugin is ignored under ``cpu=True``), and several launched
+    processes that each train alone."""
+    from accelerate.utils import DistributedType
+
+    flag = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    wanted = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}
+    for kind, name in wanted.items():
+        if os.environ.get(flag[name], "").lower() in ("1", "true") and accelerator.distributed_type != kind:
+            raise ModgapError(
+                f"{name} was asked for, but Accelerate set up {accelerator.distributed_type.value} on this machine "
+                f"(on CPU it runs {name} as plain data parallelism, unsharded); use a GPU machine for {name}, or "
+                "configs/accelerate/cpu-2proc.yaml / torchrun for CPU processes"
+            )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ModgapError(
+            f"{launched} processes were launched but Accelerate joined {accelerator.num_processes}: each would "
+            "train alone on its own share"
+        )
 
 
 def is_sharded(accelerator: Any) -> bool:
