@@ -45,6 +45,13 @@ def embed(
     device: DeviceOpt = "cpu",
     online: Annotated[bool, typer.Option("--online", help="Allow downloads from the 🤗 Hub.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model's own code.")] = False,
+    templates: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt templates of a stock multimodal LLM (embedder:DIR): JSON with text, image, image_text; "
+            "<sent> marks the text, the model's image token the image; used verbatim."
+        ),
+    ] = None,
 ) -> None:
     """Embed unpaired images and texts into stores. Rerun the same command to resume after a crash.
 
@@ -72,6 +79,7 @@ def embed(
         online=online,
         trust_remote_code=trust_remote_code,
         max_text_length=max_text_length,
+        templates=templates,
         features=features,
         created_by=command_line(),
         progress=rich_progress(unit="items"),

@@ -30,7 +30,10 @@ def main() -> None:
     try:
         app()
     except ModgapError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # The message is the user's text (paths, templates like "[INST] ... [/INST]"), never rich markup.
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -80,8 +80,10 @@ class _ImageItems(Dataset):
         prep: Callable[[list[Image.Image]], Prepared],
         dataset: Any = None,
         column: str = "image",
+        whole_batches: bool = False,
     ):
         self.items, self.prep, self.dataset, self.column = items, prep, dataset, column
+        self.whole_batches = whole_batches  # decode here, prepare the batch in the collate (same worker)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -94,6 +96,8 @@ class _ImageItems(Dataset):
             else:
                 image = Image.open(src)
                 image.load()  # decode now: truncated files fail here, not inside the processor
+            if self.whole_batches:
+                return i, image.convert("RGB"), None  # type: ignore[return-value]
             prepared = self.prep([image.convert("RGB")])
         except FileNotFoundError:
             return i, None, "missing file"
@@ -109,6 +113,19 @@ def _collate_images(samples: list[tuple[int, Prepared | None, str | None]]) -> t
     failed = [(i, err) for i, x, err in samples if x is None]
     batch = {k: torch.stack([x[k] for _, x in ok]) for k in ok[0][1]} if ok else {}
     return [i for i, _ in ok], batch, failed
+
+
+class _CollateWholeBatch:
+    """For processors whose per-image output varies in size (prompts with image tokens, tiles): the decoded
+    images of a batch go through the processor together, in the worker that decoded them."""
+
+    def __init__(self, prep: Callable[[list[Image.Image]], Prepared]):
+        self.prep = prep
+
+    def __call__(self, samples: list[tuple[int, Any, str | None]]) -> tuple[list[int], Prepared, list]:
+        ok = [(i, x) for i, x, err in samples if x is not None]
+        failed = [(i, err) for i, x, err in samples if x is None]
+        return [i for i, _ in ok], (self.prep([x for _, x in ok]) if ok else {}), failed
 
 
 class _TextBatches(Dataset):
@@ -270,12 +287,13 @@ def _embed_images(
     advance: Callable[[int], None],
 ) -> int:
     items = [(k, v) for _, k, v in todo]
-    dataset = _ImageItems(items, encoder.image_preprocessor(), inputs.dataset, inputs.image_column)
+    prep, whole = encoder.image_preprocessor(), encoder.prepares_image_batches
+    dataset = _ImageItems(items, prep, inputs.dataset, inputs.image_column, whole_batches=whole)
     loader = DataLoader(
         dataset,
         batch_size=options.batch_size,
         num_workers=options.num_workers,
-        collate_fn=_collate_images,
+        collate_fn=_CollateWholeBatch(prep) if whole else _collate_images,
         shuffle=False,
     )
     written = 0
@@ -309,6 +327,7 @@ def embed_data(
     online: bool = False,
     trust_remote_code: bool = False,
     max_text_length: int | None = None,
+    templates: str | os.PathLike | None = None,
     features: str = "global",
     created_by: str | None = None,
     progress: ProgressFactory = silent,
@@ -344,6 +363,7 @@ def embed_data(
         online=online,
         trust_remote_code=trust_remote_code,
         max_text_length=max_text_length,
+        templates=templates,
     )
     if features == "patch":
         encoder = PatchFeatures(encoder)

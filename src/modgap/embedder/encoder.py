@@ -87,6 +87,21 @@ class EmbedderEncoder(Encoder):
         return {**super().describe(), "base_encoder": self.embedder.vlm.config.encoder}
 
 
-def load(spec_rest: str, **kwargs: Any) -> EmbedderEncoder:
-    """The ``modgap.encoders`` entry point: ``embedder:DIR``."""
+def load(spec_rest: str, templates: Any = None, **kwargs: Any) -> Encoder:
+    """The ``modgap.encoders`` entry point: ``embedder:DIR``, a modgap embedder (or model) directory or a stock
+    🤗 multimodal LLM (:mod:`modgap.embedder.stock`; ``templates``: its prompt templates)."""
+    from modgap.embedder.config import EMBEDDER_FILE
+    from modgap.embedder.stock import StockEmbedder, is_stock_mllm
+    from modgap.mllm.config import CONFIG_FILE
+
+    directory = resolve_model_dir(spec_rest)
+    if not (directory / CONFIG_FILE).is_file() and is_stock_mllm(spec_rest):
+        return StockEmbedder(spec_rest, templates=templates, **kwargs)
+    if templates is not None:
+        raise ModgapError(f"{spec_rest}: --templates applies to stock multimodal LLMs; a modgap embedder keeps its own")
+    if not (directory / CONFIG_FILE).is_file() and not (directory / EMBEDDER_FILE).is_file():
+        raise ModgapError(
+            f"{spec_rest}: neither a modgap embedder or model directory nor a stock multimodal LLM "
+            "(a config.json that AutoModelForImageTextToText loads)"
+        )
     return EmbedderEncoder(spec_rest, **kwargs)

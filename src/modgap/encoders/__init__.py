@@ -9,6 +9,7 @@ and ``load(rest, **options)`` returns the encoder.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -31,11 +32,15 @@ def load_encoder(
     online: bool = False,
     trust_remote_code: bool = False,
     max_text_length: int | None = None,
+    templates: str | os.PathLike | dict[str, str] | None = None,
 ) -> Encoder:
-    """Build the encoder a spec names; fails with a clear error before any data is read."""
+    """Build the encoder a spec names; fails with a clear error before any data is read. ``templates`` (prompt
+    templates) apply to kinds that take them (``embedder:DIR`` on a stock multimodal LLM)."""
     kind, sep, rest = spec.partition(":")
     if not sep or len(kind) == 1:  # a bare path (a Windows drive letter is not a kind)
         kind, rest = "hf", spec
+    if templates is not None and kind in ("builtin", "hf", "llm2clip", "text"):
+        raise ModgapError(f"--templates applies to embedder:DIR encoders, not {kind}:")
     if kind == "builtin":
         from modgap.encoders.hf import HFDualEncoder
         from modgap.hub import resolve
@@ -71,8 +76,14 @@ def load_encoder(
         )
     plugin = _plugin(kind)
     if plugin is not None:
+        extra = {"templates": templates} if templates is not None else {}
         return plugin(
-            rest, device=device, online=online, trust_remote_code=trust_remote_code, max_text_length=max_text_length
+            rest,
+            device=device,
+            online=online,
+            trust_remote_code=trust_remote_code,
+            max_text_length=max_text_length,
+            **extra,
         )
     raise ModgapError(f"unknown encoder spec {spec!r}; expected {SPEC_HELP}")
 

@@ -39,6 +39,9 @@ class Encoder(ABC):
     name: str  # e.g. "hf:/models/clip-vit-b32"
     revision: str | None = None  # a content hash of the weights, recorded in store manifests
     normalized_output: bool = True
+    # Whether image batches are prepared whole (a processor whose per-image output varies in size, e.g. a
+    # multimodal LLM's prompt with image tokens); otherwise images are prepared one by one and stacked.
+    prepares_image_batches: bool = False
 
     @property
     def dim(self) -> int:
