@@ -165,3 +165,27 @@ def test_bad_templates_and_directories_are_refused_before_any_data_is_read(llava
                    "--modality", "text", "--data", llava["root"] / "data.jsonl", "--out-text", tmp_path / "s",
                    check=False)  # fmt: skip
     assert proc.returncode == 2 and "must hold the image token" in proc.stderr and not (tmp_path / "s").exists()
+
+
+def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
+    """`eval mmeb --model STOCK_DIR --templates`: per-row choices equal the argmax of Quick Start vectors (the
+    query's <|image_1|> marker goes, the template places the image)."""
+    from modgap.embedder.mmeb import evaluate_mmeb
+
+    root = llava["root"]
+    (tmp_path / "t.json").write_text(json.dumps(LITERAL))
+    texts = [r["text"] for r in llava["rows"]]
+    rows = [{"qry_text": "<|image_1|> a photo", "qry_img_path": f"images/im{i}.png",
+             "tgt_text": [texts[i], *(texts[j] for j in range(5) if j != i)], "tgt_img_path": [""] * 5}
+            for i in range(5)]  # fmt: skip
+    (tmp_path / "mmeb").mkdir()
+    (tmp_path / "mmeb" / "I2T.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate_mmeb(llava["model"], tmp_path / "mmeb", root, templates=tmp_path / "t.json", batch_size=2)
+    want = []
+    for row in rows:
+        with Image.open(root / row["qry_img_path"]) as im:
+            query = quick_start(llava["model"], LITERAL["image_text"].replace("<sent>", "a photo"), im.convert("RGB"))
+        cands = [quick_start(llava["model"], LITERAL["text"].replace("<sent>", t)) for t in row["tgt_text"]]
+        want.append(int(np.argmax([query @ c for c in cands])))
+    assert result.predictions["I2T"] == want
+    assert result.tasks["I2T"] == np.mean([w == 0 for w in want])

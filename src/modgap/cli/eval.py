@@ -175,8 +175,13 @@ def eval_mmeb(
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N rows of each task.")] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
+    templates: Annotated[
+        Path | None, typer.Option(help="Prompt templates of a stock multimodal LLM (see modgap embed --help).")
+    ] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model's own code.")] = False,
 ) -> None:
-    """MMEB Precision@1 per task (the first candidate is the target) and overall (mean over tasks)."""
+    """MMEB Precision@1 per task (the first candidate is the target) and overall (mean over tasks); --model is a
+    modgap embedder or a stock multimodal LLM directory."""
     from modgap.embedder.mmeb import evaluate_mmeb
     from modgap.files import write_json
 
@@ -188,6 +193,8 @@ def eval_mmeb(
         device=device,
         batch_size=batch_size,
         limit=limit,
+        templates=templates,
+        trust_remote_code=trust_remote_code,
         progress=rich_progress(unit="tasks"),
     )
     table = Table(title=f"MMEB: {len(result.tasks)} tasks")

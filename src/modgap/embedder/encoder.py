@@ -83,6 +83,15 @@ class EmbedderEncoder(Encoder):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.embedder(batch["input_ids"], batch["attention_mask"]).float().cpu()
 
+    def embed_items(self, texts: list[str | None], images: list[Image.Image | None]) -> torch.Tensor:
+        """Mixed inputs (text, image or both per item; a text's ``<image>`` marks where its image goes)."""
+        from modgap.embedder.model import Item
+
+        pictures = [im for im in images if im is not None]
+        visual = self.image_inputs(pictures) if pictures else None
+        items = [Item(text=t, image=im is not None) for t, im in zip(texts, images, strict=True)]
+        return self.embedder.embed(items, visual, batch_size=self.batch_size)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_encoder": self.embedder.vlm.config.encoder}
 

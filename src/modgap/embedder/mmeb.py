@@ -14,13 +14,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from modgap.embedder.data import mmeb_text
-from modgap.embedder.encoder import EmbedderEncoder
-from modgap.embedder.model import Item
+from modgap.embedder.encoder import load as load_embedder
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
 from modgap.files import read_rows
@@ -68,15 +68,15 @@ class _Inputs:
             raise ModgapError(f"{where}: the text marks an image (<|image_1|>) but no image path is given")
         return self.index.setdefault((text, image), len(self.index))
 
-    def embed(self, encoder: EmbedderEncoder, batch_size: int) -> torch.Tensor:
+    def embed(self, encoder: Any, batch_size: int) -> torch.Tensor:
+        """Every input through ``encoder.embed_items`` (a modgap embedder or a stock multimodal LLM)."""
         keys = list(self.index)
         out = []
         for s in range(0, len(keys), batch_size):
             part = keys[s : s + batch_size]
-            paths = [self.image_root / image for _, image in part if image is not None]
-            visual = encoder.image_inputs(open_images(paths)) if paths else None
-            items = [Item(text=t, image=i is not None) for t, i in part]
-            out.append(encoder.embedder.embed(items, visual, batch_size=batch_size))
+            pictures = iter(open_images([self.image_root / image for _, image in part if image is not None]))
+            images = [next(pictures) if image is not None else None for _, image in part]
+            out.append(encoder.embed_items([t for t, _ in part], images))
         return torch.cat(out)
 
 
@@ -88,10 +88,14 @@ def evaluate_mmeb(
     device: str = "cpu",
     batch_size: int = 64,
     limit: int | None = None,
+    templates: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
     progress: ProgressFactory = silent,
 ) -> MMEBResult:
-    """Precision@1 of the embedder ``model`` on every task file under ``data``."""
-    encoder = EmbedderEncoder(model, device=device, batch_size=batch_size)
+    """Precision@1 of the embedder ``model`` (a modgap embedder, or a stock multimodal LLM with ``templates``)
+    on every task file under ``data``."""
+    encoder = load_embedder(str(model), device=device, batch_size=batch_size, templates=templates,
+                            trust_remote_code=trust_remote_code)  # fmt: skip
     root = Path(image_root) if image_root else Path(data)
     tasks, counts, predictions = {}, {}, {}
     files = task_files(data)

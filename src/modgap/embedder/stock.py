@@ -29,6 +29,7 @@ from modgap.files import read_text
 from modgap.hub import load_kwargs, weights_revision
 
 TEXT_SLOT = "<sent>"
+MARKER = "<image>"  # where an input text marks its image (modgap's placeholder; MMEB's <|image_1|> becomes it)
 KINDS = ("text", "image", "image_text")
 TEMPLATES_FILE = "modgap_embedder.json"
 # UniME's summarising instructions (the last token must carry the whole input: "in one word").
@@ -229,6 +230,9 @@ class StockEmbedder(Encoder):
         """Mixed inputs (text, image or both per item), each through its own template, in the given order."""
         out: list[torch.Tensor | None] = [None] * len(texts)
         groups: dict[str, list[int]] = {}
+        # The template places the image: a marker in the text (MMEB's <|image_1|>, read as modgap's <image>) goes.
+        texts = [t if t is None or im is None else (t.replace(MARKER, " ").strip() or None)
+                 for t, im in zip(texts, images, strict=True)]  # fmt: skip
         for i, (t, im) in enumerate(zip(texts, images, strict=True)):
             kind = "image_text" if t is not None and im is not None else "image" if im is not None else "text"
             groups.setdefault(kind, []).append(i)
