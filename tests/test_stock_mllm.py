@@ -189,3 +189,47 @@ def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
         want.append(int(np.argmax([query @ c for c in cands])))
     assert result.predictions["I2T"] == want
     assert result.tasks["I2T"] == np.mean([w == 0 for w in want])
+
+
+def build_idefics3(path: Path) -> Path:
+    """Idefics3 (SmolVLM's architecture): a SigLIP-style tower, pixel shuffle, a Llama, image splitting."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    from modgap.world.tiny import build_chat_tokenizer
+
+    tok = build_chat_tokenizer(WORDS)
+    grid = [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)]
+    tok.add_tokens(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid],
+                   special_tokens=True)  # fmt: skip
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)  # fmt: skip
+    config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                            scale_factor=2)  # fmt: skip
+    torch.manual_seed(0)
+    Idefics3ForConditionalGeneration(config).save_pretrained(path)
+    images = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,
+                      chat_template=tok.chat_template).save_pretrained(path)  # fmt: skip
+    return path
+
+
+def test_idefics3_images_of_different_sizes_in_one_batch_match_the_quick_start(llava, tmp_path):
+    """Image splitting gives each image its own number of tiles; a batch of them still gives each image the
+    vector it gets alone."""
+    from modgap.encoders import load_encoder
+
+    model = build_idefics3(tmp_path / "idefics3")
+    encoder = load_encoder(f"embedder:{model}")
+    pictures = []
+    for row in llava["rows"]:
+        with Image.open(llava["root"] / row["image"]) as im:
+            pictures.append(im.convert("RGB").resize((im.width * 2, im.height)))
+    texts = [r["text"] for r in llava["rows"]]
+    got_images, got_texts = encoder.encode_images(pictures).numpy(), encoder.encode_texts(texts).numpy()
+    for i, (picture, text) in enumerate(zip(pictures, texts, strict=True)):
+        np.testing.assert_allclose(got_images[i], quick_start(model, encoder.templates["image"], picture), atol=1e-5)
+        expected = quick_start(model, encoder.templates["text"].replace("<sent>", text))
+        np.testing.assert_allclose(got_texts[i], expected, atol=1e-5)
