@@ -468,13 +468,17 @@ def test_stale_temporaries_of_killed_runs_are_removed_by_the_next_success(tmp_pa
     make_store(tmp_path / "t", t, modality="text")
     make_store(tmp_path / "i", i, modality="image")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".tmp-out-{dead.stdout.strip()}-abcdef12"
+    from modgap.files import _HOST
+
+    stale = tmp_path / f".tmp-out-{_HOST}-{dead.stdout.strip()}-abcdef12"
     stale.mkdir()
     (stale / "part-00000.arrow").write_bytes(b"x" * 1000)
-    alive = tmp_path / f".tmp-out-{os.getppid()}-abcdef12"  # a writer still running: never touched
+    alive = tmp_path / f".tmp-out-{_HOST}-{os.getppid()}-abcdef12"  # a writer still running: never touched
     alive.mkdir()
+    elsewhere = tmp_path / f".tmp-out-otherhost-{dead.stdout.strip()}-abcdef12"  # another machine's writer
+    elsewhere.mkdir()
     run_cli("align", "run", "--source", tmp_path / "t", "--target", tmp_path / "i", "--out", tmp_path / "out")
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and elsewhere.exists()
 
 
 def test_timeout_help_states_the_worst_case():

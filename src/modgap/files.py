@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import types
 import typing
 import uuid
@@ -30,7 +31,14 @@ TMP_PREFIX = ".tmp-"  # hidden temporary names; a later writer may remove leftov
 ROW_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 T = TypeVar("T")
-_TEMP_TAIL = re.compile(r"(\d+)-(?:old-)?[0-9a-f]{6,8}")  # what follows a temporary's prefix: PID-random
+# What follows a temporary's prefix: HOST-PID-random. The host keeps a writer on another machine of a shared
+# file system from being taken for a dead local process.
+_TEMP_TAIL = re.compile(r"([A-Za-z0-9]{1,16})-(\d+)-(?:old-)?[0-9a-f]{6,8}")
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
+
+
+def _writer_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,15 +55,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(parent: Path, prefix: str) -> None:
-    """Remove ``prefix + PID-…`` leftovers in ``parent`` whose writer (PID) is no longer running: what a
-    killed run left behind. A live writer's temporaries are never touched."""
+    """Remove ``prefix + HOST-PID-…`` leftovers in ``parent`` whose writer (a process of this host) is no longer
+    running: what a killed run left behind. A live writer's temporaries, and other hosts', are never touched."""
     if not parent.is_dir():
         return
     for entry in parent.iterdir():
         if not entry.name.startswith(prefix):
             continue
         found = _TEMP_TAIL.fullmatch(entry.name[len(prefix) :])
-        if not found or int(found[1]) == os.getpid() or _pid_alive(int(found[1])):
+        if not found or found[1] != _HOST or int(found[2]) == os.getpid() or _pid_alive(int(found[2])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -85,7 +93,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
     if path.is_dir():
         raise ModgapError(f"{path}: is a directory; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_file_temp_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    tmp = path.with_name(f"{_file_temp_prefix(path)}{_writer_tag()}-{uuid.uuid4().hex[:6]}")
     try:
         with disk_errors(path.parent), tmp.open("w", encoding="utf-8") as handle:
             yield handle
@@ -162,7 +170,7 @@ def atomic_output_dir(
         check_replaceable(dest, markers, inputs)
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"{TMP_PREFIX}{dest.name}-"
-    tmp = dest.with_name(f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = dest.with_name(f"{prefix}{_writer_tag()}-{uuid.uuid4().hex[:8]}")
     with disk_errors(dest.parent):
         tmp.mkdir()
     try:
@@ -172,7 +180,7 @@ def atomic_output_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if dest.exists():
-        old = dest.with_name(f"{prefix}{os.getpid()}-old-{uuid.uuid4().hex[:8]}")
+        old = dest.with_name(f"{prefix}{_writer_tag()}-old-{uuid.uuid4().hex[:8]}")
         os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
