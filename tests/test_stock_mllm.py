@@ -179,7 +179,7 @@ def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
              "tgt_text": [texts[i], *(texts[j] for j in range(5) if j != i)], "tgt_img_path": [""] * 5}
             for i in range(5)]  # fmt: skip
     (tmp_path / "mmeb").mkdir()
-    (tmp_path / "mmeb" / "I2T.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mmeb" / "ImageNet-1K.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = evaluate_mmeb(llava["model"], tmp_path / "mmeb", root, templates=tmp_path / "t.json", batch_size=2)
     want = []
     for row in rows:
@@ -187,8 +187,19 @@ def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
             query = quick_start(llava["model"], LITERAL["image_text"].replace("<sent>", "a photo"), im.convert("RGB"))
         cands = [quick_start(llava["model"], LITERAL["text"].replace("<sent>", t)) for t in row["tgt_text"]]
         want.append(int(np.argmax([query @ c for c in cands])))
-    assert result.predictions["I2T"] == want
-    assert result.tasks["I2T"] == np.mean([w == 0 for w in want])
+    assert result.predictions["ImageNet-1K"] == want
+    p1 = np.mean([w == 0 for w in want])
+    assert result.tasks["ImageNet-1K"] == p1 and result.groups == {"classification": p1, "IND": p1}
+
+
+def test_mmeb_group_means_follow_the_meta_tasks_and_in_or_out_of_distribution():
+    from modgap.embedder.mmeb import META_TASKS, OUT_OF_DISTRIBUTION, group_means
+
+    assert sum(len(v) for v in META_TASKS.values()) == 36 and len(OUT_OF_DISTRIBUTION) == 16
+    tasks = {"ImageNet-1K": 0.5, "Place365": 0.1, "VisDial": 0.9, "RefCOCO": 0.3, "MyTask": 1.0}
+    assert group_means(tasks) == pytest.approx(
+        {"classification": 0.3, "retrieval": 0.9, "grounding": 0.3, "IND": 0.7, "OOD": 0.2}
+    )
 
 
 def build_idefics3(path: Path) -> Path:

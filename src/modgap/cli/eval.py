@@ -203,10 +203,13 @@ def eval_mmeb(
     table.add_column("P@1", justify="right")
     for task, p1 in result.tasks.items():
         table.add_row(task, str(result.rows[task]), f"{p1:.4f}")
+    for group, p1 in result.groups.items():  # the meta-task and IND/OOD means MMEB's papers report
+        table.add_row(f"mean: {group}", "", f"{p1:.4f}")
     table.add_row("overall", str(sum(result.rows.values())), f"{result.overall:.4f}")
     out.print(table)
     if json_out:
-        write_json(json_out, {"tasks": result.tasks, "rows": result.rows, "overall": result.overall})
+        write_json(json_out, {"tasks": result.tasks, "rows": result.rows, "groups": result.groups,
+                              "overall": result.overall})  # fmt: skip
         out.print(f"wrote {json_out}")
 
 

@@ -36,6 +36,33 @@ class MMEBResult:
     rows: dict[str, int]
     overall: float  # mean over tasks, as MMEB reports it
     predictions: dict[str, list[int]] = field(default_factory=dict)  # task -> chosen candidate per row
+    groups: dict[str, float] = field(default_factory=dict)  # meta-task and IND/OOD means, as VLM2Vec reports
+
+
+# MMEB's 36 image tasks by meta-task, and which of them its training set covers (IND) or not (OOD), as
+# VLM2Vec and UniME report them. Task files are matched by name (``ImageNet-1K.parquet``).
+META_TASKS = {
+    "classification": ("ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "Place365", "ImageNet-A",
+                       "ImageNet-R", "ObjectNet", "Country211"),
+    "vqa": ("OK-VQA", "A-OKVQA", "DocVQA", "InfographicsVQA", "ChartQA", "Visual7W", "ScienceQA", "VizWiz", "GQA",
+            "TextVQA"),
+    "retrieval": ("VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA",
+                  "FashionIQ", "Wiki-SS-NQ", "OVEN", "EDIS"),
+    "grounding": ("MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing"),
+}  # fmt: skip
+OUT_OF_DISTRIBUTION = ("Place365", "ImageNet-A", "ImageNet-R", "ObjectNet", "Country211", "ScienceQA", "VizWiz",
+                       "GQA", "TextVQA", "FashionIQ", "Wiki-SS-NQ", "OVEN", "EDIS", "RefCOCO", "RefCOCO-Matching",
+                       "Visual7W-Pointing")  # fmt: skip
+
+
+def group_means(tasks: dict[str, float]) -> dict[str, float]:
+    """Means of the evaluated tasks per meta-task and over IND / OOD tasks (groups with no evaluated task are
+    left out; tasks MMEB does not name count only in the overall mean)."""
+    known = {t for names in META_TASKS.values() for t in names}
+    groups = {name: [tasks[t] for t in names if t in tasks] for name, names in META_TASKS.items()}
+    groups["IND"] = [p for t, p in tasks.items() if t in known and t not in OUT_OF_DISTRIBUTION]
+    groups["OOD"] = [p for t, p in tasks.items() if t in OUT_OF_DISTRIBUTION]
+    return {name: float(np.mean(values)) for name, values in groups.items() if values}
 
 
 def _text(row: dict, key: str, inst_key: str) -> str | None:
@@ -133,4 +160,4 @@ def evaluate_mmeb(
             counts[path.stem] = len(rows)
             predictions[path.stem] = chosen
             advance(1)
-    return MMEBResult(tasks, counts, float(np.mean(list(tasks.values()))), predictions)
+    return MMEBResult(tasks, counts, float(np.mean(list(tasks.values()))), predictions, group_means(tasks))
