@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-all install
+.PHONY: demo test test-all install format-check
 
 install: $(INSTALLED)
 
@@ -25,8 +25,10 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+format-check: $(INSTALLED)
+	$(BIN)/ruff format --check src tests benchmarks
 
 test-all: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
