@@ -27,6 +27,10 @@ from modgap.files import content_fingerprint
 from modgap.training.run import INPUTS_KEY, check_run_dir, clear_run_dir
 from modgap.training.settings import RESUMABLE_CHANGES, RunSettings
 
+# peft and Accelerate ask transformers 5 for a renamed attribute in every run; the notice is theirs to act on
+# and would precede every one-line message of ours.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 
 def resolve_mixed_precision(setting: str) -> str:
     """``auto``: bf16 on GPU, none on CPU (half-precision matmuls are far slower there)."""
@@ -117,10 +121,6 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int, grad_accum: int) -
         )
     return steps
 
-
-# peft and Accelerate ask transformers 5 for a renamed attribute in every run; the notice is theirs to act on
-# and would precede every one-line message of ours.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 BAD_ROWS_FILE = "bad_rows.jsonl"  # the samples --on-bad skip left out, in the run directory
 

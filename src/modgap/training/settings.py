@@ -13,9 +13,10 @@ from typing import ClassVar
 
 from modgap.errors import ModgapError
 from modgap.files import setting
+from modgap.training.run import INPUTS_KEY
 
 # Settings that may change between a run and its resumption without changing what it computes.
-# input_fingerprints is compared by the run-directory guard itself (it names the input whose content changed).
+# The input fingerprints are compared by the run-directory guard itself (it names the input that changed).
 RESUMABLE_CHANGES = {
     "resume",
     "stop_after",
@@ -24,7 +25,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "report_to",
     "overwrite",
-    "input_fingerprints",
+    INPUTS_KEY,
 }
 
 
