@@ -23,13 +23,15 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(BIN)/modgap demo --quick --workdir runs/demo-quick
 
+# Two workers, one test file each at a time (a file's module fixtures are built once): 13.5 min instead of
+# 16.7 serially on 2 cores (measured).
 test: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 format-check: $(INSTALLED)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test-all: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
