@@ -7,6 +7,7 @@ each command so that ``modgap --help`` does not load torch.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import typer
 
@@ -26,18 +27,29 @@ for group in GROUPS:
     group.register(app)
 
 
-def main() -> None:
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run one command line (``sys.argv[1:]`` when None) and return its exit status; errors are one line."""
     try:
-        app()
+        app(args=None if argv is None else list(argv), prog_name="modgap")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        err.print(str(e.code), highlight=False, soft_wrap=True)
+        return 1
     except ModgapError as e:
         from rich.markup import escape
 
         # The message is the user's text (paths, templates like "[INST] ... [/INST]"), never rich markup.
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

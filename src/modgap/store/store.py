@@ -363,11 +363,13 @@ class _HashingFile:
 
     def close(self) -> None:
         if not self.closed:
-            self._f.flush()
-            if self.durable:
-                os.fsync(self._f.fileno())
-            self._f.close()
             self.closed = True
+            try:
+                self._f.flush()
+                if self.durable:
+                    os.fsync(self._f.fileno())
+            finally:  # a full disk fails the flush; the descriptor is released all the same
+                self._f.close()
 
     def checksum(self) -> str:
         return f"{CHECKSUM}:{self._h.hexdigest()}"
@@ -595,7 +597,8 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 self._writer.close()
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the disk that failed the shard may fail its last flush too
+                self._file.close()
         if self._tmp_path is not None and self._tmp_path.exists():
             self._tmp_path.unlink()
         self._writer = self._file = self._tmp_path = None
