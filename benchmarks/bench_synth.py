@@ -41,7 +41,7 @@ def cpu_seconds() -> float:
 
 def run(backend: OpenAIChat | LocalChat, seeds: Path, out: Path, concurrency: int, max_tokens: int) -> str:
     settings = CaptionSettings(per_seed=1, min_words=1, dedupe=False, concurrency=concurrency,
-                               sampling=Sampling(temperature=1.0, max_tokens=max_tokens))  # fmt: skip
+                               temperature=1.0, max_tokens=max_tokens)  # fmt: skip
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     synth_captions(backend, seeds, out, settings)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0

@@ -22,7 +22,7 @@ from modgap.errors import ModgapError
 from modgap.hub import resolve
 from modgap.synth.captions import CaptionSettings, read_seeds, synth_captions
 from modgap.synth.instructions import InstructionSettings, json_schema, parse_conversation, synth_instructions
-from modgap.synth.llm import OpenAIChat, Sampling, load_llm_backend
+from modgap.synth.llm import OpenAIChat, load_llm_backend
 from modgap.world.lm import train_causal_lm
 from modgap.world.scene import PLACE, caption, make_scenes
 from modgap.world.tiny import save_tiny_llm
@@ -90,7 +90,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-SETTINGS = dict(per_seed=2, min_words=3, sampling=Sampling(temperature=1.0, max_tokens=24, seed=5))
+SETTINGS = dict(per_seed=2, min_words=3, temperature=1.0, max_tokens=24, seed=5)
 
 
 def test_captions_from_a_real_server_and_a_rerun_served_from_the_cache(tmp_path, server):
@@ -186,7 +186,7 @@ def test_seed_files_with_problems_get_clear_errors(tmp_path):
 def test_the_local_backend_batches_and_shards_concatenate(tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     backend = load_llm_backend("builtin:tiny-lm", batch_size=4)
-    settings = CaptionSettings(per_seed=1, min_words=3, dedupe=False, sampling=Sampling(temperature=0.0, max_tokens=24))
+    settings = CaptionSettings(per_seed=1, min_words=3, dedupe=False, temperature=0.0, max_tokens=24)
     whole = synth_captions(backend, seeds, tmp_path / "whole.jsonl", settings)
     assert whole.rows + whole.failures == len(SEEDS)
     parts = []
@@ -282,7 +282,7 @@ def test_replies_are_parsed_and_validated_with_reasons_the_llm_can_act_on():
 
 def test_instructions_from_a_local_lm_are_validated_and_invalid_ones_retried_with_feedback(tmp_path, json_lm):
     captions = write_captions(tmp_path / "captions.jsonl")
-    settings = InstructionSettings(min_turns=2, max_turns=4, sampling=Sampling(temperature=0.0, max_tokens=60))
+    settings = InstructionSettings(min_turns=2, max_turns=4, temperature=0.0, max_tokens=60)
     backend = load_llm_backend(f"hf:{json_lm}", batch_size=8)
     summary = synth_instructions(backend, captions, tmp_path / "instruct.jsonl", settings, prompt=QA_PROMPT)
     rows = lines(tmp_path / "instruct.jsonl")
@@ -297,7 +297,7 @@ def test_instructions_from_a_local_lm_are_validated_and_invalid_ones_retried_wit
 
     # Replies that stay invalid: each caption is asked max_attempts times, the error fed back each time.
     strict = InstructionSettings(min_turns=4, max_turns=6, max_attempts=3,
-                                 sampling=Sampling(temperature=0.0, max_tokens=60))  # fmt: skip
+                                 temperature=0.0, max_tokens=60)  # fmt: skip
     summary = synth_instructions(backend, captions, tmp_path / "strict.jsonl", strict, prompt=QA_PROMPT)
     failures = lines(tmp_path / "strict.failures.jsonl")
     assert summary.rows == 0 and summary.requested == 36 and len(failures) == 12
@@ -314,7 +314,7 @@ def test_instructions_from_a_local_lm_are_validated_and_invalid_ones_retried_wit
 def test_instructions_through_a_real_server_list_non_json_replies_and_resume(tmp_path, server):
     captions = write_captions(tmp_path / "captions.jsonl", 6)
     settings = InstructionSettings(min_turns=2, max_turns=3, max_attempts=2,
-                                   sampling=Sampling(temperature=1.0, max_tokens=16, seed=3))  # fmt: skip
+                                   temperature=1.0, max_tokens=16, seed=3)  # fmt: skip
     summary = synth_instructions(OpenAIChat(LM, [server]), captions, tmp_path / "i.jsonl", settings)
     failures = lines(tmp_path / "i.failures.jsonl")
     # The built-in LM writes captions, not JSON: every caption fails after two requests, each listed.
@@ -453,7 +453,7 @@ class RefusingProxy:
 def test_a_server_that_refuses_structured_output_and_rate_limits_is_handled(tmp_path, server):
     captions = write_captions(tmp_path / "captions.jsonl", 4)
     settings = InstructionSettings(min_turns=2, max_turns=3, max_attempts=2, concurrency=1,
-                                   sampling=Sampling(temperature=1.0, max_tokens=16, seed=3))  # fmt: skip
+                                   temperature=1.0, max_tokens=16, seed=3)  # fmt: skip
     proxy = RefusingProxy(server, retry_after=1.0)
     try:
         backend = OpenAIChat(LM, [proxy.url])
@@ -475,27 +475,41 @@ def test_a_server_that_refuses_structured_output_and_rate_limits_is_handled(tmp_
     assert len(failures) == 4 and all(f["attempts"] == 2 for f in failures)
 
 
-def test_stage_defaults_are_written_once():
+def test_stage_defaults_are_written_once(tmp_path):
     """The library, the commands' options and `synth run`'s config sections agree (they once differed: the
-    instruction temperature was 0.7 in the CLI and config but 0.8 in the library)."""
+    instruction temperature was 0.7 in the CLI and config but 0.8 in the library): the sections are the
+    settings classes and the options are generated from them."""
+    import dataclasses
+
     import typer
 
     from modgap.cli.synth import app
-    from modgap.synth.pipeline import CaptionsSection, InstructionsSection
+    from modgap.synth.pipeline import load_unicorn_config
+    from modgap.synth.settings import LLMSettings
 
     command = typer.main.get_command(app)
     options = {
         name: {p.name: p.default for p in command.commands[name].params} for name in ("captions", "instructions")
     }
+    config = tmp_path / "unicorn.yaml"
+    config.write_text("llm: {model: builtin:tiny-lm}\nseeds: {path: s.jsonl}\ntransfer: {encoder: builtin:tiny-clip}\n")
+    loaded = load_unicorn_config(config)
     lib_c, lib_i = CaptionSettings(), InstructionSettings()
-    for lib, section, cli in ((lib_c, CaptionsSection(), options["captions"]),
-                              (lib_i, InstructionsSection(), options["instructions"])):  # fmt: skip
+    assert (loaded.captions, loaded.instructions) == (lib_c, lib_i)
+    for lib, cli in ((lib_c, options["captions"]), (lib_i, options["instructions"])):
         sampling = lib.sampling
-        assert (section.temperature, section.top_p, section.max_tokens) == (
-            sampling.temperature, sampling.top_p, sampling.max_tokens)  # fmt: skip
         assert (cli["temperature"], cli["top_p"], cli["max_tokens"], cli["concurrency"]) == (
             sampling.temperature, sampling.top_p, sampling.max_tokens, lib.concurrency)  # fmt: skip
+        for f in dataclasses.fields(lib):
+            if f.name not in ("min_turns", "max_turns"):
+                assert cli[f.name] == getattr(lib, f.name), f.name
+        for f in dataclasses.fields(LLMSettings):
+            if f.default is not dataclasses.MISSING:
+                assert cli[f.name] == f.default, f.name
     assert lib_i.sampling.temperature == 0.7 and lib_c.sampling.temperature == 0.8
     assert options["instructions"]["turns"] == f"{lib_i.min_turns}-{lib_i.max_turns}"
     assert (options["captions"]["min_words"], options["captions"]["near_duplicate"]) == (
-        lib_c.min_words, lib_c.near_duplicate_threshold)  # fmt: skip
+        lib_c.min_words, lib_c.near_duplicate)  # fmt: skip
+    config.write_text(config.read_text() + "seed: 7\ninstructions: {seed: 3}\nllm: {model: x, concurrency: 4}\n")
+    with pytest.raises(ModgapError, match=r"concurrency is set per stage"):
+        load_unicorn_config(config)

@@ -1,4 +1,4 @@
-"""Commands whose options are generated from a settings dataclass (``modgap train``, ``modgap embedder``).
+"""Commands whose options are generated from settings dataclasses (``modgap train``, ``embedder``, ``synth``).
 
 Each field is one option: its metadata holds the help text and, where it differs from ``--field-name``,
 the flag (see :func:`modgap.files.setting`). ``--config FILE`` takes the same settings from JSON/YAML;
@@ -45,6 +45,44 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and getattr(source, "name", str(source)) not in ("DEFAULT", "DEFAULT_MAP")
 
 
+def setting_params(cls: type, skip: tuple[str, ...] = (), *, required: bool = True) -> list[inspect.Parameter]:
+    """One keyword-only parameter per field of ``cls`` (except ``skip``), annotated as its Typer option: the
+    field's help, its flag (``--field-name`` unless the field names another), ``--x/--no-x`` for a bool
+    (a field may name both flags); a field without default is a required option unless ``required`` is
+    False (a ``--config`` file may give it)."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in option_fields(cls, skip):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool and "/" not in flag:  # a flag a config file turned on can be turned off here
+            flag = f"{flag}/--no-{flag[2:]}"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = None if f.default_factory is not dataclasses.MISSING or not required else inspect.Parameter.empty
+        annotation = Annotated[_cli_type(hints[f.name]), typer.Option(flag, help=f.metadata.get("help"))]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return params
+
+
+def settings_from_options(cls: type, options: dict[str, Any], skip: tuple[str, ...] = ()) -> Any:
+    """``cls`` built from the parsed options its :func:`setting_params` made (removed from ``options``); an
+    option list left empty is the field's empty list."""
+    hints = typing.get_type_hints(cls)
+    values = {f.name: options.pop(f.name) for f in dataclasses.fields(cls) if f.name not in skip}
+    for name, value in values.items():
+        if typing.get_origin(hints[name]) is list:
+            values[name] = list(value or [])
+    return cls(**values)
+
+
+def with_signature(command: Callable[..., None], params: list[inspect.Parameter]) -> Callable[..., None]:
+    """``command`` presented to Typer with the parameters ``params`` (it receives them as keywords)."""
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
 def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, Any], Path | None], None]) -> Any:
     """A Typer command with one option per field of ``cls`` (except ``skip``) plus ``--config``; it calls
     ``run(given, config_file)`` with the options the user set (all of them when there is no config file)."""
@@ -62,15 +100,8 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
                 given[name] = list(value or [])
         run(given, config_file)
 
-    hints = typing.get_type_hints(cls)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    for f in option_fields(cls, skip):
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:  # --x/--no-x: a flag a config file turned on can be turned off here
-            flag = f"{flag}/--no-{flag[2:]}"
-        default = None if f.default is dataclasses.MISSING else f.default
-        annotation = Annotated[_cli_type(hints[f.name]), typer.Option(flag, help=f.metadata.get("help"))]
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    params += setting_params(cls, skip, required=False)
     config_help = "JSON/YAML file of these settings (options given here win)."
     params.append(
         inspect.Parameter(
@@ -80,9 +111,7 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
             annotation=Annotated[Path | None, typer.Option("--config", help=config_help)],
         )
     )
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    return with_signature(command, params)
 
 
 def report_training(result: Any, run_dir: str | None, finished: str) -> None:

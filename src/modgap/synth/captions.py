@@ -83,7 +83,7 @@ def synth_captions(
     """Run stage 1 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
     settings = settings or CaptionSettings()
     out = Path(out)
-    template = stage.template(prompt, "prompts/caption.txt", "{seed}")
+    template = stage.template(prompt, "prompts/caption.txt", "{seed}", settings.prompt_file)
     seeds = read_seeds(seeds_path, id_column, text_column)
     lo, hi = stage.shard_bounds(len(seeds), shard)
     seeds = seeds[lo:hi]
@@ -94,7 +94,7 @@ def synth_captions(
     counts = {"rows": 0, "cached": 0, "requested": 0}
     distinct = DistinctNgrams()
     seen: set[str] = set()
-    lsh, minhash = _near_duplicate_index(settings.near_duplicate_threshold)
+    lsh, minhash = _near_duplicate_index(settings.near_duplicate)
 
     def judge(sid: str, text: str, k: int, reply: Reply | str, emit_row: Emit, emit_failure: Emit) -> None:
         cid = f"{sid}-{k}"

@@ -166,7 +166,7 @@ def synth_instructions(
     """Run stage 2 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
     settings = settings or InstructionSettings()
     out = Path(out)
-    template = stage.template(prompt, "prompts/instructions.txt", "{caption}")
+    template = stage.template(prompt, "prompts/instructions.txt", "{caption}", settings.prompt_file)
     captions = read_captions(captions_path, id_column, text_column)
     lo, hi = stage.shard_bounds(len(captions), shard)
     lo_turns, hi_turns = settings.min_turns, settings.max_turns

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modgap.errors import ModgapError
-from modgap.synth.settings import Sampling
+from modgap.synth.settings import LLMSettings, Sampling
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection; --timeout bounds the wait for a reply
 
@@ -269,3 +269,16 @@ def load_llm_backend(
     if kind == "hf" and rest:
         return LocalChat(rest, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
     raise ModgapError(f"unknown LLM {spec!r}; expected openai:MODEL (with --base-url), hf:PATH or builtin:NAME")
+
+
+def open_backend(settings: LLMSettings) -> OpenAIChat | LocalChat:
+    """The backend ``settings`` (the ``llm`` section, or the commands' backend options) describe."""
+    return load_llm_backend(
+        settings.model,
+        base_urls=settings.base_urls or None,
+        api_key_env=settings.api_key_env,
+        timeout=settings.timeout,
+        max_attempts=settings.request_attempts,
+        device=settings.device,
+        batch_size=settings.batch_size,
+    )

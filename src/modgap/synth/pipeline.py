@@ -26,22 +26,10 @@ from typing import Any
 from modgap.errors import ModgapError
 from modgap.files import from_mapping, read_settings
 from modgap.progress import ProgressFactory, silent
-from modgap.synth.settings import CAPTION_SAMPLING, INSTRUCTION_SAMPLING, CaptionSettings, InstructionSettings
+from modgap.synth.settings import CaptionSettings, InstructionSettings, LLMSettings
 
 SETTINGS_FILE = "unicorn.json"
 SECTIONS = ("llm", "seeds", "captions", "instructions", "transfer")
-
-
-@dataclasses.dataclass
-class LLMSection:
-    model: str  # openai:MODEL, hf:PATH or builtin:NAME
-    base_urls: list[str] = dataclasses.field(default_factory=list)
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout: float = 120.0
-    request_attempts: int = 6
-    batch_size: int = 16
-    device: str = "cpu"
 
 
 @dataclasses.dataclass
@@ -49,33 +37,6 @@ class SeedsSection:
     path: str
     id_column: str = "id"
     text_column: str = "text"
-
-
-_CAPTIONS, _INSTRUCTIONS = CaptionSettings(), InstructionSettings()  # the stages' defaults, written once there
-
-
-@dataclasses.dataclass
-class CaptionsSection:
-    per_seed: int = _CAPTIONS.per_seed
-    temperature: float = CAPTION_SAMPLING.temperature
-    top_p: float = CAPTION_SAMPLING.top_p
-    max_tokens: int = CAPTION_SAMPLING.max_tokens
-    min_words: int = _CAPTIONS.min_words
-    max_words: int = _CAPTIONS.max_words
-    near_duplicate: float = _CAPTIONS.near_duplicate_threshold
-    dedupe: bool = _CAPTIONS.dedupe  # drop exact and near duplicates
-    prompt_file: str | None = None
-
-
-@dataclasses.dataclass
-class InstructionsSection:
-    min_turns: int = _INSTRUCTIONS.min_turns
-    max_turns: int = _INSTRUCTIONS.max_turns
-    max_attempts: int = _INSTRUCTIONS.max_attempts
-    temperature: float = INSTRUCTION_SAMPLING.temperature
-    top_p: float = INSTRUCTION_SAMPLING.top_p
-    max_tokens: int = INSTRUCTION_SAMPLING.max_tokens
-    prompt_file: str | None = None
 
 
 @dataclasses.dataclass
@@ -90,12 +51,15 @@ class TransferSection:
 
 @dataclasses.dataclass
 class UnicornConfig:
-    llm: LLMSection
+    """``synth run``'s config: the ``llm``, ``captions`` and ``instructions`` sections are the settings the
+    ``synth captions|instructions`` commands take (:mod:`modgap.synth.settings`); the top-level ``seed`` is the
+    stages' sampling seed unless a section sets its own."""
+
+    llm: LLMSettings
     seeds: SeedsSection
     transfer: TransferSection
-    captions: CaptionsSection = dataclasses.field(default_factory=CaptionsSection)
-    instructions: InstructionsSection = dataclasses.field(default_factory=InstructionsSection)
-    seed: int = 0  # base of the per-sample sampling seeds
+    captions: CaptionSettings = dataclasses.field(default_factory=CaptionSettings)
+    instructions: InstructionSettings = dataclasses.field(default_factory=InstructionSettings)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,8 +71,13 @@ def load_unicorn_config(path: str | os.PathLike) -> UnicornConfig:
     unknown = sorted(set(data) - {*SECTIONS, "seed"})
     if unknown:
         raise ModgapError(f"{path}: unknown sections {unknown} (expected {list(SECTIONS)} and seed)")
-    kinds = {"llm": LLMSection, "seeds": SeedsSection, "captions": CaptionsSection,
-             "instructions": InstructionsSection, "transfer": TransferSection}  # fmt: skip
+    kinds = {"llm": LLMSettings, "seeds": SeedsSection, "captions": CaptionSettings,
+             "instructions": InstructionSettings, "transfer": TransferSection}  # fmt: skip
+    if isinstance(data.get("llm"), dict) and "concurrency" in data["llm"]:
+        raise ModgapError(
+            f"{path} [llm]: concurrency is set per stage (captions.concurrency, instructions.concurrency), "
+            "as `synth captions|instructions --concurrency` take it"
+        )
     sections: dict[str, Any] = {}
     for name, cls in kinds.items():
         value = data.get(name, {})
@@ -116,8 +85,10 @@ def load_unicorn_config(path: str | os.PathLike) -> UnicornConfig:
             raise ModgapError(f"{path}: section {name!r} must be a mapping")
         if name in ("llm", "seeds", "transfer") and not value:
             raise ModgapError(f"{path}: section {name!r} is required")
+        if name in ("captions", "instructions") and "seed" in data:
+            value = {"seed": data["seed"], **value}
         sections[name] = from_mapping(cls, value, f"{path} [{name}]")
-    return UnicornConfig(**sections, seed=int(data.get("seed", 0)))
+    return UnicornConfig(**sections)
 
 
 @dataclasses.dataclass
@@ -149,9 +120,9 @@ def run_unicorn(
     from modgap.align import fit_and_apply
     from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
-    from modgap.synth.captions import CaptionSettings, synth_captions
-    from modgap.synth.instructions import InstructionSettings, synth_instructions
-    from modgap.synth.llm import Sampling, load_llm_backend
+    from modgap.synth.captions import synth_captions
+    from modgap.synth.instructions import synth_instructions
+    from modgap.synth.llm import open_backend
     from modgap.training import claim_run_dir
 
     root = Path(out_dir)
@@ -161,14 +132,6 @@ def run_unicorn(
     claim_run_dir(root, config.as_dict(), settings_file=SETTINGS_FILE, hint="; use another output directory")
     llm, lines = config.llm, []
 
-    def backend() -> Any:
-        return load_llm_backend(llm.model, base_urls=llm.base_urls or None, api_key_env=llm.api_key_env,
-                                timeout=llm.timeout, max_attempts=llm.request_attempts, device=llm.device,
-                                batch_size=llm.batch_size)  # fmt: skip
-
-    def prompt(file: str | None) -> str | None:
-        return Path(file).read_text(encoding="utf-8") if file else None
-
     def note(line: str) -> None:
         lines.append(line)
         log(line)
@@ -177,17 +140,7 @@ def run_unicorn(
     if captions.is_file():
         note(f"stage 1: {captions} is finished")
     else:
-        c = config.captions
-        settings = CaptionSettings(
-            per_seed=c.per_seed,
-            min_words=c.min_words,
-            max_words=c.max_words,
-            near_duplicate_threshold=c.near_duplicate,
-            dedupe=c.dedupe,
-            concurrency=llm.concurrency,
-            sampling=Sampling(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=config.seed),
-        )
-        summary = synth_captions(backend(), config.seeds.path, captions, settings, prompt=prompt(c.prompt_file),
+        summary = synth_captions(open_backend(llm), config.seeds.path, captions, config.captions,
                                  id_column=config.seeds.id_column, text_column=config.seeds.text_column,
                                  command=command, progress=progress)  # fmt: skip
         note(f"stage 1: {summary.line()}")
@@ -198,15 +151,7 @@ def run_unicorn(
     if instructions.is_file():
         note(f"stage 2: {instructions} is finished")
     else:
-        i = config.instructions
-        settings2 = InstructionSettings(
-            min_turns=i.min_turns,
-            max_turns=i.max_turns,
-            max_attempts=i.max_attempts,
-            concurrency=llm.concurrency,
-            sampling=Sampling(temperature=i.temperature, top_p=i.top_p, max_tokens=i.max_tokens, seed=config.seed),
-        )
-        summary2 = synth_instructions(backend(), captions, instructions, settings2, prompt=prompt(i.prompt_file),
+        summary2 = synth_instructions(open_backend(llm), captions, instructions, config.instructions,
                                       command=command, progress=progress)  # fmt: skip
         note(f"stage 2: {summary2.line()}")
 

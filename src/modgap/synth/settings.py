@@ -1,18 +1,22 @@
-"""The settings of both synthesis stages, written once: the library's defaults, `modgap synth captions|
-instructions` options and `synth run`'s config sections all come from these classes (torch- and
-network-free, so the CLI reads them to build its options)."""
+"""The settings of the synthesis commands, written once: each class is the library's argument, a section of
+``synth run``'s config (``llm``, ``captions``, ``instructions``) and, through :mod:`modgap.cli.options`, the
+options of ``modgap synth captions|instructions``. Torch- and network-free, so the CLI reads them to build
+its options."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from modgap.errors import ModgapError
+from modgap.files import setting
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings, recorded with every output; ``seed`` is the base of the per-sample seeds."""
+    """Sampling settings of one request, recorded with every output; ``seed`` is the base of the per-sample
+    seeds."""
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -23,32 +27,72 @@ class Sampling:
         return asdict(self)
 
 
-CAPTION_SAMPLING = Sampling(temperature=0.8, top_p=0.95, max_tokens=256)
+@dataclass
+class LLMSettings:
+    """The model that writes and how it is reached (``synth run``'s ``llm`` section)."""
+
+    model: str = setting(dataclasses.MISSING, "openai:MODEL (with --base-url), hf:PATH or builtin:NAME.", "--llm")
+    base_urls: list[str] = setting(
+        list, "OpenAI-compatible server; repeat to spread requests over several.", "--base-url"
+    )
+    api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the API key.")
+    timeout: float = setting(
+        120.0,
+        "Seconds to wait for a reply before the request is retried (connecting gives up after 10 s). "
+        "Worst case for one request to a hung server: --request-attempts x (--timeout + up to 30 s of back-off).",
+    )
+    request_attempts: int = setting(6, "Attempts per request on connection errors, timeouts, 429 and 5xx.")
+    batch_size: int = setting(16, "Prompts generated together (hf/builtin backend).")
+    device: str = setting("cpu", "Torch device of the hf/builtin backend.")
 
 
 @dataclass
-class CaptionSettings:
-    per_seed: int = 1
-    min_words: int = 5
-    max_words: int = 200
-    near_duplicate_threshold: float = 0.9  # estimated Jaccard similarity of word 3-gram sets (1: off)
-    dedupe: bool = True  # drop exact and near duplicates (within this run or shard)
-    concurrency: int = 8
-    window: int = 4096  # seeds whose replies are gathered, judged and written at a time (bounds the memory)
-    sampling: Sampling = field(default_factory=lambda: CAPTION_SAMPLING)
+class _StageSettings:
+    """What both stages take: requests in flight, the memory bound, the prompt and the sampling."""
 
+    concurrency: int = setting(8, "Requests in flight (openai backend).")
+    window: int = setting(4096, "Inputs whose replies are gathered, judged and written at a time (bounds memory).")
+    prompt_file: str | None = setting(None, "Prompt template replacing the shipped one.")
+    temperature: float = setting(0.8, "Sampling temperature.")
+    top_p: float = setting(0.95, "Nucleus sampling: the probability mass sampled from.")
+    max_tokens: int = setting(256, "Tokens per reply at most.")
+    seed: int = setting(0, "Base of the per-sample sampling seeds.")
 
-INSTRUCTION_SAMPLING = Sampling(temperature=0.7, top_p=0.95, max_tokens=1024)
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings besides the sampling, as the meta file records them."""
+        drop = {f.name for f in dataclasses.fields(Sampling)}
+        return {k: v for k, v in asdict(self).items() if k not in drop}
 
 
 @dataclass
-class InstructionSettings:
-    min_turns: int = 3
-    max_turns: int = 8
-    max_attempts: int = 3  # requests per caption, the first included
-    concurrency: int = 8
-    window: int = 4096  # captions conversed, judged and written at a time (bounds the memory)
-    sampling: Sampling = field(default_factory=lambda: INSTRUCTION_SAMPLING)
+class CaptionSettings(_StageSettings):
+    """Stage 1: seeds expanded into captions (``synth run``'s ``captions`` section)."""
+
+    per_seed: int = setting(1, "Captions requested per seed.")
+    min_words: int = setting(5, "Shorter captions are filtered out.")
+    max_words: int = setting(200, "Longer captions are filtered out.")
+    near_duplicate: float = setting(
+        0.9, "MinHash Jaccard (word 3-grams) above which a caption is a near duplicate (1: off)."
+    )
+    dedupe: bool = setting(
+        True, "Drop exact and near duplicates (--keep-duplicates: e.g. to dedupe shards later).",
+        "--dedupe/--keep-duplicates",
+    )  # fmt: skip
+
+
+@dataclass
+class InstructionSettings(_StageSettings):
+    """Stage 2: a conversation per caption (``synth run``'s ``instructions`` section)."""
+
+    min_turns: int = setting(3, "Fewest question/answer turns per conversation.")
+    max_turns: int = setting(8, "Most question/answer turns per conversation.")
+    max_attempts: int = setting(3, "Requests per caption: an invalid reply is sent back with the error, then retried.")
+    temperature: float = setting(0.7, "Sampling temperature.")
+    max_tokens: int = setting(1024, "Tokens per reply at most.")
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_turns <= self.max_turns:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 from modgap.distributed import rank_slice
 from modgap.errors import ModgapError
-from modgap.files import atomic_file, read_rows, write_json
+from modgap.files import atomic_file, read_rows, read_text, write_json
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -50,8 +49,11 @@ def shard_bounds(total: int, shard: tuple[int, int]) -> tuple[int, int]:
     return rank_slice(total, index, count)
 
 
-def template(prompt: str | None, shipped: str, placeholder: str) -> str:
-    """``prompt``, or the template file ``shipped`` in the package; it must hold ``placeholder``."""
+def template(prompt: str | None, shipped: str, placeholder: str, prompt_file: str | None = None) -> str:
+    """``prompt``, else the file ``prompt_file``, else the template file ``shipped`` in the package; it must
+    hold ``placeholder``."""
+    if prompt is None and prompt_file:
+        prompt = read_text(prompt_file)
     text = prompt if prompt is not None else resources.files("modgap.synth").joinpath(shipped).read_text("utf-8")
     if placeholder not in text:
         raise ModgapError(f"the prompt template has no {placeholder} placeholder")
@@ -95,7 +97,7 @@ def write_meta(out: Path, prompt: str, backend: Any, settings: Any, **meta: Any)
             "model": backend.name,
             "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             "sampling": settings.sampling.as_dict(),
-            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "sampling"},
+            "settings": settings.recorded(),
             **meta,
         },
     )

@@ -26,15 +26,8 @@ def unicorn_row(
     conversation per caption from the built-in LM (``synth run``), the captions' text embeddings mean-shifted
     onto the image centroid (the demo's mean shift), then pretraining on the captions and tuning (LLM and
     projector) on the conversations, both on those embeddings."""
-    from modgap.synth.pipeline import (
-        CaptionsSection,
-        InstructionsSection,
-        LLMSection,
-        SeedsSection,
-        TransferSection,
-        UnicornConfig,
-        run_unicorn,
-    )
+    from modgap.synth.pipeline import SeedsSection, TransferSection, UnicornConfig, run_unicorn
+    from modgap.synth.settings import CaptionSettings, InstructionSettings, LLMSettings
 
     seeds = root / "world" / "unicorn_seeds.jsonl"
     if not seeds.is_file():
@@ -44,23 +37,25 @@ def unicorn_row(
     write_text(root / "world" / "expand.txt", EXPAND_PROMPT)
     write_text(root / "world" / "qa.txt", QA_PROMPT)
     config = UnicornConfig(
-        llm=LLMSection(model=LLM, batch_size=64),
+        llm=LLMSettings(model=LLM, batch_size=64),
         seeds=SeedsSection(path=str(seeds)),
-        captions=CaptionsSection(
+        captions=CaptionSettings(
             per_seed=2,
             temperature=0.7,
             max_tokens=32,
             min_words=3,
             dedupe=False,
             prompt_file=str(root / "world" / "expand.txt"),
+            seed=seed,
         ),
-        instructions=InstructionsSection(
+        instructions=InstructionSettings(
             min_turns=2,
             max_turns=5,
             max_attempts=2,
             temperature=0.7,
             max_tokens=96,
             prompt_file=str(root / "world" / "qa.txt"),
+            seed=seed,
         ),
         transfer=TransferSection(
             encoder=ENCODER,
@@ -69,7 +64,6 @@ def unicorn_row(
             target=image_store,
             batch_size=256,
         ),
-        seed=seed,
     )
     made = run_unicorn(config, root / "unicorn", command="modgap demo", progress=progress, log=log)
     store = str(made.transferred_store)
