@@ -22,7 +22,7 @@ from pathlib import Path
 
 from modgap.hub import resolve
 from modgap.synth.captions import CaptionSettings, synth_captions
-from modgap.synth.llm import LocalChat, OpenAIChat, Sampling
+from modgap.synth.llm import LocalChat, OpenAIChat
 from modgap.world.scene import COLOURS, SHAPES
 
 LM = resolve("builtin:tiny-lm")

@@ -209,8 +209,9 @@ def test_mmeb_precision_at_1_in_both_released_layouts(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from modgap.embedder.mmeb import evaluate_mmeb
+    from modgap.embedder.encoder import load as load_embedder
     from modgap.encoders import load_encoder
+    from modgap.eval.mmeb import evaluate_mmeb
     from modgap.world.scene import caption, make_scenes, render
 
     clip = load_encoder("builtin:tiny-clip")
@@ -234,7 +235,7 @@ def test_mmeb_precision_at_1_in_both_released_layouts(tmp_path):
     data.mkdir()
     pq.write_table(pa.Table.from_pylist(i2t), data / "I2T.parquet")
     (data / "T2I.jsonl").write_text("".join(json.dumps(r) + "\n" for r in t2i))
-    result = evaluate_mmeb(tmp_path / "model", data, tmp_path / "images")
+    result = evaluate_mmeb(load_embedder(str(tmp_path / "model")), data, tmp_path / "images")
     assert result.rows == {"I2T": 6, "T2I": 6}
 
     emb = Embedder.load(tmp_path / "model")
@@ -254,7 +255,7 @@ def test_mmeb_precision_at_1_in_both_released_layouts(tmp_path):
     bad.mkdir()
     (bad / "X.jsonl").write_text(json.dumps({"qry_text": "a", "tgt_text": ["a", "b"], "tgt_img_path": ["x.png"]}))
     with pytest.raises(ModgapError, match="row 1: tgt_text and tgt_img_path"):
-        evaluate_mmeb(tmp_path / "model", bad)
+        evaluate_mmeb(load_embedder(str(tmp_path / "model")), bad)
 
 
 # -- patch features -----------------------------------------------------------------------------

@@ -170,7 +170,8 @@ def test_bad_templates_and_directories_are_refused_before_any_data_is_read(llava
 def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
     """`eval mmeb --model STOCK_DIR --templates`: per-row choices equal the argmax of Quick Start vectors (the
     query's <|image_1|> marker goes, the template places the image)."""
-    from modgap.embedder.mmeb import evaluate_mmeb
+    from modgap.embedder.encoder import load as load_embedder
+    from modgap.eval.mmeb import evaluate_mmeb
 
     root = llava["root"]
     (tmp_path / "t.json").write_text(json.dumps(LITERAL))
@@ -180,7 +181,8 @@ def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
             for i in range(5)]  # fmt: skip
     (tmp_path / "mmeb").mkdir()
     (tmp_path / "mmeb" / "ImageNet-1K.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = evaluate_mmeb(llava["model"], tmp_path / "mmeb", root, templates=tmp_path / "t.json", batch_size=2)
+    encoder = load_embedder(str(llava["model"]), batch_size=2, templates=tmp_path / "t.json")
+    result = evaluate_mmeb(encoder, tmp_path / "mmeb", root, batch_size=2)
     want = []
     for row in rows:
         with Image.open(root / row["qry_img_path"]) as im:
@@ -193,7 +195,7 @@ def test_mmeb_on_a_stock_model_matches_the_quick_start_scores(llava, tmp_path):
 
 
 def test_mmeb_group_means_follow_the_meta_tasks_and_in_or_out_of_distribution():
-    from modgap.embedder.mmeb import META_TASKS, OUT_OF_DISTRIBUTION, group_means
+    from modgap.eval.mmeb import META_TASKS, OUT_OF_DISTRIBUTION, group_means
 
     assert sum(len(v) for v in META_TASKS.values()) == 36 and len(OUT_OF_DISTRIBUTION) == 16
     tasks = {"ImageNet-1K": 0.5, "Place365": 0.1, "VisDial": 0.9, "RefCOCO": 0.3, "MyTask": 1.0}

@@ -1,33 +1,36 @@
-"""Modality aligners: move source (text) embeddings into the target (image) distribution."""
+"""Modality aligners: move source (text) embeddings into the target (image) distribution.
 
-from modgap.align.base import REGISTRY, Aligner, load_aligner, make_aligner, method_help, method_names, parse_params
-from modgap.align.fit import apply_to_store, fit, fit_and_apply, fit_and_save
-from modgap.align.methods import C3, GaussianNoise, GaussianOT, MeanShift, NoAlignment, ReAlign
-from modgap.align.record import ALIGNER_SUBDIR, is_aligned, same_aligner, store_aligner
+Rooms: ``base`` (the interface, registry and saved form), ``methods`` (ReAlign, Gaussian OT, ...), ``stats``
+(streamed moments), ``fitting`` (fit/apply over stores), ``select`` (shrinkage chosen by validation), ``record``
+(the aligned-store record).
+"""
 
-METHODS = method_names()
+from modgap.exports import lazy_exports
 
-__all__ = [
-    "ALIGNER_SUBDIR",
-    "C3",
-    "METHODS",
-    "REGISTRY",
-    "Aligner",
-    "GaussianNoise",
-    "GaussianOT",
-    "MeanShift",
-    "NoAlignment",
-    "ReAlign",
-    "apply_to_store",
-    "fit",
-    "fit_and_apply",
-    "fit_and_save",
-    "is_aligned",
-    "load_aligner",
-    "make_aligner",
-    "method_help",
-    "method_names",
-    "parse_params",
-    "same_aligner",
-    "store_aligner",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "ALIGNER_SUBDIR": "record",
+        "is_aligned": "record",
+        "same_aligner": "record",
+        "store_aligner": "record",
+        "REGISTRY": "base",
+        "Aligner": "base",
+        "load_aligner": "base",
+        "make_aligner": "base",
+        "method_help": "base",
+        "method_names": "base",
+        "parse_params": "base",
+        "apply_to_store": "fitting",
+        "fit": "fitting",
+        "fit_and_apply": "fitting",
+        "fit_and_save": "fitting",
+        "METHODS": "methods",
+        "C3": "methods",
+        "GaussianNoise": "methods",
+        "GaussianOT": "methods",
+        "MeanShift": "methods",
+        "NoAlignment": "methods",
+        "ReAlign": "methods",
+    },
+)

@@ -79,7 +79,7 @@ class Aligner:
         self.counts: dict[str, int] = {}
         self.provenance: dict[str, Any] = {}
 
-    # -- fitting protocol, driven by modgap.align.fit ---------------------------------------------
+    # -- fitting protocol, driven by modgap.align.fitting ---------------------------------------------
     def new_stats(self, p: int, dim: int, device: torch.device | str = "cpu") -> dict[str, Moments]:
         roles = (SOURCE, TARGET) if p in self.target_passes else (SOURCE,)
         return {r: Moments(dim, second_order=self.second_order and p == 0, device=device) for r in roles}
@@ -116,7 +116,7 @@ class Aligner:
     def train_noise(self, aligned: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """What training adds to already aligned rows (C3 corrupts them with fresh noise); identity by default.
 
-        Training on a store written by :func:`~modgap.align.fit.apply_to_store` applies only this, so it
+        Training on a store written by :func:`~modgap.align.fitting.apply_to_store` applies only this, so it
         sees the same rows as training on the raw store with the aligner applied on the fly.
         """
         return aligned
@@ -132,8 +132,8 @@ class Aligner:
 
     # -- convenience --------------------------------------------------------------------------
     def fit(self, source: Any, target: Any, **kwargs: Any) -> Aligner:
-        """Fit on a source and a target (stores, arrays or tensors); see :func:`modgap.align.fit.fit`."""
-        from modgap.align.fit import fit
+        """Fit on a source and a target (stores, arrays or tensors); see :func:`modgap.align.fitting.fit`."""
+        from modgap.align.fitting import fit
 
         return fit(self, source, target, **kwargs)
 
@@ -237,3 +237,8 @@ def load_aligner(path: str | os.PathLike) -> Aligner:
     aligner.provenance = dict(cfg.get("provenance", {}))
     aligner._require_fitted()
     return aligner
+
+
+# The built-in methods register themselves when their module is imported; importing it here makes the
+# registry complete whichever module of the package is imported first.
+from modgap.align import methods as _builtin_methods  # noqa: E402, F401

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modgap.align.base import Aligner, normalize_rows, register
+from modgap.align.base import Aligner, method_names, normalize_rows, register
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.errors import ModgapError
 
@@ -316,3 +316,6 @@ class GaussianOT(_CentroidCorrected):
         centred = normalize_rows(x, norms) - self.p("mu_t", x)
         y = torch.addmm(self.p("mu_i", x), centred, self.p("transport", x))
         return y.div_(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+
+
+METHODS = method_names()  # the built-in methods, in registration order

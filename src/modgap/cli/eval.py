@@ -182,21 +182,15 @@ def eval_mmeb(
 ) -> None:
     """MMEB Precision@1 per task (the first candidate is the target) and overall (mean over tasks); --model is a
     modgap embedder or a stock multimodal LLM directory."""
-    from modgap.embedder.mmeb import evaluate_mmeb
+    from modgap.embedder.encoder import load as load_embedder
+    from modgap.eval.mmeb import evaluate_mmeb
     from modgap.files import write_json
 
     quiet_transformers()
-    result = evaluate_mmeb(
-        model_dir,
-        data,
-        image_root,
-        device=device,
-        batch_size=batch_size,
-        limit=limit,
-        templates=templates,
-        trust_remote_code=trust_remote_code,
-        progress=rich_progress(unit="tasks"),
-    )
+    encoder = load_embedder(str(model_dir), device=device, batch_size=batch_size, templates=templates,
+                            trust_remote_code=trust_remote_code)  # fmt: skip
+    result = evaluate_mmeb(encoder, data, image_root, batch_size=batch_size, limit=limit,
+                           progress=rich_progress(unit="tasks"))  # fmt: skip
     table = Table(title=f"MMEB: {len(result.tasks)} tasks")
     table.add_column("task")
     table.add_column("rows", justify="right")

@@ -1,15 +1,17 @@
-"""`modgap embed`: inputs, the resumable multi-process pipeline."""
+"""`modgap embed`: inputs (``inputs``) and the resumable multi-process pipeline (``pipeline``)."""
 
-from modgap.embed.inputs import Columns, Inputs, read_inputs
-from modgap.embed.pipeline import EmbedOptions, EmbedSummary, embed_data, embed_modality, embed_once
+from modgap.exports import lazy_exports
 
-__all__ = [
-    "Columns",
-    "EmbedOptions",
-    "EmbedSummary",
-    "Inputs",
-    "embed_data",
-    "embed_modality",
-    "embed_once",
-    "read_inputs",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "Columns": "inputs",
+        "Inputs": "inputs",
+        "read_inputs": "inputs",
+        "EmbedOptions": "pipeline",
+        "EmbedSummary": "pipeline",
+        "embed_data": "pipeline",
+        "embed_modality": "pipeline",
+        "embed_once": "pipeline",
+    },
+)

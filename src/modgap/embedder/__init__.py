@@ -5,25 +5,17 @@ templates, last-token pooling), ``data`` (the two stages' inputs), ``train`` (th
 ``embedder:DIR`` encoder spec). Imports are lazy so that the CLI can read the settings without torch.
 """
 
-from __future__ import annotations
+from modgap.exports import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "DistillationKL": "losses",
-    "HardNegativeInfoNCE": "losses",
-    "select_hard_negatives": "losses",
-    "Embedder": "model",
-    "Item": "model",
-    "EmbedderConfig": "config",
-    "EmbedderTrainConfig": "config",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'modgap.embedder' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"modgap.embedder.{_EXPORTS[name]}"), name)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "DistillationKL": "losses",
+        "HardNegativeInfoNCE": "losses",
+        "select_hard_negatives": "losses",
+        "Embedder": "model",
+        "Item": "model",
+        "EmbedderConfig": "config",
+        "EmbedderTrainConfig": "config",
+    },
+)

@@ -14,7 +14,6 @@ then its positives, then its negatives, and one visual row per input with an ima
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +21,12 @@ import torch
 
 from modgap.embedder.model import Embedder, Item
 from modgap.errors import ModgapError
+from modgap.eval.mmeb import mmeb_text
 from modgap.files import read_rows
-from modgap.mllm.chat import IMAGE_PLACEHOLDER
 from modgap.mllm.infer import StoreInputs
 from modgap.store.checks import BadRows, usable_store_rows
 from modgap.store.store import EmbeddingStore
 
-MMEB_IMAGE_TOKEN = re.compile(r"<\|image_\d+\|>")
 SIDES = ("qry", "pos", "neg")
 
 
@@ -39,15 +37,6 @@ class Batch:
     has_image: list[bool]  # per prompt
     segments: list[int]  # how many prompts of each kind: [n] (distill) or [n, n(, n)] (tune)
     teacher: torch.Tensor | None = None  # distill: (n, teacher dim)
-
-
-def mmeb_text(value: object) -> str | None:
-    """An MMEB text with its image tokens as modgap's placeholder; None when nothing but the marker is left
-    (then the input is an image alone, under the image template)."""
-    if value in (None, ""):
-        return None
-    text = MMEB_IMAGE_TOKEN.sub(IMAGE_PLACEHOLDER, str(value))
-    return text if text.replace(IMAGE_PLACEHOLDER, "").strip() else None
 
 
 class TextSet:

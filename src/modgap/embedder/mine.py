@@ -2,7 +2,7 @@
 
 In-batch hard negatives (stage 2's default) are only as hard as the batch. Mining looks further: every
 query's image embedding is searched against a store of candidate texts (exact chunked top-k,
-:func:`modgap.store.search`), and each row gets the most similar candidate that is neither its positive nor
+:func:`modgap.store.topk`), and each row gets the most similar candidate that is neither its positive nor
 a likely false negative (a candidate scoring above ``sim(q, pos) + fn_margin``, UniME's filter). The rows
 keep MMEB's training layout, so ``modgap embedder tune`` reads them as they are (their negatives join the
 in-batch candidates). Embeddings come from any encoder (usually the base one: mining precedes training).
@@ -20,8 +20,8 @@ from modgap.errors import ModgapError
 from modgap.files import read_rows, write_jsonl
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, usable_store_rows
-from modgap.store.search import search
 from modgap.store.store import EmbeddingStore
+from modgap.store.topk import search
 
 
 @dataclass

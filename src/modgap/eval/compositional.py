@@ -20,8 +20,8 @@ from modgap.errors import ModgapError
 from modgap.eval.retrieval import TIE_TOLERANCE, open_store, pair_scores, prepare_vectors
 from modgap.files import read_rows
 from modgap.store.checks import BadRows, usable_store_rows
-from modgap.store.search import METRICS
 from modgap.store.store import EmbeddingStore
+from modgap.store.topk import METRICS
 
 TRIPLE_KEYS = ("image_id", "positive_id", "negative_id")
 

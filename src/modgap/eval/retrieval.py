@@ -8,7 +8,7 @@ k best texts; rows of the stores that no pair names take no part.
 Exactness. Ranks are counted, not top-k lists kept: a query's rank is the number of gallery items that
 beat its (best) positive. Scores are computed in float64 from the stored float32 vectors, so they are the
 exact scores up to ~1e-15; two scores within ``TIE_TOLERANCE`` are a tie, and ties go to the item that comes
-first in its store (the same rule as :func:`modgap.store.search`). Memory is bounded by the blocks:
+first in its store (the same rule as :func:`modgap.store.topk`). Memory is bounded by the blocks:
 ``block_rows`` images x one text chunk of scores at a time, plus one integer per query, so a million by a
 million streams.
 """
@@ -25,9 +25,9 @@ import torch
 from modgap.errors import ModgapError
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows
-from modgap.store.search import METRICS
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
+from modgap.store.topk import METRICS
 
 TIE_TOLERANCE = 1e-9
 DEFAULT_KS = (1, 5, 10)

@@ -1,6 +1,14 @@
-"""Modality-gap diagnostics."""
+"""Modality-gap diagnostics: ``metrics`` (the measures) and ``report`` (tables, JSON, HTML)."""
 
-from modgap.files import read_pairs
-from modgap.gap.report import gap_report, report_html, report_json, report_rows
+from modgap.exports import lazy_exports
 
-__all__ = ["gap_report", "read_pairs", "report_html", "report_json", "report_rows"]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "read_pairs": "modgap.files",
+        "gap_report": "report",
+        "report_html": "report",
+        "report_json": "report",
+        "report_rows": "report",
+    },
+)

@@ -3,24 +3,17 @@
 Names are imported on first use, so that ``modgap.mllm.config`` (the settings) loads without torch.
 """
 
-from __future__ import annotations
+from modgap.exports import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "IMAGE_PLACEHOLDER": "modgap.mllm.chat",
-    "encode": "modgap.mllm.chat",
-    "MLLMConfig": "modgap.mllm.config",
-    "TrainConfig": "modgap.mllm.config",
-    "VisionLanguageModel": "modgap.mllm.model",
-    "visual_view": "modgap.mllm.model",
-    "Projector": "modgap.mllm.projector",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'modgap.mllm' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "IMAGE_PLACEHOLDER": "chat",
+        "encode": "chat",
+        "MLLMConfig": "config",
+        "TrainConfig": "config",
+        "VisionLanguageModel": "model",
+        "visual_view": "model",
+        "Projector": "projector",
+    },
+)

@@ -1,36 +1,35 @@
-"""Embedding stores: sharded Arrow IPC files of one modality's vectors plus a manifest."""
+"""Embedding stores: sharded Arrow IPC files of one modality's vectors plus a manifest.
 
-from modgap.store.checks import BadRows, bad_row_mask, unusable_rows
-from modgap.store.formats import EXPORT_FORMATS, IMPORT_FORMATS, export_store, import_store
-from modgap.store.info import sample_stats, store_info
-from modgap.store.manifest import Manifest, ShardInfo
-from modgap.store.merge import merge_sub_stores
-from modgap.store.safe_pickle import safe_load
-from modgap.store.search import METRICS, SearchResult, search
-from modgap.store.store import Chunk, EmbeddingStore, StoreWriter
-from modgap.store.stream import Rows, VectorSource, default_chunk_rows
+Rooms: ``store`` (reader and writer), ``manifest``, ``stream`` (row sources), ``checks`` (unusable rows),
+``formats`` (import/export), ``info``, ``merge``, ``topk`` (exact search), ``safe_pickle``.
+"""
 
-__all__ = [
-    "EXPORT_FORMATS",
-    "IMPORT_FORMATS",
-    "METRICS",
-    "BadRows",
-    "Chunk",
-    "EmbeddingStore",
-    "Manifest",
-    "Rows",
-    "SearchResult",
-    "ShardInfo",
-    "StoreWriter",
-    "VectorSource",
-    "bad_row_mask",
-    "default_chunk_rows",
-    "export_store",
-    "import_store",
-    "merge_sub_stores",
-    "safe_load",
-    "sample_stats",
-    "search",
-    "store_info",
-    "unusable_rows",
-]
+from modgap.exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "BadRows": "checks",
+        "bad_row_mask": "checks",
+        "unusable_rows": "checks",
+        "EXPORT_FORMATS": "formats",
+        "IMPORT_FORMATS": "formats",
+        "export_store": "formats",
+        "import_store": "formats",
+        "sample_stats": "info",
+        "store_info": "info",
+        "Manifest": "manifest",
+        "ShardInfo": "manifest",
+        "merge_sub_stores": "merge",
+        "safe_load": "safe_pickle",
+        "METRICS": "topk",
+        "SearchResult": "topk",
+        "search": "topk",
+        "Chunk": "store",
+        "EmbeddingStore": "store",
+        "StoreWriter": "store",
+        "Rows": "stream",
+        "VectorSource": "stream",
+        "default_chunk_rows": "stream",
+    },
+)

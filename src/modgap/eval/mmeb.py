@@ -11,6 +11,7 @@ the texts. Image paths are relative to ``--image-root``. Identical inputs are em
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from modgap.embedder.data import mmeb_text
-from modgap.embedder.encoder import load as load_embedder
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
 from modgap.files import read_rows
@@ -28,6 +27,16 @@ from modgap.mllm.chat import IMAGE_PLACEHOLDER
 from modgap.progress import ProgressFactory, silent
 
 TASK_SUFFIXES = (".parquet", ".jsonl")
+MMEB_IMAGE_TOKEN = re.compile(r"<\|image_\d+\|>")
+
+
+def mmeb_text(value: object) -> str | None:
+    """An MMEB text with its image tokens as modgap's placeholder; None when nothing but the marker is left
+    (then the input is an image alone, under the image template)."""
+    if value in (None, ""):
+        return None
+    text = MMEB_IMAGE_TOKEN.sub(IMAGE_PLACEHOLDER, str(value))
+    return text if text.replace(IMAGE_PLACEHOLDER, "").strip() else None
 
 
 @dataclass
@@ -108,21 +117,17 @@ class _Inputs:
 
 
 def evaluate_mmeb(
-    model: str | os.PathLike,
+    encoder: Any,
     data: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     *,
-    device: str = "cpu",
     batch_size: int = 64,
     limit: int | None = None,
-    templates: str | os.PathLike | None = None,
-    trust_remote_code: bool = False,
     progress: ProgressFactory = silent,
 ) -> MMEBResult:
-    """Precision@1 of the embedder ``model`` (a modgap embedder, or a stock multimodal LLM with ``templates``)
-    on every task file under ``data``."""
-    encoder = load_embedder(str(model), device=device, batch_size=batch_size, templates=templates,
-                            trust_remote_code=trust_remote_code)  # fmt: skip
+    """Precision@1 of ``encoder`` on every task file under ``data``. ``encoder`` is anything with
+    ``embed_items(texts, images) -> (n, D)`` unit vectors: a modgap embedder or a stock multimodal LLM, as
+    ``modgap.embedder.encoder.load`` opens them."""
     root = Path(image_root) if image_root else Path(data)
     tasks, counts, predictions = {}, {}, {}
     files = task_files(data)
