@@ -70,7 +70,13 @@ class EmbedderTrainConfig(RunSettings):
     )
     teacher_embeddings: str | None = setting(None, "distill: store of the teacher's text embeddings, by id.")
     embeddings: str | None = setting(None, "tune: store of the image embeddings, by image path/id.")
-    init: str | None = setting(None, "modgap model or embedder directory to start from.")
+    init: str | None = setting(
+        None, "Start from: a modgap model or embedder directory, or a stock 🤗 multimodal LLM (LLaVA, Idefics3, ...)."
+    )
+    image_root: str | None = setting(
+        None, "tune from a stock base: where qry/pos/neg_image_path files start (default: the data file's folder)."
+    )
+    templates: str | None = setting(None, "Stock base: prompt templates JSON (text, image, image_text; <sent>).")
     llm: str | None = setting(None, "Base causal LM when starting without --init (needs --embed-dim).")
     embed_dim: int | None = setting(None, "Visual embedding width of a model built from --llm (tune: the store's).")
     num_visual_tokens: int = setting(8, "k: visual tokens per embedding (models built from --llm).", "--visual-tokens")
@@ -95,7 +101,7 @@ class EmbedderTrainConfig(RunSettings):
         if self.stage not in STAGES:
             raise ModgapError(f"unknown stage {self.stage!r} ({', '.join(STAGES)})")
         self.check_run_settings()
-        for name in ("data", "init", "llm", "teacher_embeddings", "embeddings"):
+        for name in ("data", "init", "llm", "teacher_embeddings", "embeddings", "image_root", "templates"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
         if not self.data:

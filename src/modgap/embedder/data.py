@@ -39,35 +39,41 @@ class Batch:
     teacher: torch.Tensor | None = None  # distill: (n, teacher dim)
 
 
+def read_teacher_texts(
+    path: str | os.PathLike, teacher: str | os.PathLike, bad: BadRows | None = None
+) -> tuple[list[str], list[str], torch.Tensor]:
+    """(ids, texts, teacher vectors) of a text file (id, text or caption) whose ids have a usable vector in the
+    teacher store; errors name the row."""
+    rows = read_rows(path, what="text file")
+    ids, texts = [], []
+    for n, row in enumerate(rows, 1):
+        text = row.get("text", row.get("caption"))
+        if row.get("id") in (None, "") or not isinstance(text, str) or not text.strip():
+            raise ModgapError(f"{path}: row {n} needs an id and a non-empty text (or caption)")
+        ids.append(str(row["id"]))
+        texts.append(text)
+    if len(set(ids)) != len(ids):
+        dup = next(k for k in ids if ids.count(k) > 1)
+        raise ModgapError(f"{path}: id {dup!r} appears more than once")
+    store = EmbeddingStore.open(teacher)
+    rows_of = store.row_of(ids)
+    keep = usable_store_rows(store, rows_of, bad or BadRows("error"))
+    ids, texts = (
+        [k for k, ok in zip(ids, keep, strict=True) if ok],
+        [t for t, ok in zip(texts, keep, strict=True) if ok],
+    )
+    if not ids:
+        raise ModgapError(f"{path}: no text left with a usable teacher embedding in {store.path}")
+    return ids, texts, torch.from_numpy(store.take(rows_of[keep]).astype(np.float32))
+
+
 class TextSet:
     """Texts and their teacher embeddings (stage 1)."""
 
     def __init__(
         self, path: str | os.PathLike, teacher: str | os.PathLike, embedder: Embedder, bad: BadRows | None = None
     ):
-        rows = read_rows(path, what="text file")
-        ids, texts = [], []
-        for n, row in enumerate(rows, 1):
-            text = row.get("text", row.get("caption"))
-            if row.get("id") in (None, "") or not isinstance(text, str) or not text.strip():
-                raise ModgapError(f"{path}: row {n} needs an id and a non-empty text (or caption)")
-            ids.append(str(row["id"]))
-            texts.append(text)
-        if len(set(ids)) != len(ids):
-            dup = next(k for k in ids if ids.count(k) > 1)
-            raise ModgapError(f"{path}: id {dup!r} appears more than once")
-        store = EmbeddingStore.open(teacher)
-        rows_of = store.row_of(ids)
-        keep = usable_store_rows(store, rows_of, bad or BadRows("error"))
-        ids, texts = (
-            [k for k, ok in zip(ids, keep, strict=True) if ok],
-            [t for t, ok in zip(texts, keep, strict=True) if ok],
-        )
-        if not ids:
-            raise ModgapError(f"{path}: no text left with a usable teacher embedding in {store.path}")
-        vectors = store.take(rows_of[keep]).astype(np.float32)
-        self.ids = ids
-        self.teacher = torch.from_numpy(vectors)
+        self.ids, texts, self.teacher = read_teacher_texts(path, teacher, bad)
         self.prompts = [embedder.prompt_ids(Item(text=t)) for t in texts]
 
     def __len__(self) -> int:

@@ -104,8 +104,10 @@ def load(spec_rest: str, templates: Any = None, **kwargs: Any) -> Encoder:
     from modgap.mllm.config import CONFIG_FILE
 
     directory = resolve_model_dir(spec_rest)
-    if not (directory / CONFIG_FILE).is_file() and is_stock_mllm(spec_rest):
-        return StockEmbedder(spec_rest, templates=templates, **kwargs)
+    if not (directory / CONFIG_FILE).is_file():
+        for candidate in (directory, directory / "model"):  # a stock checkpoint, or a run that trained one
+            if is_stock_mllm(candidate):
+                return StockEmbedder(candidate, templates=templates, **kwargs)
     if templates is not None:
         raise ModgapError(f"{spec_rest}: --templates applies to stock multimodal LLMs; a modgap embedder keeps its own")
     if not (directory / CONFIG_FILE).is_file() and not (directory / EMBEDDER_FILE).is_file():

@@ -32,6 +32,8 @@ from modgap.embedder.config import EmbedderConfig, EmbedderTrainConfig
 from modgap.embedder.data import Batch, PairSet, TextSet
 from modgap.embedder.losses import DistillationKL, HardNegativeInfoNCE
 from modgap.embedder.model import Embedder
+from modgap.embedder.stock import is_stock_mllm
+from modgap.embedder.stock_train import StockBatch, StockModel, StockPairSet, StockTextSet
 from modgap.encoders.patches import patch_shape
 from modgap.errors import ModgapError
 from modgap.mllm.model import VisionLanguageModel
@@ -93,11 +95,23 @@ def _make_embedder(cfg: EmbedderTrainConfig) -> Embedder:
     return embedder
 
 
+def _make_stock(cfg: EmbedderTrainConfig) -> StockModel:
+    """A stock 🤗 multimodal LLM, what of it trains set (see :mod:`modgap.embedder.stock_train`)."""
+    assert cfg.init is not None
+    if cfg.embeddings:
+        raise ModgapError(f"{cfg.init} is a stock multimodal LLM: it reads image files (--image-root), not stores")
+    model = StockModel(cfg.init, templates=cfg.templates, online=cfg.online, trust_remote_code=cfg.trust_remote_code)
+    model.set_trainable(cfg.stage, cfg.tune, (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    return model
+
+
 # -- one step ------------------------------------------------------------------------------------
 
 
 def encode(model: nn.Module, unwrapped: Embedder, batch: Batch, start: int, stop: int, device: Any) -> torch.Tensor:
     """Embeddings of prompts ``start:stop`` of the batch (through ``model``, the engine's wrapper)."""
+    if isinstance(batch, StockBatch):  # raw inputs through the stock model's processor (images replayed too)
+        return model(unwrapped.prepare(batch.items[start:stop], unwrapped.image_root))
     inputs = {k: v.to(device) for k, v in unwrapped.collate(batch.prompts[start:stop]).items()}
     visual = None
     if batch.visual is not None:
@@ -144,7 +158,8 @@ def contrastive_step(
     """
     from accelerate.utils import DistributedType
 
-    device, world, n = accelerator.device, accelerator.num_processes, len(batch.prompts)
+    device, world = accelerator.device, accelerator.num_processes
+    n = len(batch.items) if isinstance(batch, StockBatch) else len(batch.prompts)
     ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     if chunk is not None and chunk < n and is_sharded(accelerator):
         raise ModgapError("gradient caching runs under DDP or one process; with DeepSpeed/FSDP leave it off")
@@ -188,14 +203,24 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
     main = accelerator.is_main_process
 
     # -- model and data -------------------------------------------------------------------------
-    embedder = _make_embedder(cfg)
     bad = BadRows(cfg.on_bad)
-    if cfg.gradient_checkpointing:
-        embedder.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert cfg.data is not None
-    if cfg.stage == "distill":
+    stock = cfg.init is not None and is_stock_mllm(cfg.init)
+    if not stock and (cfg.templates or cfg.image_root):
+        raise ModgapError("--templates and --image-root apply to a stock multimodal LLM base (--init STOCK_DIR)")
+    embedder: Any = _make_stock(cfg) if stock else _make_embedder(cfg)
+    if cfg.gradient_checkpointing:
+        llm = embedder.hf if stock else embedder.vlm.llm
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if stock and cfg.stage == "distill":
         assert cfg.teacher_embeddings is not None
-        data: TextSet | PairSet = TextSet(cfg.data, cfg.teacher_embeddings, embedder, bad)
+        data: Any = StockTextSet(cfg.data, cfg.teacher_embeddings, bad)
+    elif stock:
+        data = StockPairSet(cfg.data, cfg.image_root, bad)
+        embedder.image_root = data.root
+    elif cfg.stage == "distill":
+        assert cfg.teacher_embeddings is not None
+        data = TextSet(cfg.data, cfg.teacher_embeddings, embedder, bad)
     else:
         data = PairSet(cfg.data, cfg.embeddings, embedder, bad)
         if embedder.vlm.config.encoder is None and data.store_inputs is not None:
@@ -216,7 +241,7 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
     objective = Objective(cfg, accelerator.num_processes)
 
     def step(model: nn.Module, indices: list[int], step: int, micro: int) -> tuple[torch.Tensor, int]:
-        unwrapped: Embedder = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model)
         loss = contrastive_step(model, unwrapped, accelerator, data.batch(indices), objective, cfg.grad_cache_chunk)
         return loss, len(indices)  # every process computed the same global loss
 
