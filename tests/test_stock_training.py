@@ -195,3 +195,36 @@ def test_stock_base_errors_are_clear_before_training(world, tmp_path):
                    world["root"] / "teacher", "--out", tmp_path / "y", check=False)  # fmt: skip
     assert proc.returncode == 2 and "apply to a stock multimodal LLM base" in proc.stderr
     assert not (tmp_path / "x" / "model").exists() and not (tmp_path / "y" / "model").exists()
+
+
+def test_the_built_in_stock_llava_is_tiny_clip_and_tiny_lm_in_stock_form(tmp_path):
+    """The assembled LlavaForConditionalGeneration, loaded back through the Auto classes: its language model
+    gives tiny-lm's logits on text and its vision tower tiny-clip's vision features (plain transformers
+    forwards of the two built-in models)."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+        CLIPImageProcessorPil,
+        CLIPVisionModel,
+    )
+
+    from modgap.hub import resolve
+    from modgap.world.scene import make_scenes, render
+    from modgap.world.stock import assemble_llava
+
+    llava_dir = assemble_llava(tmp_path / "llava")
+    llava = AutoModelForImageTextToText.from_pretrained(llava_dir).eval()
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    lm = AutoModelForCausalLM.from_pretrained(resolve("builtin:tiny-lm")).eval()
+    ids = AutoTokenizer.from_pretrained(resolve("builtin:tiny-lm"))(
+        "a red circle left of a blue square", return_tensors="pt"
+    )
+    image = render(make_scenes(1, 0, "stock")[0])
+    pixels = CLIPImageProcessorPil.from_pretrained(resolve("builtin:tiny-clip"))(images=[image], return_tensors="pt")
+    vision = CLIPVisionModel.from_pretrained(resolve("builtin:tiny-clip")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(llava(**ids).logits[..., : lm.config.vocab_size], lm(**ids).logits)
+        got = llava.model.vision_tower(processor(text=["<image>"], images=[image], return_tensors="pt")["pixel_values"])
+        torch.testing.assert_close(got.last_hidden_state, vision(**pixels).last_hidden_state)
