@@ -5,7 +5,6 @@ import os
 import pickle
 
 import numpy as np
-import pytest
 
 from conftest import gapped_pair, make_store, run_cli, write_revision_pkls
 from modgap.store import EmbeddingStore
@@ -15,20 +14,57 @@ def _no_temp_left(d):
     return [p.name for p in d.iterdir() if p.name.startswith(".tmp")] == []
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    [
-        ["store", "import"],
-        ["store", "export"],
-        ["store", "info"],
-        ["align", "fit"],
-        ["align", "apply"],
-        ["align", "run"],
-        ["gap"],
-    ],
-)
-def test_every_command_shows_an_example(cmd):
-    assert "Example: modgap" in run_cli(*cmd, "--help").stdout
+def _leaf_commands():
+    import typer
+
+    from modgap.cli.main import app
+
+    def walk(cmd, path):
+        if getattr(cmd, "commands", None):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def example_errors(path: list[str], command, epilog: str) -> list[str]:
+    """What is wrong with a command's ``Example:``: absent, naming another command, or a flag it lacks."""
+    import shlex
+
+    if "Example: " not in epilog:
+        return [f"{' '.join(path)}: no example"]
+    words = shlex.split(epilog.split("Example: ", 1)[1].replace("\n", " "))
+    # The part of a chained example (`a && b`) that runs this command.
+    runs = [i + 1 for i, w in enumerate(words) if w in ("modgap", "modgap.cli.main")]
+    start = next((i for i in runs if words[i : i + len(path)] == path), None)
+    if start is None:
+        return [f"{' '.join(path)}: the example runs {[words[i : i + len(path)] for i in runs] or words[:3]}"]
+    if "&&" in words[start:]:
+        words = words[: words.index("&&", start)]
+    flags = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    return [f"{' '.join(path)}: the example's {w} is not an option"
+            for w in words[start + len(path) :] if w.startswith("--") and w.split("=")[0] not in flags]  # fmt: skip
+
+
+def test_every_command_shows_an_example_that_names_itself_and_existing_options():
+    commands = _leaf_commands()
+    assert len(commands) >= 26
+    errors = [e for path, cmd in commands for e in example_errors(path, cmd, cmd.epilog or "")]
+    assert errors == []
+    for path, _ in commands[:3]:  # and the example is what `--help` prints
+        assert "Example: modgap" in run_cli(*path, "--help").stdout
+
+
+def test_the_example_check_catches_a_renamed_flag_and_a_wrong_command():
+    path, command = next((p, c) for p, c in _leaf_commands() if p == ["align", "fit"])
+    assert example_errors(path, command, "Example: modgap align fit --source s --target t --out a") == []
+    assert example_errors(path, command, "Example: modgap align fit --src s") == [
+        "align fit: the example's --src is not an option"
+    ]
+    assert "runs" in example_errors(path, command, "Example: modgap align apply --source s")[0]
+    assert example_errors(path, command, "no example here") == ["align fit: no example"]
 
 
 def test_import_info_align_gap_pipeline(tmp_path, rng):

@@ -23,7 +23,8 @@ DISTILL_EXAMPLE = (
 )
 TUNE_EXAMPLE = (
     "Example: modgap embedder tune --init runs/distill/model --data mmeb_train.jsonl --embeddings stores/images "
-    "--hard-negatives 8 --fn-margin 0.1 --temperature 0.02 --out runs/tune   (then: --encoder embedder:runs/tune)"
+    "--hard-negatives 8 --fn-margin 0.1 --temperature 0.02 --out runs/tune && modgap embed --encoder "
+    "embedder:runs/tune --modality image --data images.jsonl --out-image stores/tuned"
 )
 
 
