@@ -133,7 +133,7 @@ class StockModel(nn.Module):
     def save(self, model_dir: str | os.PathLike, *, created_by: dict[str, Any], state_dict: Any = None) -> None:
         """A stock checkpoint that ``AutoModelForImageTextToText`` + ``AutoProcessor`` load (see the module
         docstring), written whole or not at all."""
-        del state_dict  # single-process and DDP runs hold the full model here (sharded engines are refused)
+        del state_dict  # one process or DDP: the full model is here (the recipe refuses DeepSpeed/FSDP on this path)
         model = self.hf.merge_and_unload() if self.lora else self.hf
         with atomic_output_dir(model_dir, overwrite=True, markers=(TEMPLATES_FILE,)) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)

@@ -208,6 +208,8 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
     stock = cfg.init is not None and is_stock_mllm(cfg.init)
     if not stock and (cfg.templates or cfg.image_root):
         raise ModgapError("--templates and --image-root apply to a stock multimodal LLM base (--init STOCK_DIR)")
+    if stock and is_sharded(accelerator):  # its save holds the whole model in the process (one process or DDP)
+        raise ModgapError("a stock multimodal LLM base trains in one process or under DDP, not DeepSpeed/FSDP (yet)")
     embedder: Any = _make_stock(cfg) if stock else _make_embedder(cfg)
     if cfg.gradient_checkpointing:
         llm = embedder.hf if stock else embedder.vlm.llm
