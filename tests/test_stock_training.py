@@ -127,7 +127,6 @@ def _stock_grads(world, tmp_path, chunk):
     torch.manual_seed(0)
     model = _make_stock(cfg)
     data = StockPairSet(cfg.data, cfg.image_root, BadRows())
-    model.image_root = data.root
     model.train()
     torch.manual_seed(1)
     contrastive_step(model, model, Accelerator(cpu=True), data.batch(list(range(8))), Objective(cfg, 1), chunk)

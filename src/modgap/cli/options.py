@@ -68,12 +68,15 @@ def setting_params(cls: type, skip: tuple[str, ...] = (), *, required: bool = Tr
 def settings_from_options(cls: type, options: dict[str, Any], skip: tuple[str, ...] = ()) -> Any:
     """``cls`` built from the parsed options its :func:`setting_params` made (removed from ``options``); an
     option list left empty is the field's empty list."""
+    return cls(
+        **_lists_filled(cls, {f.name: options.pop(f.name) for f in dataclasses.fields(cls) if f.name not in skip})
+    )
+
+
+def _lists_filled(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each list setting a list (Typer gives None for a repeatable option never given)."""
     hints = typing.get_type_hints(cls)
-    values = {f.name: options.pop(f.name) for f in dataclasses.fields(cls) if f.name not in skip}
-    for name, value in values.items():
-        if typing.get_origin(hints[name]) is list:
-            values[name] = list(value or [])
-    return cls(**values)
+    return {k: list(v or []) if typing.get_origin(hints[k]) is list else v for k, v in values.items()}
 
 
 def with_signature(command: Callable[..., None], params: list[inspect.Parameter]) -> Callable[..., None]:
@@ -94,11 +97,7 @@ def settings_command(cls: type, skip: tuple[str, ...], run: Callable[[dict[str, 
             for name, value in options.items()
             if given_on_command_line(ctx, name) or not config_file  # without a file, defaults come from here too
         }
-        hints = typing.get_type_hints(cls)
-        for name, value in given.items():
-            if typing.get_origin(hints[name]) is list:
-                given[name] = list(value or [])
-        run(given, config_file)
+        run(_lists_filled(cls, given), config_file)
 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     params += setting_params(cls, skip, required=False)

@@ -38,6 +38,9 @@ class Batch:
     segments: list[int]  # how many prompts of each kind: [n] (distill) or [n, n(, n)] (tune)
     teacher: torch.Tensor | None = None  # distill: (n, teacher dim)
 
+    def __len__(self) -> int:
+        return len(self.prompts)
+
 
 def read_teacher_texts(
     path: str | os.PathLike, teacher: str | os.PathLike, bad: BadRows | None = None
@@ -85,6 +88,27 @@ class TextSet:
         )
 
 
+def pair_sides(rows: list[dict], path: str | os.PathLike) -> list[str]:
+    """The sides of MMEB-layout training rows: query and positive, and negative when the rows have one (all of
+    them or none)."""
+    has_neg = [bool(r.get("neg_text") or r.get("neg_image_path")) for r in rows]
+    if any(has_neg) and not all(has_neg):
+        n = has_neg.index(False) + 1
+        raise ModgapError(f"{path}: row {n} has no negative while others do (give one to all or none)")
+    return ["qry", "pos", "neg"] if any(has_neg) else ["qry", "pos"]
+
+
+def side_input(row: dict, side: str, where: str) -> tuple[str | None, str | None]:
+    """(text, image path) of one side of a training row (MMEB's image tokens as modgap's placeholder); an error
+    naming the row when it has neither."""
+    text = mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
+    image = row.get(f"{side}_image_path")
+    image = None if image in (None, "") else str(image)
+    if text is None and image is None:
+        raise ModgapError(f"{where} has neither a {side} text nor a {side} image")
+    return text, image
+
+
 class PairSet:
     """Query / positive (/ negative) rows in MMEB's training layout (stage 2)."""
 
@@ -96,28 +120,19 @@ class PairSet:
         bad: BadRows | None = None,
     ):
         rows = read_rows(path, what="pairs file")
-        self.sides = ["qry", "pos"]
-        has_neg = [bool(r.get("neg_text") or r.get("neg_image_path")) for r in rows]
-        if any(has_neg):
-            if not all(has_neg):
-                n = has_neg.index(False) + 1
-                raise ModgapError(f"{path}: row {n} has no negative while others do (give one to all or none)")
-            self.sides.append("neg")
+        self.sides = pair_sides(rows, path)
         self.store_inputs = StoreInputs(embedder.vlm, images) if images else None
         index = self.store_inputs.store.id_index() if self.store_inputs else {}
         self.prompts: dict[str, list[list[int]]] = {s: [] for s in self.sides}
         self.image_rows: dict[str, list[int]] = {s: [] for s in self.sides}  # -1: no image
         for n, row in enumerate(rows, 1):
             for side in self.sides:
-                text = mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
-                image = row.get(f"{side}_image_path")
-                if text is None and image in (None, ""):
-                    raise ModgapError(f"{path}: row {n} has neither a {side} text nor a {side} image")
+                text, image = side_input(row, side, f"{path}: row {n}")
                 r = -1
-                if image not in (None, ""):
+                if image is not None:
                     if self.store_inputs is None:
                         raise ModgapError(f"{path}: row {n} names an image ({image!r}); pass --embeddings")
-                    r = index.get(str(image), -2)
+                    r = index.get(image, -2)
                     if r == -2:
                         where = self.store_inputs.store.path
                         raise ModgapError(f"{path}: row {n}: image {image!r} is not in {where}")

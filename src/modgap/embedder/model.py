@@ -83,6 +83,13 @@ class PromptBuilder:
         return self.collate([self.ids(Item(text=t)) for t in texts])
 
 
+def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The hidden state of each row's last non-padding token (either padding side)."""
+    width = attention_mask.shape[1]
+    last = width - 1 - attention_mask.flip(1).int().argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+
+
 class Embedder(nn.Module):
     """``vlm`` (:class:`VisionLanguageModel`) + how its inputs become prompts and its states one vector."""
 
@@ -142,9 +149,7 @@ class Embedder(nn.Module):
         hidden = self.vlm.llm.get_decoder()(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions
         ).last_hidden_state
-        width = attention_mask.shape[1]
-        last = width - 1 - attention_mask.flip(1).argmax(1)  # the last non-padding position of each row
-        out = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        out = last_token_states(hidden, attention_mask).float()
         return F.normalize(out, dim=-1) if self.config.normalize else out
 
     @torch.no_grad()

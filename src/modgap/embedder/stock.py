@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from modgap.embedder.model import last_token_states
 from modgap.encoders.base import IMAGE, Encoder, Prepared
 from modgap.errors import ModgapError
 from modgap.files import read_text
@@ -159,11 +160,54 @@ class _ImagePrep:
         return self.prep(images=images)
 
 
-def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The hidden state of each row's last non-padding token (either padding side)."""
-    width = attention_mask.shape[1]
-    last = width - 1 - attention_mask.flip(1).int().argmax(1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+def load_stock(
+    path: str | os.PathLike,
+    templates: dict[str, str] | str | os.PathLike | None = None,
+    *,
+    online: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, dict[str, str]]:
+    """(processor, model in float32, checked templates) of a stock checkpoint; ``templates`` a dict, a JSON file,
+    or None for the ``modgap_embedder.json`` beside the model, else the chat-template defaults."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    kwargs = load_kwargs([str(path)], online, trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModgapError(f"{path}: cannot load a stock multimodal LLM ({e})") from e
+    if templates is None and (path / TEMPLATES_FILE).is_file():
+        templates = path / TEMPLATES_FILE
+    where = str(templates) if isinstance(templates, str | os.PathLike) else f"{path} (default templates)"
+    if isinstance(templates, str | os.PathLike):
+        templates = read_templates(templates)
+    return processor, model, check_templates(templates or default_templates(processor), image_token(processor), where)
+
+
+def pooled(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """UniME's embedding of a prepared batch (moved to the model's device): the last non-padding token's final
+    hidden state, L2-normalised."""
+    batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out = model(**batch, output_hidden_states=True, return_dict=True)
+    last = last_token_states(out.hidden_states[-1], batch["attention_mask"]).float()
+    return torch.nn.functional.normalize(last, dim=-1)
+
+
+def text_beside_image(text: str) -> str | None:
+    """An input text that comes with an image, its image marker dropped (the template places the image); None
+    when nothing else is left."""
+    return text.replace(MARKER, " ").strip() or None
+
+
+def group_by_kind(texts: list[str | None], images: list[Any]) -> dict[str, list[int]]:
+    """Positions of the inputs of each template kind (text, image, image_text), in order."""
+    groups: dict[str, list[int]] = {}
+    for i, (text, image) in enumerate(zip(texts, images, strict=True)):
+        kind = "image_text" if text is not None and image is not None else "image" if image is not None else "text"
+        groups.setdefault(kind, []).append(i)
+    return groups
 
 
 class StockEmbedder(Encoder):
@@ -181,24 +225,12 @@ class StockEmbedder(Encoder):
         templates: dict[str, str] | str | os.PathLike | None = None,
         batch_size: int = 16,
     ):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         path = Path(path)
-        kwargs = load_kwargs([str(path)], online, trust_remote_code)
         self.device = torch.device(device)
-        try:
-            self.processor = AutoProcessor.from_pretrained(str(path), **kwargs)
-            self.model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32, **kwargs)
-        except (OSError, ValueError) as e:
-            raise ModgapError(f"{path}: cannot load a stock multimodal LLM ({e})") from e
+        self.processor, self.model, self.templates = load_stock(
+            path, templates, online=online, trust_remote_code=trust_remote_code
+        )
         self.model.to(self.device).eval()
-        token = image_token(self.processor)
-        if templates is None and (path / TEMPLATES_FILE).is_file():
-            templates = path / TEMPLATES_FILE
-        where = str(templates) if isinstance(templates, str | os.PathLike) else f"{path} (default templates)"
-        if isinstance(templates, str | os.PathLike):
-            templates = read_templates(templates)
-        self.templates = check_templates(templates or default_templates(self.processor), token, where)
         self.max_text_length = max_text_length
         self.batch_size = batch_size
         self.name = f"embedder:{path}"
@@ -221,22 +253,14 @@ class StockEmbedder(Encoder):
     @torch.inference_mode()
     def embed(self, modality: str, batch: Prepared) -> torch.Tensor:
         del modality  # the prompt already says what the input is
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = self.model(**batch, output_hidden_states=True, return_dict=True)
-        pooled = last_token_states(out.hidden_states[-1], batch["attention_mask"]).float()
-        return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        return pooled(self.model, batch).cpu()
 
     def embed_items(self, texts: list[str | None], images: list[Image.Image | None]) -> torch.Tensor:
         """Mixed inputs (text, image or both per item), each through its own template, in the given order."""
         out: list[torch.Tensor | None] = [None] * len(texts)
-        groups: dict[str, list[int]] = {}
-        # The template places the image: a marker in the text (MMEB's <|image_1|>, read as modgap's <image>) goes.
-        texts = [t if t is None or im is None else (t.replace(MARKER, " ").strip() or None)
-                 for t, im in zip(texts, images, strict=True)]  # fmt: skip
-        for i, (t, im) in enumerate(zip(texts, images, strict=True)):
-            kind = "image_text" if t is not None and im is not None else "image" if im is not None else "text"
-            groups.setdefault(kind, []).append(i)
-        for kind, rows in groups.items():
+        # A marker in the text (MMEB's <|image_1|>, read as modgap's <image>) goes: the template places the image.
+        texts = [t if t is None or im is None else text_beside_image(t) for t, im in zip(texts, images, strict=True)]
+        for kind, rows in group_by_kind(texts, images).items():
             for s in range(0, len(rows), self.batch_size):
                 part = rows[s : s + self.batch_size]
                 batch = self.prep(kind)(

@@ -21,31 +21,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from modgap.embedder.stock import (
-    MARKER,
-    TEMPLATES_FILE,
-    StockPrep,
-    check_templates,
-    default_templates,
-    image_token,
-    last_token_states,
-    read_templates,
-)
+from modgap.embedder.data import pair_sides, read_teacher_texts, side_input
+from modgap.embedder.stock import TEMPLATES_FILE, StockPrep, group_by_kind, load_stock, pooled, text_beside_image
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
-from modgap.eval.mmeb import mmeb_text
 from modgap.files import atomic_output_dir, read_rows, read_text, write_json, write_text
-from modgap.hub import load_kwargs
 from modgap.store.checks import BadRows
 from modgap.training.lora import train_lora
 
 # Where each architecture keeps its projector (vision features -> LM embeddings), by module name.
 PROJECTORS = ("multi_modal_projector", "connector", "merger")
-Item = tuple[str | None, str | None]  # (text, image path): an input of one of the three kinds
-
-
-def _kind(text: str | None, image: str | None) -> str:
-    return "image_text" if text is not None and image is not None else "image" if image is not None else "text"
+Item = tuple[str | None, Path | None]  # (text, image file): an input of one of the three kinds
 
 
 class StockModel(nn.Module):
@@ -61,26 +47,15 @@ class StockModel(nn.Module):
         trust_remote_code: bool = False,
     ):
         super().__init__()
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.base = str(path)
-        kwargs = load_kwargs([self.base], online, trust_remote_code)
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.base, **kwargs)
-            self.hf = AutoModelForImageTextToText.from_pretrained(self.base, dtype=torch.float32, **kwargs)
-        except (OSError, ValueError) as e:
-            raise ModgapError(f"{path}: cannot load a stock multimodal LLM ({e})") from e
         record_file = Path(path) / TEMPLATES_FILE
         record = json.loads(read_text(record_file)) if record_file.is_file() else {}
         # A base modgap trained (stage 1's output) names the model it came from and the stages it has had.
         self.origin, self.stages = str(record.get("base", path)), list(record.get("stages", []))
-        if templates is None and record_file.is_file():
-            templates = record_file
-        where = str(templates) if templates is not None else f"{path} (default templates)"
-        chosen = read_templates(templates) if templates is not None else default_templates(self.processor)
-        self.templates = check_templates(chosen, image_token(self.processor), where)
+        self.processor, self.hf, self.templates = load_stock(
+            path, templates, online=online, trust_remote_code=trust_remote_code
+        )
         self.max_text_tokens = max_text_tokens
-        self.image_root = Path(".")  # where the data's image paths start (the tune data sets it)
         self.lora = False
 
     def decoder_prefix(self) -> str:
@@ -104,31 +79,24 @@ class StockModel(nn.Module):
             for m in projectors:
                 m.requires_grad_(True)
 
-    def prepare(self, items: list[Item], image_root: Path) -> dict[str, Any]:
-        """Processor inputs of ``items``, grouped by kind: {kind: (positions, batch)}."""
-        groups: dict[str, list[int]] = {}
-        for i, (text, image) in enumerate(items):
-            groups.setdefault(_kind(text, image), []).append(i)
+    def prepare(self, items: list[Item]) -> dict[str, tuple[list[int], dict[str, Any]]]:
+        """Processor inputs of ``items``, grouped by template kind: {kind: (positions, batch)}."""
+        texts, images = [t for t, _ in items], [im for _, im in items]
         out = {}
-        for kind, rows in groups.items():
+        for kind, rows in group_by_kind(texts, images).items():
             prep = StockPrep(self.processor, self.templates[kind], self.max_text_tokens)
-            texts = [items[i][0] for i in rows] if kind != "image" else None
-            images = open_images([image_root / str(items[i][1]) for i in rows]) if kind != "text" else None
-            out[kind] = (rows, prep(texts=texts, images=images))  # type: ignore[arg-type]
+            texts_of = [texts[i] for i in rows] if kind != "image" else None
+            pictures = open_images([images[i] for i in rows]) if kind != "text" else None  # type: ignore[misc]
+            out[kind] = (rows, prep(texts=texts_of, images=pictures))  # type: ignore[arg-type]
         return out
 
-    def forward(self, prepared: dict[str, Any]) -> torch.Tensor:
-        device = next(self.parameters()).device
-        n = sum(len(rows) for rows, _ in prepared.values())
-        parts: list[tuple[list[int], torch.Tensor]] = []
+    def forward(self, prepared: dict[str, tuple[list[int], dict[str, Any]]]) -> torch.Tensor:
+        """Unit vectors of the prepared inputs, in the order of the items they were prepared from."""
+        positions, parts = [], []
         for rows, batch in prepared.values():
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            hidden = self.hf(**batch, output_hidden_states=True, return_dict=True).hidden_states[-1]
-            pooled = last_token_states(hidden, batch["attention_mask"]).float()
-            parts.append((rows, nn.functional.normalize(pooled, dim=-1)))
-        order = torch.tensor([r for rows, _ in parts for r in rows], device=device)
-        stacked = torch.cat([v for _, v in parts])
-        return stacked[torch.argsort(order)] if n else stacked
+            positions += rows
+            parts.append(pooled(self.hf, batch))
+        return torch.cat(parts)[torch.argsort(torch.tensor(positions, device=parts[0].device))]
 
     def save(self, model_dir: str | os.PathLike, *, created_by: dict[str, Any], state_dict: Any = None) -> None:
         """A stock checkpoint that ``AutoModelForImageTextToText`` + ``AutoProcessor`` load (see the module
@@ -143,8 +111,8 @@ class StockModel(nn.Module):
                       "base": self.origin, "stages": stages, "created_by": created_by}  # fmt: skip
             write_json(Path(tmp) / TEMPLATES_FILE, record)
             write_text(Path(tmp) / "README.md", model_card(self.origin, stages, self.templates, created_by))
-        if self.lora:  # back to training form (merging changed the weights in place; the run is over)
-            self.hf = model
+        if self.lora:  # merging changed the weights in place: the model in memory is now the merged one
+            self.hf, self.lora = model, False
 
 
 def model_card(base: str, stages: list[str], templates: dict[str, str], created_by: dict[str, Any]) -> str:
@@ -173,10 +141,12 @@ class StockBatch:
     segments: list[int]
     teacher: torch.Tensor | None = None
 
+    def __len__(self) -> int:
+        return len(self.items)
 
-def _check_image(root: Path, image: str, where: str, bad: BadRows) -> bool:
+
+def _readable(path: Path, image: str, where: str, bad: BadRows) -> bool:
     """Whether the image file opens (its header); an error naming the row, or listed under ``--on-bad skip``."""
-    path = root / image
     try:
         with Image.open(path) as im:
             im.size  # noqa: B018 (reading the header is the check)
@@ -192,8 +162,6 @@ class StockTextSet:
     """Stage 1 on a stock base: texts and their teacher embeddings."""
 
     def __init__(self, path: str | os.PathLike, teacher: str | os.PathLike, bad: BadRows):
-        from modgap.embedder.data import read_teacher_texts
-
         self.ids, self.texts, self.teacher = read_teacher_texts(path, teacher, bad)
 
     def __len__(self) -> int:
@@ -211,24 +179,19 @@ class StockPairSet:
         if not rows:
             raise ModgapError(f"{path}: no rows")
         self.root = Path(image_root) if image_root else Path(path).parent
-        self.sides = ["qry", "pos"]
-        if any(r.get("neg_text") or r.get("neg_image_path") for r in rows):
-            self.sides.append("neg")
+        self.sides = pair_sides(rows, path)
         self.items: dict[str, list[Item]] = {s: [] for s in self.sides}
         for n, row in enumerate(rows, 1):
             where = f"{path}: row {n}"
             got = {}
             for side in self.sides:
-                text = mmeb_text(row.get("qry" if side == "qry" else f"{side}_text"))
-                image = row.get(f"{side}_image_path") or None
-                if text is not None and image is not None:  # the template places the image: the marker goes
-                    text = text.replace(MARKER, " ").strip() or None
-                if text is None and image is None:
-                    raise ModgapError(f"{where} has neither a {side} text nor a {side} image")
-                got[side] = (text, None if image is None else str(image))
-            if all([im is None or _check_image(self.root, im, where, bad) for _, im in got.values()]):
-                for side, item in got.items():
-                    self.items[side].append(item)
+                text, image = side_input(row, side, where)
+                if text is not None and image is not None:
+                    text = text_beside_image(text)
+                got[side] = (text, image)
+            if all([image is None or _readable(self.root / image, image, where, bad) for _, image in got.values()]):
+                for side, (text, image) in got.items():
+                    self.items[side].append((text, None if image is None else self.root / image))
         if not len(self):
             raise ModgapError(f"{path}: no row left with readable images under {self.root}")
 

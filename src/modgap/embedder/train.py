@@ -111,7 +111,7 @@ def _make_stock(cfg: EmbedderTrainConfig) -> StockModel:
 def encode(model: nn.Module, unwrapped: Embedder, batch: Batch, start: int, stop: int, device: Any) -> torch.Tensor:
     """Embeddings of prompts ``start:stop`` of the batch (through ``model``, the engine's wrapper)."""
     if isinstance(batch, StockBatch):  # raw inputs through the stock model's processor (images replayed too)
-        return model(unwrapped.prepare(batch.items[start:stop], unwrapped.image_root))
+        return model(unwrapped.prepare(batch.items[start:stop]))
     inputs = {k: v.to(device) for k, v in unwrapped.collate(batch.prompts[start:stop]).items()}
     visual = None
     if batch.visual is not None:
@@ -158,8 +158,7 @@ def contrastive_step(
     """
     from accelerate.utils import DistributedType
 
-    device, world = accelerator.device, accelerator.num_processes
-    n = len(batch.items) if isinstance(batch, StockBatch) else len(batch.prompts)
+    device, world, n = accelerator.device, accelerator.num_processes, len(batch)
     ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     if chunk is not None and chunk < n and is_sharded(accelerator):
         raise ModgapError("gradient caching runs under DDP or one process; with DeepSpeed/FSDP leave it off")
@@ -219,7 +218,6 @@ def train(cfg: EmbedderTrainConfig, *, progress: ProgressFactory = silent) -> Em
         data: Any = StockTextSet(cfg.data, cfg.teacher_embeddings, bad)
     elif stock:
         data = StockPairSet(cfg.data, cfg.image_root, bad)
-        embedder.image_root = data.root
     elif cfg.stage == "distill":
         assert cfg.teacher_embeddings is not None
         data = TextSet(cfg.data, cfg.teacher_embeddings, embedder, bad)

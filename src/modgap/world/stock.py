@@ -23,6 +23,17 @@ IMAGE_TOKEN = "<image>"
 def assemble_llava(out: str | os.PathLike, *, seed: int = 0) -> Path:
     """Write the stock LLaVA described in the module docstring to ``out`` (a directory that
     ``AutoModelForImageTextToText`` + ``AutoProcessor`` load) and return it."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # loading a CLIP checkpoint's vision half reports the text half as unused
+    try:
+        return _assemble(Path(out), seed)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _assemble(out: Path, seed: int) -> Path:
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -33,9 +44,7 @@ def assemble_llava(out: str | os.PathLike, *, seed: int = 0) -> Path:
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # loading a CLIP checkpoint's vision half reports the text half as unused
     clip_dir, lm_dir = resolve("builtin:tiny-clip"), resolve("builtin:tiny-lm")
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
@@ -55,7 +64,6 @@ def assemble_llava(out: str | os.PathLike, *, seed: int = 0) -> Path:
     llava.model.vision_tower.load_state_dict(vision.state_dict())
     llava.model.language_model.load_state_dict(lm.model.state_dict())
     llava.lm_head.load_state_dict(lm.lm_head.state_dict())
-    out = Path(out)
     llava.save_pretrained(out, safe_serialization=True)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor.from_pretrained(clip_dir),
