@@ -76,21 +76,39 @@ def test_distill_then_tune_give_a_stock_checkpoint_whose_quick_start_equals_modg
     assert str(base) in card and "stage: `tune`" in card and "<sent>" in card
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "processor_config.json").is_file()
 
-    # The Quick Start on the saved checkpoint gives the vectors `modgap embed --encoder embedder:RUN` stores.
-    data = root / "rows.jsonl"
-    data.write_text("".join(json.dumps({"id": f"r{i}", "image": f"images/im{i}.png", "text": TEXTS[i]}) + "\n"
-                            for i in range(3)))  # fmt: skip
-    run_cli("embed", "--encoder", f"embedder:{tmp_path / 'tune'}", "--modality", "both", "--data", data,
-            "--image-root", root, "--out-image", tmp_path / "img", "--out-text", tmp_path / "txt")  # fmt: skip
+    _three_loaders_agree(tmp_path / "tune", root, LITERAL, tmp_path)
+
+
+def _three_loaders_agree(run, root, templates, tmp_path) -> None:
+    """The Quick Start on the saved checkpoint gives the vectors `modgap embed --encoder embedder:RUN` stores,
+    and sentence-transformers loads it with the same prompts and pooling (image + text: the Quick Start's)."""
+    from sentence_transformers import SentenceTransformer
+
     from modgap.store import EmbeddingStore
 
+    model_dir, data = run / "model", tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "image": f"images/im{i}.png", "text": TEXTS[i]}) + "\n"
+                            for i in range(3)))  # fmt: skip
+    run_cli("embed", "--encoder", f"embedder:{run}", "--modality", "both", "--data", data,
+            "--image-root", root, "--out-image", tmp_path / "img", "--out-text", tmp_path / "txt")  # fmt: skip
     images, texts = EmbeddingStore.open(tmp_path / "img"), EmbeddingStore.open(tmp_path / "txt")
+    pictures = []
     for i in range(3):
         with Image.open(root / "images" / f"im{i}.png") as im:
-            want = quick_start(model_dir, LITERAL["image"], im.convert("RGB"))
+            pictures.append(im.convert("RGB"))
+        want = quick_start(model_dir, templates["image"], pictures[i])
         np.testing.assert_allclose(images.get([f"r{i}"])[0].astype(np.float32), want, atol=2e-3)
-        want = quick_start(model_dir, LITERAL["text"].replace("<sent>", TEXTS[i]))
+        want = quick_start(model_dir, templates["text"].replace("<sent>", TEXTS[i]))
         np.testing.assert_allclose(texts.get([f"r{i}"])[0].astype(np.float32), want, atol=2e-3)
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    ids = [f"r{i}" for i in range(3)]
+    np.testing.assert_allclose(model.encode(TEXTS[:3]), texts.get(ids).astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(model.encode(pictures), images.get(ids).astype(np.float32), atol=2e-3)
+    both = model.encode([{"text": TEXTS[i], "image": pictures[i]} for i in range(3)])
+    for i in range(3):
+        want = quick_start(model_dir, templates["image_text"].replace("<sent>", TEXTS[i]), pictures[i])
+        np.testing.assert_allclose(both[i], want, atol=1e-5)
 
 
 def _tune_config(world, out, **kw):
@@ -227,3 +245,23 @@ def test_the_built_in_stock_llava_is_tiny_clip_and_tiny_lm_in_stock_form(tmp_pat
         torch.testing.assert_close(llava(**ids).logits[..., : lm.config.vocab_size], lm(**ids).logits)
         got = llava.model.vision_tower(processor(text=["<image>"], images=[image], return_tensors="pt")["pixel_values"])
         torch.testing.assert_close(got.last_hidden_state, vision(**pixels).last_hidden_state)
+
+
+def test_an_idefics3_base_trains_both_stages_and_its_checkpoint_gives_modgap_embed_vectors(world, tmp_path):
+    """SmolVLM's architecture: image splitting, pixel shuffle and its `connector` (the projector tuned in stage
+    2); the chat-template defaults (no --templates) are recorded and reused by `embedder:RUN`."""
+    from test_stock_mllm import build_idefics3
+
+    root, base = world["root"], build_idefics3(tmp_path / "idefics3")
+    run_cli("embedder", "distill", "--init", base, "--data", root / "texts.jsonl", "--teacher-embeddings",
+            root / "teacher", "--batch-size", 4, "--max-steps", 2, "--lr", "1e-2", "--out", tmp_path / "d")  # fmt: skip
+    run_cli("embedder", "tune", "--init", tmp_path / "d" / "model", "--data", root / "pairs.jsonl", "--image-root",
+            root, "--batch-size", 4, "--max-steps", 2, "--lr", "1e-2", "--out", tmp_path / "t")  # fmt: skip
+    before, distilled, tuned = _weights(base), _weights(tmp_path / "d" / "model"), _weights(tmp_path / "t" / "model")
+    assert _changed(before, distilled, "text_model") and not _changed(before, distilled, "connector")
+    assert _changed(distilled, tuned, "text_model") and _changed(distilled, tuned, "connector")
+    assert not _changed(before, tuned, "vision_model")
+    templates = json.loads((tmp_path / "t" / "model" / "modgap_embedder.json").read_text())["templates"]
+    assert "<image>" in templates["image"] and "<sent>" in templates["text"]
+
+    _three_loaders_agree(tmp_path / "t", root, templates, tmp_path)

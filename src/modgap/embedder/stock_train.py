@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from modgap.embedder.data import pair_sides, read_teacher_texts, side_input
+from modgap.embedder.sentence_transformers_files import write_sentence_transformers_files
 from modgap.embedder.stock import TEMPLATES_FILE, StockPrep, group_by_kind, load_stock, pooled, text_beside_image
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
@@ -111,6 +112,8 @@ class StockModel(nn.Module):
                       "base": self.origin, "stages": stages, "created_by": created_by}  # fmt: skip
             write_json(Path(tmp) / TEMPLATES_FILE, record)
             write_text(Path(tmp) / "README.md", model_card(self.origin, stages, self.templates, created_by))
+            config = model.config
+            write_sentence_transformers_files(tmp, self.templates, getattr(config, "text_config", config).hidden_size)
         if self.lora:  # merging changed the weights in place: the model in memory is now the merged one
             self.hf, self.lora = model, False
 
@@ -123,7 +126,8 @@ def model_card(base: str, stages: list[str], templates: dict[str, str], created_
             "lora_alpha", "hard_negatives")  # fmt: skip
     shown = {k: settings[k] for k in keys if k in settings}
     return "\n".join([
-        "---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags: [modgap, unime, embedding]",
+        "---", "library_name: transformers", "pipeline_tag: image-text-to-text",
+        "tags: [modgap, unime, embedding, sentence-transformers]",
         "---", "", "# A universal multimodal embedder (UniME recipe, trained with modgap)", "",
         f"- base model: `{base}`", f"- stages: {' + '.join(stages)} (this run: stage: `{settings.get('stage')}`, "
         f"{created_by.get('steps')} steps)",
@@ -132,6 +136,12 @@ def model_card(base: str, stages: list[str], templates: dict[str, str], created_
         "(`<sent>` is the text; the processor's image token the image).", "",
         "```json", json.dumps(templates, indent=2), "```", "", "Settings:", "", "```json",
         json.dumps(shown, indent=2), "```", "",
+        "Loading: `AutoModelForImageTextToText` + `AutoProcessor` (then the prompt above, `output_hidden_states`, "
+        "the last token, L2 norm), `modgap embed --encoder embedder:DIR`, or sentence-transformers (>= 5.4), "
+        "whose files here render the same prompts:", "",
+        "```python", "from sentence_transformers import SentenceTransformer", "",
+        'model = SentenceTransformer("DIR")',
+        'vectors = model.encode(["a text", pil_image, {"text": "a question", "image": pil_image}])', "```", "",
     ])  # fmt: skip
 
 
