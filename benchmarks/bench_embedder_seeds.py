@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from modgap.world.embedder_demo import COLUMNS, MINED_VARIANT, PATCH_VARIANT, run_embedder_demo
+from modgap.world.embedder_demo import (
+    COLUMNS,
+    MINED_VARIANT,
+    PATCH_VARIANT,
+    STOCK_BASE,
+    STOCK_VARIANT,
+    run_embedder_demo,
+)
 
 # (claim, better, worse, figure): UniME's two claims and its ablations, as paired comparisons.
 COMPARISONS = [
@@ -30,6 +37,11 @@ COMPARISONS = [
     ("mined negatives help", MINED_VARIANT, "stage 1 + 2", "i2t_R@1"),
     ("patch tokens beat one global embedding", PATCH_VARIANT, "stage 1 + 2", "i2t_R@1"),
     ("patch tokens beat one global embedding", PATCH_VARIANT, "stage 1 + 2", "comp:mean"),
+    ("UniME's stages help on the stock path", STOCK_VARIANT, STOCK_BASE, "i2t_R@1"),
+    ("UniME's stages help on the stock path", STOCK_VARIANT, STOCK_BASE, "comp:mean"),
+    # The same model and budget on both paths: a difference is the path's (raw images vs stored features).
+    ("stock path vs modgap-format path (same model)", STOCK_VARIANT, PATCH_VARIANT, "i2t_R@1"),
+    ("stock path vs modgap-format path (same model)", STOCK_VARIANT, PATCH_VARIANT, "comp:mean"),
 ]
 
 

@@ -265,3 +265,47 @@ def test_an_idefics3_base_trains_both_stages_and_its_checkpoint_gives_modgap_emb
     assert "<image>" in templates["image"] and "<sent>" in templates["text"]
 
     _three_loaders_agree(tmp_path / "t", root, templates, tmp_path)
+
+
+def test_the_built_in_llava_with_a_pretrained_projector_sees_an_image_as_the_modgap_model_does(tmp_path):
+    """`world assemble-llava --projector MODEL`: the projector of a modgap model pretrained over tiny-clip's
+    patch tokens (LLaVA's stage 1) moves into the stock LLaVA; its image features are that model's visual
+    tokens for the stored patches of the same image. A model the projector cannot come from is refused."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modgap.mllm.model import VisionLanguageModel
+    from modgap.store import EmbeddingStore
+    from modgap.world.scene import caption, make_scenes, render
+
+    (tmp_path / "img").mkdir()
+    scenes, rows = make_scenes(8, 0, "stock-projector"), []
+    for i, scene in enumerate(scenes):
+        render(scene).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"id": f"p{i}", "image": f"img/{i}.png", "caption": caption(scene, variant=0)})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "data.jsonl", "--image-root", tmp_path,
+            "--modality", "image", "--features", "patch", "--out-image", tmp_path / "patches", "--dtype", "float32",
+            "--num-workers", 0)  # fmt: skip
+    run_cli("train", "pretrain", "--llm", "builtin:tiny-lm", "--data", tmp_path / "data.jsonl", "--embeddings",
+            tmp_path / "patches", "--max-steps", 2, "--batch-size", 4, "--out", tmp_path / "run")  # fmt: skip
+    run_cli("world", "assemble-llava", "--out", tmp_path / "llava", "--projector", tmp_path / "run" / "model")
+    record = json.loads((tmp_path / "llava" / "modgap_world.json").read_text())
+    assert record["command"].startswith("modgap world assemble-llava") and "--projector" in record["command"]
+
+    vlm = VisionLanguageModel.load(tmp_path / "run" / "model")
+    llava = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "llava")
+    patches = torch.from_numpy(EmbeddingStore.open(tmp_path / "patches").get(["p0", "p1"]).astype(np.float32))
+    pixels = processor(text=["<image>"] * 2, images=[render(s) for s in scenes[:2]], return_tensors="pt")
+    with torch.no_grad():
+        want = vlm.projector(patches)
+        # transformers 5: an output object whose pooler_output lists each image's projected patch tokens
+        got = torch.stack(llava.model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    run_cli("train", "pretrain", "--llm", "builtin:tiny-lm", "--data", tmp_path / "data.jsonl", "--embeddings",
+            tmp_path / "patches", "--max-steps", 1, "--batch-size", 4, "--tune", "full",
+            "--out", tmp_path / "f")  # fmt: skip
+    proc = run_cli("world", "assemble-llava", "--out", tmp_path / "x", "--projector", tmp_path / "f" / "model",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2 and "not builtin:tiny-lm as saved" in proc.stderr and not (tmp_path / "x").exists()

@@ -278,11 +278,20 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
 
     # The embedder section in the same workdir: the world, stores and the paired model are reused; a small
     # training budget (the demo's own figures are in the README), the real MiniLM teacher.
-    from modgap.world.embedder_demo import MINED_VARIANT, PATCH_VARIANT, VARIANTS, EmbedderSize, run_embedder_demo
+    from modgap.world.embedder_demo import (
+        MINED_VARIANT,
+        PATCH_VARIANT,
+        STOCK_BASE,
+        STOCK_VARIANT,
+        VARIANTS,
+        EmbedderSize,
+        run_embedder_demo,
+    )
 
     small = EmbedderSize(steps=3, batch_size=8, patch_base_steps=20)
     emb = run_embedder_demo(workdir, quick=True, size=small, log=lambda _: None)
-    assert set(emb["rows"]) == {"tiny-clip", "base VLM (no embedder training)", *VARIANTS, MINED_VARIANT, PATCH_VARIANT}
+    assert set(emb["rows"]) == {"tiny-clip", "base VLM (no embedder training)", *VARIANTS, MINED_VARIANT, PATCH_VARIANT,
+                                STOCK_BASE, STOCK_VARIANT}  # fmt: skip
     assert "all_minilm_l6_v2" in emb["teacher"]
     clip = emb["rows"]["tiny-clip"]
     # Chance is ~0.017 both ways; the calibrated encoder's image->text is its weak direction (0.37 measured).

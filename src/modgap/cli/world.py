@@ -152,6 +152,25 @@ def train_lm_cmd(
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 
+@world_app.command("assemble-llava", epilog="Example: modgap world assemble-llava --out /tmp/tiny-llava")
+def assemble_llava_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the stock LlavaForConditionalGeneration.")],
+    projector: Annotated[
+        Path | None,
+        typer.Option(help="A modgap model over tiny-clip patch tokens whose projector to use (default: random)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random projector.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an OUT written by this command.")] = False,
+) -> None:
+    """Assemble the built-in world's stock LLaVA: tiny-clip's vision tower, a projector and tiny-lm, with a
+    LlavaProcessor (loads with AutoModelForImageTextToText + AutoProcessor)."""
+    from modgap.world.stock import assemble_llava
+
+    quiet_transformers()
+    assemble_llava(out_dir, seed=seed, projector=projector, overwrite=overwrite)
+    out.print(f"saved {out_dir}")
+
+
 def register(root: typer.Typer) -> None:
     root.command("demo", epilog="Example: modgap demo --quick --workdir /tmp/demo")(demo)
     root.add_typer(world_app, name="world")

@@ -70,6 +70,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
 
 
 PATCH_VARIANT = "stage 1 + 2, patch tokens"
+STOCK_BASE = "stock LLaVA (no embedder training)"
+STOCK_VARIANT = "stock LLaVA, stage 1 + 2"
 MINED_VARIANT = "1 + 2, mined hard negatives"
 
 
@@ -158,6 +160,16 @@ def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
     ])  # fmt: skip
     write_text(data / "done", "")
     return data
+
+
+def _stock_pairs(root: Path, data: Path) -> Path:
+    """Stage 2's pairs for a stock model, which reads the image files (paths under ``world/``)."""
+    out = data / "train_pairs_files.jsonl"
+    if not out.is_file():
+        rows = [json.loads(line) for line in (root / "world" / "paired.jsonl").read_text().splitlines()]
+        write_jsonl(out, [{"qry": "<|image_1|>", "qry_image_path": r["image"], "pos_text": r["caption"],
+                           "pos_image_path": ""} for r in rows])  # fmt: skip
+    return out
 
 
 def _embed_stores(root: Path, name: str, spec: str, data: Path, progress: ProgressFactory) -> tuple[Path, Path]:
@@ -297,6 +309,22 @@ def run_embedder_demo(
                                 steps=esize.patch_base_steps)  # fmt: skip
     tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
     models[PATCH_VARIANT] = f"embedder:{tuned_patch}"
+
+    # The same model in stock 🤗 form (a LlavaForConditionalGeneration whose projector is the patch base's),
+    # trained on raw image files through its processor and vision tower.
+    from modgap.world.stock import RECORD_FILE, assemble_llava
+
+    llava = root / "embedder" / "stock-llava"
+    if not (llava / RECORD_FILE).is_file():
+        log("stock LLaVA: tiny-clip's vision tower + the patch base's pretrained projector + tiny-lm")
+        assemble_llava(llava, projector=base_patch, overwrite=True)
+    models[STOCK_BASE] = f"embedder:{llava}"
+    log(f"{STOCK_VARIANT}: stage 1, stage 2 on image files")
+    stock_distilled = distill("stock-distill", llava)
+    stock_tuned = _run_stage(root, slug(STOCK_VARIANT), {"stage": "tune", "init": str(stock_distilled),
+                                                         "data": str(_stock_pairs(root, data)),
+                                                         "image_root": str(root / "world"), **common})  # fmt: skip
+    models[STOCK_VARIANT] = f"embedder:{stock_tuned}"
     rows = {}
     for name, spec in models.items():
         log(f"evaluating {name}")
