@@ -20,6 +20,8 @@ from modgap.errors import ModgapError
 
 PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+# What a built-in model records beside its weights: the command that regenerates it and the prompts it knows.
+MODEL_RECORD = "modgap_world.json"
 # The command that regenerates each shipped model (models are data here; the world package trains them).
 REGENERATE = {
     "tiny-clip": "modgap world train-encoder --out {path}",
@@ -50,6 +52,26 @@ def resolve(path_or_spec: str) -> str:
     if is_builtin(path_or_spec):
         return str(builtin_path(path_or_spec[len(PREFIX) :]))
     return path_or_spec
+
+
+def declared_prompts(model: str) -> dict[str, str]:
+    """The prompt templates a local model declares it was trained on, by synthesis stage (``prompts`` in its
+    ``modgap_world.json``: the built-in LM knows only the world's prompts); empty for any other model."""
+    import json
+
+    try:
+        record = Path(resolve(model)) / MODEL_RECORD
+    except ModgapError:
+        return {}
+    if not record.is_file():
+        return {}
+    try:
+        prompts = json.loads(record.read_text()).get("prompts", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModgapError(f"{record}: not a readable model record ({e})") from e
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ModgapError(f"{record}: 'prompts' must map stage names to template strings")
+    return prompts
 
 
 def portable_name(spec: str) -> str:

@@ -83,7 +83,8 @@ def synth_captions(
     """Run stage 1 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
     settings = settings or CaptionSettings()
     out = Path(out)
-    template = stage.template(prompt, "prompts/caption.txt", "{seed}", settings.prompt_file)
+    template, prompt_source = stage.template(prompt, "prompts/caption.txt", "{seed}", settings.prompt_file,
+                                             backend=backend, stage="captions")  # fmt: skip
     seeds = read_seeds(seeds_path, id_column, text_column)
     lo, hi = stage.shard_bounds(len(seeds), shard)
     seeds = seeds[lo:hi]
@@ -146,7 +147,7 @@ def synth_captions(
     summary = SynthSummary(counts["rows"], sum(filtered.values()), counts["cached"], counts["requested"], filtered,
                            time.perf_counter() - started, distinct.figures())  # fmt: skip
     stage.write_meta(out, template, backend, settings, seeds=len(seeds), shard=list(shard),
-                     summary=asdict(summary), command=command)  # fmt: skip
+                     summary=asdict(summary), command=command, prompt_source=prompt_source)  # fmt: skip
     return summary
 
 

@@ -166,7 +166,8 @@ def synth_instructions(
     """Run stage 2 (see the module docstring); returns the summary also written into ``OUT.meta.json``."""
     settings = settings or InstructionSettings()
     out = Path(out)
-    template = stage.template(prompt, "prompts/instructions.txt", "{caption}", settings.prompt_file)
+    template, prompt_source = stage.template(prompt, "prompts/instructions.txt", "{caption}", settings.prompt_file,
+                                             backend=backend, stage="instructions")  # fmt: skip
     captions = read_captions(captions_path, id_column, text_column)
     lo, hi = stage.shard_bounds(len(captions), shard)
     lo_turns, hi_turns = settings.min_turns, settings.max_turns
@@ -251,5 +252,5 @@ def synth_instructions(
                                  dict(attempts), mean_turns, backend.structured,
                                  time.perf_counter() - started)  # fmt: skip
     stage.write_meta(out, template, backend, settings, captions=len(captions), shard=list(shard),
-                     summary=asdict(summary), command=command)  # fmt: skip
+                     summary=asdict(summary), command=command, prompt_source=prompt_source)  # fmt: skip
     return summary

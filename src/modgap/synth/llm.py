@@ -65,6 +65,7 @@ class OpenAIChat:
 
         self.name = f"openai:{model}"
         self.model = model
+        self.model_id = model  # what the server calls it (`transformers serve`: the model's directory)
         self.base_urls = list(base_urls or [os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")])
         key = os.environ.get(api_key_env) or "EMPTY"  # local servers need none
         # A dead host is found in seconds (connect), a slow reply may take the whole ``timeout`` (read).
@@ -190,7 +191,7 @@ class LocalChat:
     def __init__(self, path: str, *, device: str = "cpu", batch_size: int = 16, trust_remote_code: bool = False):
         from modgap.hub import load_llm, load_tokenizer
 
-        self.name = path
+        self.name = self.model_id = path
         self.model = load_llm(path, trust_remote_code=trust_remote_code).to(device).eval()
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.completion = not getattr(self.tokenizer, "chat_template", None)

@@ -52,7 +52,9 @@ class _StageSettings:
 
     concurrency: int = setting(8, "Requests in flight (openai backend).")
     window: int = setting(4096, "Inputs whose replies are gathered, judged and written at a time (bounds memory).")
-    prompt_file: str | None = setting(None, "Prompt template replacing the shipped one.")
+    prompt_file: str | None = setting(
+        None, "Prompt template file (default: the one the model declares in modgap_world.json, else the shipped one)."
+    )
     temperature: float = setting(0.8, "Sampling temperature.")
     top_p: float = setting(0.95, "Nucleus sampling: the probability mass sampled from.")
     max_tokens: int = setting(256, "Tokens per reply at most.")

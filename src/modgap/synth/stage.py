@@ -18,6 +18,7 @@ from typing import Any
 from modgap.distributed import rank_slice
 from modgap.errors import ModgapError
 from modgap.files import atomic_file, read_rows, read_text, write_json
+from modgap.hub import MODEL_RECORD, declared_prompts
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -49,15 +50,30 @@ def shard_bounds(total: int, shard: tuple[int, int]) -> tuple[int, int]:
     return rank_slice(total, index, count)
 
 
-def template(prompt: str | None, shipped: str, placeholder: str, prompt_file: str | None = None) -> str:
-    """``prompt``, else the file ``prompt_file``, else the template file ``shipped`` in the package; it must
-    hold ``placeholder``."""
+def template(
+    prompt: str | None,
+    shipped: str,
+    placeholder: str,
+    prompt_file: str | None = None,
+    *,
+    backend: Any = None,
+    stage: str = "",
+) -> tuple[str, str]:
+    """(template, where it came from): ``prompt``, else the file ``prompt_file``, else the template the
+    backend's model declares for ``stage`` (:func:`modgap.hub.declared_prompts`), else the template file
+    ``shipped`` in the package. It must hold ``placeholder``."""
+    source = "given"
     if prompt is None and prompt_file:
-        prompt = read_text(prompt_file)
-    text = prompt if prompt is not None else resources.files("modgap.synth").joinpath(shipped).read_text("utf-8")
-    if placeholder not in text:
-        raise ModgapError(f"the prompt template has no {placeholder} placeholder")
-    return text
+        prompt, source = read_text(prompt_file), f"prompt file {prompt_file}"
+    if prompt is None and backend is not None:
+        model = getattr(backend, "model_id", "")
+        if (declared := declared_prompts(model).get(stage)) is not None:
+            prompt, source = declared, f"declared by {model} ({MODEL_RECORD}, prompts.{stage})"
+    if prompt is None:
+        prompt, source = resources.files("modgap.synth").joinpath(shipped).read_text("utf-8"), f"shipped {shipped}"
+    if placeholder not in prompt:
+        raise ModgapError(f"the prompt template ({source}) has no {placeholder} placeholder")
+    return prompt, source
 
 
 def failures_path(out: Path) -> Path:

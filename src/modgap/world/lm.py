@@ -40,6 +40,16 @@ from modgap.world.scene import (
 from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
 PROVENANCE = "modgap_world.json"
+# Sampling by default, so that a server honouring the model's generation config (`transformers serve`) samples
+# at the request's temperature instead of decoding greedily whatever the request asks.
+SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
+
+
+def declared_prompts() -> dict[str, str]:
+    """The prompts the LM was trained on, by synthesis stage (``modgap synth`` uses them when given none)."""
+    return {"captions": EXPAND_PROMPT, "instructions": QA_PROMPT}
+
+
 RESTATE = "say it another way ."
 
 
@@ -169,6 +179,9 @@ def train_world_lm(
             "width": width,
             "layers": layers,
             "final_loss": float(np.mean(losses[-20:])),
+            "prompts": declared_prompts(),
         }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        generation = json.loads((tmp / "generation_config.json").read_text())
+        (tmp / "generation_config.json").write_text(json.dumps({**generation, **SAMPLING}, indent=2) + "\n")
     return provenance
