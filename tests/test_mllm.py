@@ -101,6 +101,24 @@ def test_labels_cover_exactly_the_assistant_reply():
     assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels, strict=False))
 
 
+def test_an_encoding_is_reused_only_for_the_same_tokenizer_and_inputs():
+    """The in-process reuse of encodings (the demo's models share a training set) gives what a fresh encode
+    gives, is not changed by a caller editing its copy, and misses on another vocabulary or chat template."""
+    from modgap.mllm import chat
+
+    messages = caption_messages("a red star .", PROMPT)
+    tok = build_chat_tokenizer(["a red star .", PROMPT])
+    first = encode(tok, messages, 4)
+    first.input_ids.append(-7)
+    again = encode(tok, messages, 4)
+    assert again.input_ids == chat._encode(tok, messages, 4, None, False).input_ids and -7 not in again.input_ids
+    tok.add_tokens(["red star"])  # a new vocabulary: the same text tokenises differently, so it must not be reused
+    assert encode(tok, messages, 4).input_ids == chat._encode(tok, messages, 4, None, False).input_ids
+    assert encode(tok, messages, 4).input_ids != again.input_ids
+    tok.chat_template = tok.chat_template.replace("<|end|>", "<|end|><|end|>")
+    assert encode(tok, messages, 4).input_ids == chat._encode(tok, messages, 4, None, False).input_ids
+
+
 def test_fallback_template_for_tokenizers_without_one():
     tok = build_chat_tokenizer(["a red star .", PROMPT, "user", "assistant", ":"], chat_template=None)
     ensure_chat_template(tok)

@@ -222,10 +222,10 @@ def test_demo_quick_runs_and_the_paired_upper_bound_is_far_above_chance(tmp_path
     assert page.count("data:image/png;base64,") == 2 and 'src="http' not in page
     assert all(name in page for name in results["rows"])
     assert all(0 <= row["vqa"] <= 1 and "vqa/round" in row for row in results["rows"].values())
-    # The Unicorn row was trained on what the built-in LM wrote from 500 sparse seeds: captions and conversations.
+    # The Unicorn row was trained on what the built-in LM wrote from 300 sparse seeds: captions and conversations.
     captions = [json.loads(x) for x in (workdir / "unicorn" / "captions.jsonl").read_text().splitlines()]
     conversations = (workdir / "unicorn" / "instructions.jsonl").read_text().splitlines()
-    assert len(captions) > 900 and len(conversations) > 0.5 * len(captions)
+    assert len(captions) > 540 and len(conversations) > 0.5 * len(captions)
     assert all(r["seed_id"].startswith("seed-") for r in captions)
     upper = results["rows"]["paired images"]
     chance = chance_levels()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,12 @@ from modgap.cli.common import err, out, quiet_transformers
 from modgap.progress import rich_progress
 
 world_app = typer.Typer(help="The built-in world: regenerate its tiny models.", no_args_is_help=True)
+
+
+def _timed_log() -> Callable[[str], None]:
+    """Each step's line on stderr with the seconds since the start (where a demo's time goes, at a glance)."""
+    started = time.perf_counter()
+    return lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}", highlight=False)
 
 
 def demo(
@@ -65,7 +73,7 @@ def demo(
         scaling=SCALES if scaling else (),
         scaling_methods=tuple(scaling_aligner or SCALING_METHODS),
         progress=rich_progress(),
-        log=lambda m: err.print(m, highlight=False),
+        log=_timed_log(),
     )
     table = Table(title=f"modgap demo (seed {seed}{', quick' if quick else ''}): captions of held-out images")
     table.add_column("model")
@@ -95,7 +103,7 @@ def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -
     from modgap.world.embedder_demo import COLUMNS, run_embedder_demo
 
     result = run_embedder_demo(
-        workdir, quick=quick, seed=seed, teacher=teacher, progress=rich_progress(), log=lambda m: err.print(m)
+        workdir, quick=quick, seed=seed, teacher=teacher, progress=rich_progress(), log=_timed_log()
     )
     table = Table(title=f"modgap demo --embedder (seed {seed}): held-out retrieval and compositional accuracy")
     table.add_column("model")

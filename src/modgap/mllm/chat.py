@@ -115,6 +115,13 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -
     return spans
 
 
+# Encodings already computed in this process, by tokenizer files and inputs: several models trained on the same
+# data in one process (the demo's aligner rows) render each conversation's template once (three Jinja
+# renders and a tokenizer call per sample otherwise: most of a small training set's set-up time).
+_ENCODED: dict[tuple, Encoded] = {}
+_ENCODED_MAX = 1 << 17
+
+
 def encode(
     tokenizer: Any,
     messages: list[dict[str, str]],
@@ -128,6 +135,25 @@ def encode(
     Over ``max_length``, the sample is cut from the end: it keeps its visual tokens and whatever of the
     replies fits. :class:`ModgapError` if nothing of a reply would remain.
     """
+    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", None), len(tokenizer),
+           getattr(tokenizer, "chat_template", None), tuple((m["role"], m["content"]) for m in messages),
+           num_visual_tokens, max_length, add_generation_prompt)  # fmt: skip
+    if (hit := _ENCODED.get(key)) is not None:
+        return Encoded(list(hit.input_ids), list(hit.labels), hit.truncated)
+    enc = _encode(tokenizer, messages, num_visual_tokens, max_length, add_generation_prompt)
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.clear()
+    _ENCODED[key] = Encoded(list(enc.input_ids), list(enc.labels), enc.truncated)
+    return enc
+
+
+def _encode(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    num_visual_tokens: int,
+    max_length: int | None,
+    add_generation_prompt: bool,
+) -> Encoded:
     text = render(tokenizer, messages, add_generation_prompt=add_generation_prompt)
     spans = [] if add_generation_prompt else assistant_spans(tokenizer, messages, text)
     starts = [s for s, _ in spans]

@@ -41,7 +41,7 @@ class DemoSize:
     lr: float = 4e-3
 
 
-QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300, unicorn_seeds=500)
+QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=200, unicorn_seeds=300, batch_size=16)
 FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps=1200, unicorn_seeds=3000)
 
 
