@@ -7,7 +7,9 @@ world files → tiny-clip stores → the base vision-language model (pretrained 
 the demo's upper-bound model) → teacher embeddings of the text pool from a real sentence embedder
 (all-MiniLM-L6-v2) → stage 1 (distill) → stage 2 (tune on paired images and captions) with and without
 stage 1, without the false-negative filter, without hard-negative selection, and stage 1 + 2 on a base model
-that reads each image's 64 patch tokens instead of one global embedding → every model embeds the
+that reads each image's 64 patch tokens instead of one global embedding → the same patch-token model in
+stock 🤗 form (a LlavaForConditionalGeneration: tiny-clip's tower, that model's pretrained projector,
+tiny-lm) zero-shot and after stages 1 + 2 on the image files (the stock-MLLM path) → every model embeds the
 held-out test images and their captions (through ``embedder:DIR``, the public encoder spec) → retrieval
 Recall@1/5/10 both ways and compositional accuracy per category.
 
