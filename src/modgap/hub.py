@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import xxhash
 
 from modgap.errors import ModgapError
+from modgap.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).parent / "builtin"

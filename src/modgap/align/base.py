@@ -18,13 +18,14 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from safetensors.torch import load_file, save_file
-
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
+from modgap.lazy import lazy_module
 from modgap.store.checks import unusable_rows
+
+safetensors_torch = lazy_module("safetensors.torch")
+torch = lazy_module("torch")
 
 ARTIFACT_TENSORS = "aligner.safetensors"
 ARTIFACT_CONFIG = "aligner.json"
@@ -157,7 +158,9 @@ class Aligner:
         """Write ``aligner.safetensors`` + ``aligner.json`` into the directory ``path`` (atomically)."""
         self._require_fitted()
         with atomic_output_dir(path, overwrite=True, markers=(ARTIFACT_CONFIG,)) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS))
+            safetensors_torch.save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS)
+            )
             config = {
                 "method": self.method,
                 "params": self.params(),
@@ -232,7 +235,7 @@ def load_aligner(path: str | os.PathLike) -> Aligner:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ModgapError(f"{cfg_path}: malformed aligner config ({e})") from e
     if tensors_path.is_file():
-        aligner.state = dict(load_file(str(tensors_path)))
+        aligner.state = dict(safetensors_torch.load_file(str(tensors_path)))
     aligner.counts = dict(cfg.get("counts", {}))
     aligner.provenance = dict(cfg.get("provenance", {}))
     aligner._require_fitted()

@@ -11,20 +11,21 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
-
 from modgap import __version__
 from modgap.align.record import ALIGNER_SUBDIR, RECORD_KEY, aligner_record
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, check_replaceable
+from modgap.lazy import lazy_module
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.manifest import MANIFEST_NAME
 from modgap.store.store import EmbeddingStore, StoreWriter
 from modgap.store.stream import VectorSource
+
+dist = lazy_module("torch.distributed")
+torch = lazy_module("torch")
 
 if TYPE_CHECKING:
     from modgap.align.base import Aligner

@@ -11,11 +11,13 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from modgap.align.base import Aligner, method_names, normalize_rows, register
 from modgap.align.stats import SOURCE, TARGET, Moments
 from modgap.errors import ModgapError
+from modgap.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 C3_NOISE_STD = math.sqrt(0.016)
 

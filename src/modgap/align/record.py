@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from modgap.align.base import ARTIFACT_CONFIG, Aligner, load_aligner
 from modgap.errors import ModgapError
+from modgap.lazy import lazy_module
 from modgap.store.store import EmbeddingStore
+
+torch = lazy_module("torch")
 
 ALIGNER_SUBDIR = "aligner"  # an aligned store carries the aligner that made it, so training can use it
 RECORD_KEY = "aligner"  # its entry in manifest.extra

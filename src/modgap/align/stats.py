@@ -7,7 +7,9 @@ processes and merged exactly (up to float64 rounding) with one all-reduce.
 
 from __future__ import annotations
 
-import torch
+from modgap.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 SOURCE, TARGET = "source", "target"  # the two roles of a fit: the rows to move and the distribution to reach
 

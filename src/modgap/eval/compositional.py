@@ -65,7 +65,7 @@ def compositional_accuracy(
     v = prepare_vectors(image_store.get([t.image_id for t in triples]), metric)
     pos = prepare_vectors(text_store.get([t.positive_id for t in triples]), metric)
     neg = prepare_vectors(text_store.get([t.negative_id for t in triples]), metric)
-    margin = (pair_scores(pos, v, metric) - pair_scores(neg, v, metric)).numpy()
+    margin = pair_scores(pos, v, metric) - pair_scores(neg, v, metric)
     bad = np.flatnonzero(~np.isfinite(margin))
     if len(bad):
         t = triples[int(bad[0])]

@@ -18,16 +18,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 
 from modgap.errors import ModgapError
+from modgap.lazy import is_tensor, lazy_module
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
 from modgap.store.topk import METRICS
+
+torch = lazy_module("torch")
 
 TIE_TOLERANCE = 1e-9
 DEFAULT_KS = (1, 5, 10)
@@ -46,14 +49,61 @@ def open_store(store: EmbeddingStore | str | os.PathLike) -> EmbeddingStore:
     return store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
 
 
-def prepare_vectors(x: np.ndarray | torch.Tensor, metric: str) -> torch.Tensor:
-    x = torch.as_tensor(x).to(torch.float64)
+class _Ops:
+    """The few array operations retrieval needs: NumPy on the CPU (no torch loaded), torch on a device."""
+
+    def __init__(self, device: str = "cpu"):
+        self.numpy = str(device) == "cpu"
+        self.device = device if self.numpy else torch.device(device)
+
+    def put(self, x: np.ndarray) -> Any:
+        return x if self.numpy else torch.from_numpy(x).to(self.device)
+
+    def f64(self, x: Any) -> Any:
+        if self.numpy:
+            return np.asarray(x.detach().cpu().numpy() if is_tensor(x) else x, dtype=np.float64)
+        return torch.as_tensor(x).to(self.device, torch.float64)
+
+    def f32(self, x: Any) -> Any:
+        return x.astype(np.float32) if self.numpy else x.float()
+
+    def norms(self, x: Any) -> Any:
+        return np.linalg.norm(x, axis=1) if self.numpy else torch.linalg.vector_norm(x, dim=1)
+
+    def count(self, mask: Any) -> Any:  # per column; int32 sums: twice as fast as int64 here
+        return mask.sum(0, dtype=np.int32) if self.numpy else mask.sum(0, dtype=torch.int32)
+
+    def flatnonzero(self, mask: Any) -> Any:
+        return np.flatnonzero(mask) if self.numpy else torch.nonzero(mask).flatten()
+
+    def nonzero2(self, mask: Any) -> tuple[Any, Any]:
+        return np.nonzero(mask) if self.numpy else torch.nonzero(mask, as_tuple=True)
+
+    def add_at(self, out: Any, index: Any, values: Any) -> None:
+        if self.numpy:
+            np.add.at(out, index, values.astype(out.dtype))
+        else:
+            out.index_add_(0, index, values.to(out.dtype))
+
+    def zeros(self, n: int, dtype: str) -> Any:
+        if self.numpy:
+            return np.zeros(n, dtype=dtype)
+        return torch.zeros(n, dtype=getattr(torch, dtype), device=self.device)
+
+    def host(self, x: Any) -> np.ndarray:
+        return x if self.numpy else x.cpu().numpy()
+
+
+def prepare_vectors(x: Any, metric: str, ops: _Ops | None = None) -> Any:
+    """float64 rows (unit rows for cosine): NumPy, or torch on ``ops``' device."""
+    ops = ops or _Ops()
+    x = ops.f64(x)
     if metric == "cosine":
-        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        x = x / ops.norms(x)[:, None]
     return x
 
 
-def _scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+def _scores(a: Any, b: Any, metric: str) -> Any:
     """(len(a), len(b)) scores, higher = closer; ``a``/``b`` already through :func:`prepare_vectors`."""
     s = a @ b.T
     if metric == "l2":
@@ -61,21 +111,20 @@ def _scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return s
 
 
-def pair_scores(t: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
+def pair_scores(t: Any, v: Any, metric: str) -> Any:
     s = (t * v).sum(1)
     if metric == "l2":
         s = 2 * s - (t * t).sum(1) - (v * v).sum(1)
     return s
 
 
-def _error_bound(a: torch.Tensor, b: torch.Tensor, metric: str) -> float:
+def _error_bound(a: Any, b: Any, metric: str, ops: _Ops) -> float:
     """A bound on |float32 block score - float64 score| for rows of ``a`` against rows of ``b``.
 
     Rounding the inputs to float32 and a length-D float32 dot product err by at most about
     (D + 2) * 2**-24 * |a| * |b|; doubled for safety, plus the tie tolerance.
     """
-    na = float(torch.linalg.vector_norm(a, dim=1).max())
-    nb = float(torch.linalg.vector_norm(b, dim=1).max())
+    na, nb = float(ops.norms(a).max()), float(ops.norms(b).max())
     scale = 2.0 * (a.shape[1] + 2) * 2.0**-24
     bound = scale * na * nb
     if metric == "l2":  # 2 a.b - |a|^2 - |b|^2, each term rounded
@@ -84,18 +133,19 @@ def _error_bound(a: torch.Tensor, b: torch.Tensor, metric: str) -> float:
 
 
 def _count_beaten(
-    s32: torch.Tensor,
-    threshold: torch.Tensor,
+    s32: Any,
+    threshold: Any,
     err: float,
     *,
-    items: torch.Tensor,
-    queries: torch.Tensor,
+    ops: _Ops,
+    items: Any,
+    queries: Any,
     metric: str,
-    item_rows: torch.Tensor,
-    pos_rows: torch.Tensor,
-    own: torch.Tensor,
-    owner: torch.Tensor | None = None,
-) -> torch.Tensor:
+    item_rows: Any,
+    pos_rows: Any,
+    own: Any,
+    owner: Any = None,
+) -> Any:
     """Per query (a column of ``s32``: items x queries), how many items beat its positive.
 
     Items clearly above the threshold count. Items in the uncertain band around it are rescored in float64
@@ -103,32 +153,28 @@ def _count_beaten(
     earlier. ``owner`` (item -> query row) marks an item as the query's own positive, which never counts;
     without it, the item whose row is ``own`` is the positive.
     """
-    margin = err + 2.0**-22 * threshold.abs()  # also covers rounding the threshold to float32
-    above = (threshold + margin).to(s32.dtype)
-    below = (threshold - margin).to(s32.dtype)
-    n_above = (s32 > above).sum(0, dtype=torch.int32)  # int32 sums: twice as fast as int64 here
-    n_band = (s32 >= below).sum(0, dtype=torch.int32) - n_above
-    unsure = torch.nonzero(n_band).flatten()
+    margin = err + 2.0**-22 * abs(threshold)  # also covers rounding the threshold to float32
+    above, below = ops.f32(threshold + margin), ops.f32(threshold - margin)
+    n_above = ops.count(s32 > above)
+    n_band = ops.count(s32 >= below) - n_above
+    unsure = ops.flatnonzero(n_band)
     if len(unsure):
         sub = s32[:, unsure]
-        item, q = torch.nonzero((sub >= below[unsure]) & (sub <= above[unsure]), as_tuple=True)
+        item, q = ops.nonzero2((sub >= below[unsure]) & (sub <= above[unsure]))
         query = unsure[q]
         exact = pair_scores(items[item], queries[query], metric)  # float64
-        thr = threshold[query].to(exact.dtype)
-        beats = _beats(exact, thr, item_rows[item], pos_rows[query])
+        beats = _beats(exact, threshold[query], item_rows[item], pos_rows[query])
         mine = owner[item] == own[query] if owner is not None else item_rows[item] == own[query]
-        extra = torch.zeros_like(n_above)
-        extra.index_add_(0, query, (beats & ~mine).to(extra.dtype))
+        extra = ops.zeros(len(n_above), "int32")
+        ops.add_at(extra, query, beats & ~mine)
         n_above = n_above + extra
     return n_above
 
 
-def _beats(
-    scores: torch.Tensor, threshold: torch.Tensor, item_rows: torch.Tensor, pos_rows: torch.Tensor
-) -> torch.Tensor:
+def _beats(scores: Any, threshold: Any, item_rows: Any, pos_rows: Any) -> Any:
     """Which items beat a query's positive: a higher score, or a tie and an earlier row."""
     above = scores > threshold + TIE_TOLERANCE
-    tie = (scores - threshold).abs() <= TIE_TOLERANCE
+    tie = abs(scores - threshold) <= TIE_TOLERANCE
     return above | (tie & (item_rows < pos_rows))
 
 
@@ -164,15 +210,15 @@ def retrieval_recall(
     order = np.argsort(t_rows, kind="stable")
     t_rows, t_pos = t_rows[order], t_pos[order]
     i_rows = np.unique(t_pos)
-    device = torch.device(device)
+    ops = _Ops(device)  # NumPy on the CPU: `eval retrieval` loads no torch there
 
     # Positives. Per caption: the score of its image. Per image: its best caption's score, and that
     # caption's row (the earliest among ties), which decides ties against other texts.
     t_pos_score = np.empty(len(t_rows), dtype=np.float64)
     for s in range(0, len(t_rows), 65536):
-        tv = prepare_vectors(text_store.take(t_rows[s : s + 65536]), metric)
-        iv = prepare_vectors(image_store.take(t_pos[s : s + 65536]), metric)
-        t_pos_score[s : s + 65536] = pair_scores(tv, iv, metric).numpy()
+        tv = prepare_vectors(text_store.take(t_rows[s : s + 65536]), metric, ops)
+        iv = prepare_vectors(image_store.take(t_pos[s : s + 65536]), metric, ops)
+        t_pos_score[s : s + 65536] = ops.host(pair_scores(tv, iv, metric))
     _check_finite(t_pos_score, t_rows, text_store, t_pos, image_store)
     slot = np.searchsorted(i_rows, t_pos)  # image query index of each caption
     best = np.full(len(i_rows), -np.inf)
@@ -183,43 +229,39 @@ def retrieval_recall(
 
     # One pass over (image block x text chunk) score blocks, counting what beats each positive. Blocks are
     # scored in float32; only entries within float32's error bound of a threshold are rescored in float64.
-    i2t_beaten = torch.zeros(len(i_rows), dtype=torch.long, device=device)
-    t2i_beaten = torch.zeros(len(t_rows), dtype=torch.long, device=device)
-    t_rows_d = torch.from_numpy(t_rows).to(device)
-    t_img = torch.from_numpy(t_pos).to(device)
-    t_thr = torch.from_numpy(t_pos_score).to(device)
-    i_thr = torch.from_numpy(best).to(device)
-    i_best_row = torch.from_numpy(best_row).to(device)
-    texts = VectorSource(text_store, "text store", BadRows("error"), chunk_rows, device)
+    i2t_beaten, t2i_beaten = ops.zeros(len(i_rows), "int64"), ops.zeros(len(t_rows), "int64")
+    t_rows_d, t_img = ops.put(t_rows), ops.put(t_pos)
+    t_thr, i_thr, i_best_row = ops.put(t_pos_score), ops.put(best), ops.put(best_row)
+    texts = VectorSource(text_store, "text store", BadRows("error"), chunk_rows, device, numpy=ops.numpy)
     with progress("retrieval", len(i_rows)) as advance:
         for b in range(0, len(i_rows), block_rows):
             i_sl = slice(b, b + block_rows)
-            q_rows = torch.from_numpy(i_rows[i_sl]).to(device)
-            q64 = prepare_vectors(image_store.take(i_rows[i_sl]), metric).to(device)
-            q32 = q64.float()
+            q_rows = ops.put(i_rows[i_sl])
+            q64 = prepare_vectors(image_store.take(i_rows[i_sl]), metric, ops)
+            q32 = ops.f32(q64)
             for chunk in texts.chunks(rows=(0, texts.rows)):
                 lo, hi = np.searchsorted(t_rows, [chunk.start, chunk.start + len(chunk.x)])  # no rows skipped
                 if lo == hi:
                     continue
                 # The paired captions inside this chunk (t_rows is sorted, so they are a contiguous slice).
                 cols = slice(int(lo), int(hi))
-                c64 = prepare_vectors(chunk.x[torch.from_numpy(t_rows[cols] - chunk.start).to(device)], metric)
-                c32 = c64.float()
+                c64 = prepare_vectors(chunk.x[ops.put(t_rows[cols] - chunk.start)], metric, ops)
+                c32 = ops.f32(c64)
                 s32 = _scores(q32, c32, metric)
-                err = _error_bound(q64, c64, metric)
+                err = _error_bound(q64, c64, metric, ops)
 
                 # text -> image: per caption column, images beating the caption's image.
                 t2i_beaten[cols] += _count_beaten(
-                    s32, t_thr[cols], err, items=q64, queries=c64, metric=metric,
+                    s32, t_thr[cols], err, ops=ops, items=q64, queries=c64, metric=metric,
                     item_rows=q_rows, pos_rows=t_img[cols], own=t_img[cols],
                 )  # fmt: skip
                 # image -> text: per image row, captions (not its own) beating its best caption.
                 i2t_beaten[i_sl] += _count_beaten(
-                    s32.T, i_thr[i_sl], err, items=c64, queries=q64, metric=metric,
+                    s32.T, i_thr[i_sl], err, ops=ops, items=c64, queries=q64, metric=metric,
                     item_rows=t_rows_d[cols], pos_rows=i_best_row[i_sl], own=q_rows, owner=t_img[cols],
                 )  # fmt: skip
             advance(len(q_rows))
-    i2t_rank, t2i_rank = i2t_beaten.cpu().numpy(), t2i_beaten.cpu().numpy()
+    i2t_rank, t2i_rank = ops.host(i2t_beaten), ops.host(t2i_beaten)
     metrics: dict[str, float] = {"images": len(i_rows), "texts": len(t_rows)}
     for k in ks:
         metrics[f"i2t_R@{k}"] = float(np.mean(i2t_rank < k))

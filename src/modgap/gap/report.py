@@ -14,16 +14,18 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
 from modgap.align.base import Aligner, normalize_rows
 from modgap.align.stats import Moments
 from modgap.errors import ModgapError
 from modgap.gap import metrics
+from modgap.lazy import lazy_module
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
+
+torch = lazy_module("torch")
 
 
 def _sample(src: VectorSource, n: int, seed: int) -> np.ndarray:
@@ -39,12 +41,24 @@ def _sample(src: VectorSource, n: int, seed: int) -> np.ndarray:
         if chunk.keep is not None:  # map chunk positions to positions among the kept rows
             kept_pos = np.cumsum(chunk.keep) - 1
             sel = kept_pos[sel[chunk.keep[sel]]]
-        out.append(chunk.x[torch.as_tensor(sel)].numpy().copy())
+        out.append(chunk.x[sel].copy() if src.numpy else chunk.x[torch.as_tensor(sel)].numpy().copy())
     arr = np.concatenate(out) if out else np.empty((0, src.dim), np.float32)
     return arr[rng.permutation(len(arr))]
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _stream_mean(src: VectorSource, fn: Any, progress: ProgressFactory, label: str) -> np.ndarray:
+    if src.numpy:  # the unit rows' mean, summed in float64 (no aligner: NumPy all the way)
+        total, count = np.zeros(src.dim), 0
+        with progress(label, src.rows) as advance:
+            for c in src.chunks(rows=(0, src.rows)):
+                total += (c.x / c.norms[:, None]).sum(0, dtype=np.float64)
+                count += len(c.x)
+                advance(len(c.keep) if c.keep is not None else len(c.x))
+        return total / count
     m = Moments(src.dim)
     with progress(label, src.rows) as advance:
         for c in src.chunks(rows=(0, src.rows)):
@@ -105,8 +119,9 @@ def gap_report(
 ) -> dict[str, Any]:
     """Compute the gap figures (see the module docstring). Returns a JSON-serialisable dict."""
     bad = BadRows(on_bad)
-    t_src = VectorSource(text, "text", bad)
-    i_src = VectorSource(image, "image", bad)
+    # Without an aligner the figures need no torch; an aligner's transforms run on tensors.
+    t_src = VectorSource(text, "text", bad, numpy=aligner is None)
+    i_src = VectorSource(image, "image", bad, numpy=aligner is None)
     if t_src.dim != i_src.dim:
         raise ModgapError(
             f"dimension mismatch: text {t_src.label} has D={t_src.dim}, image {i_src.label} has D={i_src.dim}"
@@ -128,7 +143,7 @@ def gap_report(
     mu_t = _stream_mean(t_src, unit, progress, "text mean")
     mu_i = _stream_mean(i_src, unit, progress, "image mean")
     raw_t, raw_i = _sample(t_src, spectrum_rows, seed), _sample(i_src, spectrum_rows, seed + 1)
-    t0, i0 = unit(torch.from_numpy(raw_t)).numpy(), unit(torch.from_numpy(raw_i)).numpy()
+    t0, i0 = _unit(raw_t), _unit(raw_i)
     report["before"], spectra = _figures(mu_t, mu_i, t0, i0, t0[:sample], i0[:sample], k, energy, top_q, seed)
     report["spectra"] = {"before": spectra}
     plots = {"before": (t0[:sample], i0[:sample])}

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from modgap.errors import BadVectorsError, ModgapError
 from modgap.files import write_jsonl
+from modgap.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 if TYPE_CHECKING:
     from modgap.store.store import EmbeddingStore

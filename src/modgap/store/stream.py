@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from modgap.distributed import rank_slice
 from modgap.errors import ModgapError
-from modgap.store.checks import BadRows, unusable_rows
+from modgap.lazy import is_tensor, lazy_module
+from modgap.store.checks import BadRows, bad_row_mask, row_norms, unusable_rows
 from modgap.store.store import EmbeddingStore, as_cpu_tensor
+
+torch = lazy_module("torch")
 
 CHUNK_BYTES = 4 * 2**20  # float32 work chunk: small enough to stay in cache between the ops on it
 
@@ -30,10 +32,11 @@ def default_chunk_rows(dim: int) -> int:
 
 @dataclass
 class Rows:
-    """A chunk ready for an aligner: float32 rows (a reusable buffer), their norms, global start."""
+    """A chunk ready for an aligner: float32 rows (a reusable buffer), their norms, global start; tensors, or
+    NumPy arrays from a source made with ``numpy=True``."""
 
-    x: torch.Tensor
-    norms: torch.Tensor
+    x: Any
+    norms: Any
     start: int
     keep: np.ndarray | None  # rows kept from the chunk when bad rows were skipped
     batch: pa.RecordBatch | None  # ids and metadata of the kept rows (stores only)
@@ -42,7 +45,8 @@ class Rows:
 class VectorSource:
     """Rows of a store or of an array, streamed as float32 chunks with bad rows checked.
 
-    Arrays are treated like a store with ids "0", "1", ...
+    Arrays are treated like a store with ids "0", "1", ... ``numpy=True`` (CPU only) streams NumPy arrays and
+    never loads torch (the consumers whose arithmetic is NumPy: gap figures, retrieval, compositional).
     """
 
     def __init__(
@@ -52,10 +56,15 @@ class VectorSource:
         bad: BadRows,
         chunk_rows: int | None = None,
         device: torch.device | str = "cpu",
+        *,
+        numpy: bool = False,
     ):
         self.name = name
         self.bad = bad
-        self.device = torch.device(device)
+        self.numpy = numpy
+        if numpy and str(device) != "cpu":
+            raise ModgapError(f"{name}: NumPy streaming is for the CPU, not {device}")
+        self.device = device if numpy else torch.device(device)
         if isinstance(data, (str, os.PathLike)):
             data = EmbeddingStore.open(data)
         if isinstance(data, EmbeddingStore):
@@ -65,7 +74,10 @@ class VectorSource:
             self.label = str(data.path)
         else:
             self.store = None
-            self.array = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
+            if numpy:
+                self.array = data.detach().cpu().numpy() if is_tensor(data) else np.asarray(data)
+            else:
+                self.array = torch.as_tensor(np.asarray(data) if not is_tensor(data) else data)
             if self.array.ndim != 2:
                 raise ModgapError(f"{name}: expected a 2-D array of vectors, got shape {tuple(self.array.shape)}")
             self.dim, self.rows = self.array.shape[1], self.array.shape[0]
@@ -94,6 +106,9 @@ class VectorSource:
 
         ``with_metadata`` carries the store's metadata columns in ``Rows.batch`` (ids always are).
         """
+        if self.numpy:
+            yield from self._numpy_chunks(rows, with_metadata)
+            return
         buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
         for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
             n = len(emb)
@@ -109,5 +124,22 @@ class VectorSource:
                 self.bad.handle(where, ids, src.cpu().numpy(), mask_np)
                 keep = ~mask_np
                 x, norms = x[~mask], norms[~mask]
+                batch = batch.filter(keep) if batch is not None else None
+            yield Rows(x, norms, start, keep, batch)
+
+    def _numpy_chunks(self, rows: tuple[int, int] | None, with_metadata: bool) -> Iterator[Rows]:
+        buf = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
+            n = len(emb)
+            x = buf[:n]
+            x[...] = emb
+            norms = row_norms(x)
+            mask = bad_row_mask(norms)
+            keep = None
+            if mask.any():
+                ids = batch.column("id").to_pylist() if batch is not None else [str(start + i) for i in range(n)]
+                self.bad.handle(where, ids, np.asarray(emb), mask)
+                keep = ~mask
+                x, norms = x[keep], norms[keep]
                 batch = batch.filter(keep) if batch is not None else None
             yield Rows(x, norms, start, keep, batch)

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from modgap.errors import ModgapError
+from modgap.lazy import lazy_module
 from modgap.store.checks import BadRows, OnBad, unusable_rows
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
+
+torch = lazy_module("torch")
 
 METRICS = ("cosine", "dot", "l2")
 
