@@ -53,3 +53,19 @@ def test_bad_rows_stop_the_search_or_are_never_returned(tmp_path, rng):
         search(rng.normal(size=(4, 8)), store, 39, on_bad="skip")
     with pytest.raises(ModgapError, match="D=8"):
         search(rng.normal(size=(4, 9)), store, 3)
+
+
+def test_ties_go_to_the_earlier_row_within_and_across_chunks(tmp_path, rng):
+    """Small integer vectors: most scores tie, and the earlier row must win, as in a stable sort of the whole
+    score matrix, from a store and from tensors (torch.topk alone orders ties arbitrarily: this failed)."""
+    import torch
+
+    x = rng.integers(0, 2, size=(300, 6)).astype(np.float32) + np.eye(6, dtype=np.float32)[rng.integers(0, 6, 300)]
+    q = rng.integers(0, 2, size=(20, 6)).astype(np.float32) + 1
+    want_s, want_rows = brute_force(q, x, 9, "dot")
+    store = make_store(tmp_path / "s", x, shard_rows=70)
+    tensors = torch.from_numpy(q), torch.from_numpy(x)
+    for name, got in (("store", search(q, store, 9, metric="dot", chunk_rows=32, query_block=7)),
+                      ("tensors", search(*tensors, 9, metric="dot", chunk_rows=32, query_block=7))):  # fmt: skip
+        np.testing.assert_array_equal(got.rows, want_rows, err_msg=name)
+        np.testing.assert_allclose(got.scores, want_s)

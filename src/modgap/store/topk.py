@@ -43,7 +43,8 @@ class SearchResult:
         return len(self.rows)
 
 
-def _score(q: torch.Tensor, q_sq: torch.Tensor, x: torch.Tensor, norms: torch.Tensor, metric: str) -> torch.Tensor:
+def _score(q: Any, q_sq: Any, x: Any, norms: Any, metric: str) -> Any:
+    """Scores of query rows against corpus rows (NumPy arrays or tensors alike)."""
     s = q @ x.T
     if metric == "cosine":
         return s / norms[None, :]
@@ -92,8 +93,8 @@ def search(
         new_best, new_rows = [], []
         for b in range(0, n_q, query_block):
             s = _score(q[b : b + query_block], q_sq[b : b + query_block], rows.x, rows.norms, metric)
-            take = min(k, s.shape[1])
-            top, idx = torch.topk(s, take, dim=1)
+            idx = _chunk_top(s, min(k, s.shape[1]))
+            top = torch.gather(s, 1, idx)
             # Earlier rows come first in the candidate list, so a stable sort keeps them first among ties.
             cand = torch.cat([best[b : b + query_block], top], dim=1)
             cand_rows = torch.cat([best_rows[b : b + query_block], kept[idx]], dim=1)
@@ -108,3 +109,18 @@ def search(
         ids = src.store.ids()
         result.ids = [[ids[r] for r in row] for row in result.rows.tolist()]
     return result
+
+
+def _chunk_top(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices of each row's ``k`` best scores, best first and ties by column (the earlier row):
+    ``torch.topk`` orders tied scores arbitrarily, and where the k-th score ties with an unchosen column it
+    chooses among them arbitrarily too; those (rare) rows are redone with a stable sort."""
+    top, idx = torch.topk(s, k, dim=1)
+    kth = top[:, -1]
+    unsure = torch.nonzero((s == kth[:, None]).sum(1) != (top == kth[:, None]).sum(1)).flatten().tolist()
+    idx, by_column = torch.sort(idx, dim=1)  # ties by column: sort the chosen by column, then stably by score
+    order = torch.sort(torch.gather(top, 1, by_column), dim=1, descending=True, stable=True).indices
+    idx = torch.gather(idx, 1, order)
+    for r in unsure:
+        idx[r] = torch.sort(s[r], descending=True, stable=True).indices[:k]
+    return idx
