@@ -54,8 +54,25 @@ def world(rng, n_images=40, per_image=3, dim=8, extra_texts=7, integer=False):
     return images.astype(np.float32), texts.astype(np.float32), pairs
 
 
+def _torch_on_cpu(real_ops):
+    """The evaluator's torch operations (those of `--device cuda`) on the CPU, to test that path here."""
+    import torch
+
+    def make(device="cpu"):
+        ops = real_ops("cpu")
+        ops.numpy, ops.device = False, torch.device("cpu")
+        return ops
+
+    return make
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("metric,integer", [("cosine", False), ("dot", True), ("l2", True), ("cosine", True)])
-def test_recall_equals_full_matrix_ranking(tmp_path, rng, metric, integer):
+def test_recall_equals_full_matrix_ranking(tmp_path, rng, metric, integer, backend, monkeypatch):
+    if backend == "torch":
+        from modgap.eval import retrieval
+
+        monkeypatch.setattr(retrieval, "_Ops", _torch_on_cpu(retrieval._Ops))
     images, texts, pairs = world(rng, integer=integer)
     img = make_store(tmp_path / "img", images, prefix="i")
     txt = make_store(tmp_path / "txt", texts, prefix="t", shard_rows=16)
