@@ -94,6 +94,26 @@ def run_cli(
     return proc
 
 
+def patch_world(root: Path, n: int, split: str) -> tuple[list, list[dict]]:
+    """``n`` world scenes rendered under ``root/img``, their rows in ``root/data.jsonl`` (id, image, caption),
+    and their tiny-clip patch tokens in the store ``root/patches`` (float32); returns the scenes and rows."""
+    import json
+
+    from modgap.world.scene import caption, make_scenes, render
+
+    scenes = make_scenes(n, 0, split)
+    (root / "img").mkdir()
+    rows = []
+    for i, scene in enumerate(scenes):
+        render(scene).save(root / "img" / f"{i}.png")
+        rows.append({"id": f"p{i}", "image": f"img/{i}.png", "caption": caption(scene, variant=0)})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", root / "data.jsonl", "--image-root", root,
+            "--modality", "image", "--features", "patch", "--out-image", root / "patches", "--dtype", "float32",
+            "--num-workers", 0)  # fmt: skip
+    return scenes, rows
+
+
 def _run_in_this_interpreter(argv: list[str], cwd: Path | None) -> subprocess.CompletedProcess:
     from modgap.cli.main import run
 

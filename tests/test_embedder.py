@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_store, run_cli
+from conftest import make_store, patch_world, run_cli
 from modgap.embedder.config import EmbedderConfig, EmbedderTrainConfig
 from modgap.embedder.data import PairSet, TextSet
 from modgap.embedder.model import Embedder, Item
@@ -267,18 +267,9 @@ def test_patch_features_flow_from_embed_to_train_and_the_embedder(tmp_path):
 
     from modgap.hub import resolve
     from modgap.store import EmbeddingStore
-    from modgap.world.scene import caption, make_scenes, render
+    from modgap.world.scene import render
 
-    scenes = make_scenes(16, 0, "patch")
-    (tmp_path / "img").mkdir()
-    rows = []
-    for i, scene in enumerate(scenes):
-        render(scene).save(tmp_path / "img" / f"{i}.png")
-        rows.append({"id": f"p{i}", "image": f"img/{i}.png", "caption": caption(scene, variant=0)})
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "data.jsonl", "--image-root", tmp_path,
-            "--modality", "image", "--features", "patch", "--out-image", tmp_path / "patches", "--dtype", "float32",
-            "--num-workers", 0)  # fmt: skip
+    scenes, rows = patch_world(tmp_path, 16, "patch")
     store = EmbeddingStore.open(tmp_path / "patches")
     assert store.manifest.encoder["features"] == "patch" and not store.normalized
     tokens, width = store.manifest.encoder["tokens"], store.manifest.encoder["token_dim"]

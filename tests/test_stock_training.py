@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import make_store, run_cli
+from conftest import make_store, patch_world, run_cli
 from modgap.errors import ModgapError
 from test_stock_mllm import LITERAL, build_llava, quick_start
 
@@ -275,17 +275,9 @@ def test_the_built_in_llava_with_a_pretrained_projector_sees_an_image_as_the_mod
 
     from modgap.mllm.model import VisionLanguageModel
     from modgap.store import EmbeddingStore
-    from modgap.world.scene import caption, make_scenes, render
+    from modgap.world.scene import render
 
-    (tmp_path / "img").mkdir()
-    scenes, rows = make_scenes(8, 0, "stock-projector"), []
-    for i, scene in enumerate(scenes):
-        render(scene).save(tmp_path / "img" / f"{i}.png")
-        rows.append({"id": f"p{i}", "image": f"img/{i}.png", "caption": caption(scene, variant=0)})
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_cli("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "data.jsonl", "--image-root", tmp_path,
-            "--modality", "image", "--features", "patch", "--out-image", tmp_path / "patches", "--dtype", "float32",
-            "--num-workers", 0)  # fmt: skip
+    scenes, _ = patch_world(tmp_path, 8, "stock-projector")
     run_cli("train", "pretrain", "--llm", "builtin:tiny-lm", "--data", tmp_path / "data.jsonl", "--embeddings",
             tmp_path / "patches", "--max-steps", 2, "--batch-size", 4, "--out", tmp_path / "run")  # fmt: skip
     run_cli("world", "assemble-llava", "--out", tmp_path / "llava", "--projector", tmp_path / "run" / "model")

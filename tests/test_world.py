@@ -87,6 +87,12 @@ def test_scoring_counts_attributes_independently():
 def test_builtin_models_record_where_they_came_from(name):
     info = json.loads((builtin_path(name) / "modgap_world.json").read_text())
     assert info["seed"] == 0 and info["steps"] > 0 and info["command"].startswith("modgap world train-")
+    if name == "tiny-lm":  # the shipped record declares what `world train-lm` trains on (and would write)
+        from modgap.world.lm import SAMPLING, TRAINED_PROMPTS
+
+        assert info["prompts"] == TRAINED_PROMPTS
+        generation = json.loads((builtin_path(name) / "generation_config.json").read_text())
+        assert {k: generation[k] for k in SAMPLING} == SAMPLING
 
 
 def test_builtin_encoder_matches_a_direct_transformers_forward():

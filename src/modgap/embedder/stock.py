@@ -160,6 +160,11 @@ class _ImagePrep:
         return self.prep(images=images)
 
 
+def hidden_size(config: Any) -> int:
+    """The embedding width of a stock multimodal LLM: its language model's hidden size."""
+    return int(getattr(config, "text_config", config).hidden_size)
+
+
 def load_stock(
     path: str | os.PathLike,
     templates: dict[str, str] | str | os.PathLike | None = None,
@@ -238,8 +243,7 @@ class StockEmbedder(Encoder):
 
     @property
     def dim(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "text_config", config).hidden_size)
+        return hidden_size(self.model.config)
 
     def prep(self, kind: str) -> StockPrep:
         return StockPrep(self.processor, self.templates[kind], self.max_text_length)

@@ -23,7 +23,15 @@ from torch import nn
 
 from modgap.embedder.data import pair_sides, read_teacher_texts, side_input
 from modgap.embedder.sentence_transformers_files import write_sentence_transformers_files
-from modgap.embedder.stock import TEMPLATES_FILE, StockPrep, group_by_kind, load_stock, pooled, text_beside_image
+from modgap.embedder.stock import (
+    TEMPLATES_FILE,
+    StockPrep,
+    group_by_kind,
+    hidden_size,
+    load_stock,
+    pooled,
+    text_beside_image,
+)
 from modgap.encoders.base import open_images
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, read_rows, read_text, write_json, write_text
@@ -112,8 +120,7 @@ class StockModel(nn.Module):
                       "base": self.origin, "stages": stages, "created_by": created_by}  # fmt: skip
             write_json(Path(tmp) / TEMPLATES_FILE, record)
             write_text(Path(tmp) / "README.md", model_card(self.origin, stages, self.templates, created_by))
-            config = model.config
-            write_sentence_transformers_files(tmp, self.templates, getattr(config, "text_config", config).hidden_size)
+            write_sentence_transformers_files(tmp, self.templates, hidden_size(model.config))
         if self.lora:  # merging changed the weights in place: the model in memory is now the merged one
             self.hf, self.lora = model, False
 

@@ -102,44 +102,32 @@ class VectorSource:
                 yield self.label, self.array[s:e], None, s
 
     def chunks(self, rows: tuple[int, int] | None = None, with_metadata: bool = False) -> Iterator[Rows]:
-        """This rank's rows (or ``rows``), as float32 tensors on the device with their norms.
+        """This rank's rows (or ``rows``), as float32 tensors on the device with their norms (NumPy arrays for a
+        ``numpy=True`` source); bad rows are handled by one rule in both forms.
 
         ``with_metadata`` carries the store's metadata columns in ``Rows.batch`` (ids always are).
         """
         if self.numpy:
-            yield from self._numpy_chunks(rows, with_metadata)
-            return
-        buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
-        for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
-            n = len(emb)
-            src = as_cpu_tensor(emb)
-            x = buf[:n]
-            x.copy_(src)
-            norms = torch.linalg.vector_norm(x, dim=1)
-            mask = unusable_rows(norms)
-            keep = None
-            if bool(mask.any()):
-                mask_np = mask.cpu().numpy()
-                ids = batch.column("id").to_pylist() if batch is not None else [str(start + i) for i in range(n)]
-                self.bad.handle(where, ids, src.cpu().numpy(), mask_np)
-                keep = ~mask_np
-                x, norms = x[~mask], norms[~mask]
-                batch = batch.filter(keep) if batch is not None else None
-            yield Rows(x, norms, start, keep, batch)
-
-    def _numpy_chunks(self, rows: tuple[int, int] | None, with_metadata: bool) -> Iterator[Rows]:
-        buf = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+            buf = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        else:
+            buf = torch.empty(self.chunk_rows, self.dim, dtype=torch.float32, device=self.device)
         for where, emb, batch, start in self._raw_chunks(rows or self.my_rows(), None if with_metadata else ()):
             n = len(emb)
             x = buf[:n]
-            x[...] = emb
-            norms = row_norms(x)
-            mask = bad_row_mask(norms)
+            if self.numpy:
+                x[...] = emb
+                norms = row_norms(x)
+                mask = bad_row_mask(norms)
+            else:
+                x.copy_(as_cpu_tensor(emb))
+                norms = torch.linalg.vector_norm(x, dim=1)
+                mask = unusable_rows(norms).cpu().numpy()
             keep = None
             if mask.any():
                 ids = batch.column("id").to_pylist() if batch is not None else [str(start + i) for i in range(n)]
-                self.bad.handle(where, ids, np.asarray(emb), mask)
+                self.bad.handle(where, ids, emb.cpu().numpy() if is_tensor(emb) else np.asarray(emb), mask)
                 keep = ~mask
-                x, norms = x[keep], norms[keep]
+                kept = keep if self.numpy else torch.from_numpy(keep).to(x.device)
+                x, norms = x[kept], norms[kept]
                 batch = batch.filter(keep) if batch is not None else None
             yield Rows(x, norms, start, keep, batch)

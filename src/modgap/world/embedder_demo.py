@@ -314,10 +314,11 @@ def run_embedder_demo(
 
     # The same model in stock 🤗 form (a LlavaForConditionalGeneration whose projector is the patch base's),
     # trained on raw image files through its processor and vision tower.
-    from modgap.world.stock import RECORD_FILE, assemble_llava
+    from modgap.hub import MODEL_RECORD
+    from modgap.world.stock import assemble_llava
 
     llava = root / "embedder" / "stock-llava"
-    if not (llava / RECORD_FILE).is_file():
+    if not (llava / MODEL_RECORD).is_file():
         log("stock LLaVA: tiny-clip's vision tower + the patch base's pretrained projector + tiny-lm")
         assemble_llava(llava, projector=base_patch, overwrite=True)
     models[STOCK_BASE] = f"embedder:{llava}"

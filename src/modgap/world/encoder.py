@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from modgap.errors import ModgapError
+from modgap.hub import MODEL_RECORD
 from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import (
     ATTRIBUTES,
@@ -31,8 +32,6 @@ from modgap.world.scene import (
     sparse_seed,
     vocabulary,
 )
-
-PROVENANCE = "modgap_world.json"
 
 
 def train_encoder(
@@ -158,12 +157,12 @@ def train_encoder(
         "patch_size": patch_size,
         "final_loss": float(np.mean(losses[-20:])),
     }
-    with atomic_output_dir(out, overwrite=True, markers=(PROVENANCE,)) as tmp:
+    with atomic_output_dir(out, overwrite=True, markers=(MODEL_RECORD,)) as tmp:
         model.eval()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        (tmp / MODEL_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
 
 

@@ -23,6 +23,7 @@ import torch
 
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
+from modgap.hub import MODEL_RECORD
 from modgap.mllm.chat import caption_messages
 from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import (
@@ -39,15 +40,14 @@ from modgap.world.scene import (
 )
 from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
-PROVENANCE = "modgap_world.json"
 # Sampling by default, so that a server honouring the model's generation config (`transformers serve`) samples
 # at the request's temperature instead of decoding greedily whatever the request asks.
 SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
 
 
-def declared_prompts() -> dict[str, str]:
-    """The prompts the LM was trained on, by synthesis stage (``modgap synth`` uses them when given none)."""
-    return {"captions": EXPAND_PROMPT, "instructions": QA_PROMPT}
+# The prompts the LM was trained on, by synthesis stage, declared in its record (``modgap synth`` uses them when
+# given none: :func:`modgap.hub.declared_prompts`).
+TRAINED_PROMPTS = {"captions": EXPAND_PROMPT, "instructions": QA_PROMPT}
 
 
 RESTATE = "say it another way ."
@@ -148,7 +148,7 @@ def train_world_lm(
     words = [*vocabulary(), *RESTATE.split(), "<image>"]
     tokenizer = build_chat_tokenizer(words, max_length=256, phrases=JSON_PIECES)
     corpus = lm_texts(texts // TASKS, seed, tokenizer)
-    with atomic_output_dir(out, overwrite=True, markers=(PROVENANCE,)) as tmp:
+    with atomic_output_dir(out, overwrite=True, markers=(MODEL_RECORD,)) as tmp:
         save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed,
                       phrases=JSON_PIECES)  # fmt: skip
         losses = train_causal_lm(
@@ -179,9 +179,9 @@ def train_world_lm(
             "width": width,
             "layers": layers,
             "final_loss": float(np.mean(losses[-20:])),
-            "prompts": declared_prompts(),
+            "prompts": TRAINED_PROMPTS,
         }
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        (tmp / MODEL_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
         generation = json.loads((tmp / "generation_config.json").read_text())
         (tmp / "generation_config.json").write_text(json.dumps({**generation, **SAMPLING}, indent=2) + "\n")
     return provenance

@@ -21,10 +21,9 @@ import torch
 
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, write_json
-from modgap.hub import resolve
+from modgap.hub import MODEL_RECORD, resolve
 
 IMAGE_TOKEN = "<image>"
-RECORD_FILE = "modgap_world.json"
 
 
 def assemble_llava(
@@ -38,7 +37,7 @@ def assemble_llava(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # loading a CLIP checkpoint's vision half reports the text half as unused
     try:
-        with atomic_output_dir(out, overwrite, markers=(RECORD_FILE,)) as tmp:
+        with atomic_output_dir(out, overwrite, markers=(MODEL_RECORD,)) as tmp:
             _assemble(Path(tmp), seed, weights)
             command = f"modgap world assemble-llava --out {out} --seed {seed}"
             if projector is not None:
@@ -46,7 +45,7 @@ def assemble_llava(
             origin = str(projector) if projector is not None else "random"
             record = {"command": command, "seed": seed, "vision": "builtin:tiny-clip",
                       "language_model": "builtin:tiny-lm", "projector": origin}  # fmt: skip
-            write_json(Path(tmp) / RECORD_FILE, record)
+            write_json(Path(tmp) / MODEL_RECORD, record)
         return Path(out)
     finally:
         hf_logging.set_verbosity(verbosity)
