@@ -49,19 +49,36 @@ def test_importing_the_array_packages_loads_no_torch():
     [
         ["store", "info", "t"],
         ["store", "info", "t", "--verify", "--json"],
+        ["store", "export", "t", "{tmp}/npy"],
         ["align", "methods"],
         ["align", "run", "--help"],
+        ["align", "fit", "--method", "gaussian-ot", "--source", "t", "--target", "i", "--out", "{tmp}/a"],
+        ["align", "run", "--method", "realign", "--source", "t", "--target", "i", "--out", "{tmp}/r"],
+        ["align", "run", "--method", "noise", "--source", "t", "--target", "i", "--out", "{tmp}/n"],
         ["gap", "t", "i", "--json", "gap.json"],
         ["eval", "retrieval", "--image", "i", "--text", "t", "--pairs", "pairs.jsonl", "--json", "r.json"],
         ["eval", "compositional", "--image", "i", "--text", "t", "--triples", "triples.jsonl"],
     ],
     ids=lambda a: " ".join(a[:2]),
 )
-def test_commands_that_need_no_torch_do_not_load_it(stores, argv):
-    assert not _torch_loaded(*argv, cwd=stores)
+def test_commands_that_need_no_torch_do_not_load_it(stores, argv, tmp_path):
+    assert not _torch_loaded(*(a.format(tmp=tmp_path) for a in argv), cwd=stores)
+
+
+def test_aligned_stores_and_fitted_aligners_are_used_without_torch(stores, tmp_path):
+    """The second half of an aligner's life: applying a saved one, and the gap figures after it."""
+    fit = ["align", "fit", "--method", "c3", "--source", "t", "--target", "i", "--out", tmp_path / "c3"]
+    assert not _torch_loaded(*fit, cwd=stores)
+    assert not _torch_loaded("store", "export", "t", tmp_path / "npy", cwd=stores)
+    assert not _torch_loaded("store", "import", tmp_path / "npy", tmp_path / "back", "--format", "npy", cwd=stores)
+    assert not _torch_loaded("align", "apply", "--aligner", tmp_path / "c3", "--source", "t",
+                             "--out", tmp_path / "moved", cwd=stores)  # fmt: skip
+    assert not _torch_loaded("gap", "t", "i", "--aligner", tmp_path / "c3", "--json", tmp_path / "g.json", cwd=stores)
 
 
 def test_the_probe_sees_torch_where_a_command_needs_it(stores, tmp_path):
-    """The check can fail: fitting an aligner still runs on torch on the CPU (its NumPy path is not done)."""
-    assert _torch_loaded("align", "fit", "--method", "mean-shift", "--source", "t", "--target", "i",
-                         "--out", tmp_path / "a", cwd=stores)  # fmt: skip
+    """The check can fail: embedding runs a model, which is torch."""
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"id": f"c{k}", "text": "a red cube"}) + "\n"
+                                                  for k in range(3)))  # fmt: skip
+    assert _torch_loaded("embed", "--encoder", "builtin:tiny-clip", "--data", tmp_path / "texts.jsonl",
+                         "--modality", "text", "--out-text", tmp_path / "e", cwd=stores)  # fmt: skip

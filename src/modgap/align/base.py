@@ -6,7 +6,9 @@ embeddings). Fitting is a fixed number of streaming passes; in each pass the ali
 merges them across processes, and :meth:`Aligner.end_pass` turns them into parameters.
 
 Every method receives raw float32 rows plus their L2 norms: all methods work on unit vectors, and
-knowing the norms lets the hot paths fold the normalisation into their arithmetic.
+knowing the norms lets the hot paths fold the normalisation into their arithmetic. Rows are NumPy arrays on
+the CPU (no torch loaded) or torch tensors (a device, or tensors given); each formula is written once for
+both (:mod:`modgap.arrays`), and the fitted parameters are float64 NumPy arrays.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from modgap.align.stats import SOURCE, TARGET, Moments
+from modgap.arrays import host, row_norms
+from modgap.arrays import normalize_rows as normalize_rows
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
-from modgap.lazy import lazy_module
-from modgap.store.checks import unusable_rows
+from modgap.lazy import is_tensor, lazy_module
+from modgap.store.checks import bad_row_mask
 
-safetensors_torch = lazy_module("safetensors.torch")
+safetensors_numpy = lazy_module("safetensors.numpy")
 torch = lazy_module("torch")
 
 ARTIFACT_TENSORS = "aligner.safetensors"
@@ -49,12 +55,6 @@ def method_help() -> dict[str, str]:
     return {m: (cls.__doc__ or "").strip().splitlines()[0] for m, cls in REGISTRY.items()}
 
 
-def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-    if norms is None:
-        norms = torch.linalg.vector_norm(x, dim=1)
-    return x / norms[:, None]
-
-
 @dataclasses.dataclass
 class Aligner:
     """Base class. Subclasses are dataclasses whose fields are the method's hyper-parameters."""
@@ -76,16 +76,16 @@ class Aligner:
                 raise ModgapError(f"{self.method}: parameter {name} must be a finite number, got {value}")
             if name in self.non_negative and value < 0:
                 raise ModgapError(f"{self.method}: parameter {name} must not be negative, got {value}")
-        self.state: dict[str, torch.Tensor] = {}
+        self.state: dict[str, np.ndarray] = {}
         self.counts: dict[str, int] = {}
         self.provenance: dict[str, Any] = {}
 
     # -- fitting protocol, driven by modgap.align.fitting ---------------------------------------------
-    def new_stats(self, p: int, dim: int, device: torch.device | str = "cpu") -> dict[str, Moments]:
+    def new_stats(self, p: int, dim: int) -> dict[str, Moments]:
         roles = (SOURCE, TARGET) if p in self.target_passes else (SOURCE,)
-        return {r: Moments(dim, second_order=self.second_order and p == 0, device=device) for r in roles}
+        return {r: Moments(dim, second_order=self.second_order and p == 0) for r in roles}
 
-    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+    def accumulate(self, p: int, role: str, x: Any, norms: Any, stats: dict[str, Moments]) -> None:
         """Default pass 0: sums of the unit vectors of each role."""
         stats[role].update(x, 1.0 / norms)
 
@@ -102,11 +102,12 @@ class Aligner:
         return self.normalizes_output
 
     # -- transforms ---------------------------------------------------------------------------
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
-        """Map raw float32 source rows ``x`` (with their norms) to aligned rows."""
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
+        """Map raw float32 source rows ``x`` (with their norms; NumPy or torch, may be overwritten) to aligned
+        rows of the same kind."""
         raise NotImplementedError
 
-    def transform_target_rows(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    def transform_target_rows(self, x: Any, norms: Any) -> Any:
         """What evaluation does to target rows; identity (after normalisation) unless the method changes it."""
         return normalize_rows(x, norms)
 
@@ -122,12 +123,13 @@ class Aligner:
         """
         return aligned
 
-    def transform(self, x: Any, row_start: int = 0) -> torch.Tensor:
-        """Align source vectors (array or tensor, any float dtype). Rows must be non-zero and finite."""
+    def transform(self, x: Any, row_start: int = 0) -> Any:
+        """Align source vectors (any float dtype): a NumPy array for an array, a tensor (on its device) for a
+        tensor. Rows must be non-zero and finite."""
         x, norms = _prepare(x)
         return self.transform_rows(x, norms, row_start)
 
-    def transform_target(self, x: Any) -> torch.Tensor:
+    def transform_target(self, x: Any) -> Any:
         x, norms = _prepare(x)
         return self.transform_target_rows(x, norms)
 
@@ -158,8 +160,8 @@ class Aligner:
         """Write ``aligner.safetensors`` + ``aligner.json`` into the directory ``path`` (atomically)."""
         self._require_fitted()
         with atomic_output_dir(path, overwrite=True, markers=(ARTIFACT_CONFIG,)) as tmp:
-            safetensors_torch.save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS)
+            safetensors_numpy.save_file(
+                {k: np.array(v, order="C") for k, v in self.state.items()}, str(tmp / ARTIFACT_TENSORS)
             )
             config = {
                 "method": self.method,
@@ -171,15 +173,15 @@ class Aligner:
         return Path(path)
 
 
-def _prepare(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(x)
+def _prepare(x: Any) -> tuple[Any, Any]:
+    """float32 copies of the rows (transforms work in place) and their norms; bad rows refused."""
+    x = x.to(torch.float32, copy=True) if is_tensor(x) else np.array(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[None]
-    x = x.to(torch.float32, copy=True)  # transforms work in place
-    norms = torch.linalg.vector_norm(x, dim=1)
-    bad = unusable_rows(norms)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten().tolist()
+    norms = row_norms(x)
+    bad = bad_row_mask(host(norms))
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
         raise ModgapError(f"cannot align rows {rows[:10]}: NaN, Inf or zero vectors")
     return x, norms
 
@@ -235,7 +237,7 @@ def load_aligner(path: str | os.PathLike) -> Aligner:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ModgapError(f"{cfg_path}: malformed aligner config ({e})") from e
     if tensors_path.is_file():
-        aligner.state = dict(safetensors_torch.load_file(str(tensors_path)))
+        aligner.state = dict(safetensors_numpy.load_file(str(tensors_path)))
     aligner.counts = dict(cfg.get("counts", {}))
     aligner.provenance = dict(cfg.get("provenance", {}))
     aligner._require_fitted()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from modgap import __version__
 from modgap.align.record import ALIGNER_SUBDIR, RECORD_KEY, aligner_record
 from modgap.align.stats import SOURCE, TARGET, Moments
+from modgap.arrays import store_values
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, check_replaceable
@@ -22,7 +23,7 @@ from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.manifest import MANIFEST_NAME
 from modgap.store.store import EmbeddingStore, StoreWriter
-from modgap.store.stream import VectorSource
+from modgap.store.stream import Rows, VectorSource
 
 dist = lazy_module("torch.distributed")
 torch = lazy_module("torch")
@@ -34,8 +35,22 @@ if TYPE_CHECKING:
 def _all_reduce(stats: dict[str, Moments]) -> None:
     if rank_and_world()[1] > 1:
         for role in sorted(stats):
-            for t in stats[role].tensors():
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            for a in stats[role].arrays():
+                if dist.get_backend() == "nccl":  # NCCL reduces device memory only
+                    t = torch.from_numpy(a).cuda()
+                    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                    a[...] = t.cpu().numpy()
+                else:
+                    dist.all_reduce(torch.from_numpy(a), op=dist.ReduceOp.SUM)  # shares the array's memory
+
+
+def _numpy_backend(device: Any, backend: str | None) -> bool:
+    """The CPU computes in NumPy (torch never loaded) unless ``backend="torch"``; any other device in torch."""
+    if backend not in (None, "numpy", "torch"):
+        raise ModgapError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "numpy" and str(device) != "cpu":
+        raise ModgapError(f"the NumPy backend runs on the CPU, not {device}")
+    return str(device) == "cpu" and backend != "torch"
 
 
 def fit(
@@ -47,26 +62,35 @@ def fit(
     bad: BadRows | None = None,
     chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
+    backend: str | None = None,
     progress: ProgressFactory = silent,
 ) -> Aligner:
     """Fit ``aligner`` on ``source`` (to be moved) and ``target`` (the distribution to reach).
 
-    ``source`` and ``target`` are stores, store paths, arrays or tensors of shape (n, D).
+    ``source`` and ``target`` are stores, store paths, arrays or tensors of shape (n, D). The arithmetic runs
+    in NumPy on the CPU, in torch on another ``device`` (or with ``backend="torch"``).
     """
     bad = bad or BadRows(on_bad)
-    src = VectorSource(source, SOURCE, bad, chunk_rows, device)
-    tgt = VectorSource(target, TARGET, bad, chunk_rows, device)
+    numpy = _numpy_backend(device, backend)
+    src = VectorSource(source, SOURCE, bad, chunk_rows, device, numpy=numpy)
+    tgt = VectorSource(target, TARGET, bad, chunk_rows, device, numpy=numpy)
     if src.dim != tgt.dim:
         raise ModgapError(f"dimension mismatch: source {src.label} has D={src.dim}, target {tgt.label} has D={tgt.dim}")
     for p in range(aligner.passes):
-        stats = aligner.new_stats(p, src.dim, device)
+        stats = aligner.new_stats(p, src.dim)
         for role, s in ((SOURCE, src), (TARGET, tgt)):
             if role not in stats:
                 continue
             lo, hi = s.my_rows()
+
+            def chunk_sums(rows: Rows, p: int = p, role: str = role) -> dict[str, Moments]:
+                sums = aligner.new_stats(p, src.dim)  # each chunk's own sums, added in row order: one result
+                aligner.accumulate(p, role, rows.x, rows.norms, sums)  # whatever the threads' timing
+                return sums
+
             with progress(f"{aligner.method} pass {p + 1}/{aligner.passes}: {role}", hi - lo) as advance:
-                for rows in s.chunks():
-                    aligner.accumulate(p, role, rows.x, rows.norms, stats)
+                for rows, sums in s.map_chunks(chunk_sums):
+                    stats[role].add(sums[role])
                     advance(len(rows.keep) if rows.keep is not None else len(rows.x))
         _all_reduce(stats)
         aligner.end_pass(p, stats)
@@ -104,6 +128,7 @@ def apply_to_store(
     dtype: str | None = None,
     chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
+    backend: str | None = None,
     overwrite: bool = False,
     created_by: str | None = None,
     aligner_path: str | None = None,
@@ -119,7 +144,7 @@ def apply_to_store(
         store = EmbeddingStore.open(store)
     aligner._require_fitted()
     aligner.require_dim(store.dim, str(store.path))
-    src = VectorSource(store, SOURCE, bad, chunk_rows, device)
+    src = VectorSource(store, SOURCE, bad, chunk_rows, device, numpy=_numpy_backend(device, backend))
     m = store.manifest
     dtype = dtype or m.dtype
     extra = dict(m.extra)
@@ -141,8 +166,11 @@ def apply_to_store(
             ) as w,
             progress(f"apply {aligner.method}", len(store)) as advance,
         ):
-            for rows in src.chunks(rows=(0, len(store)), with_metadata=True):
-                y = aligner.transform_rows(rows.x, rows.norms, rows.start)
+
+            def aligned(rows: Rows) -> Any:  # in the store's dtype, so the conversion runs on the threads too
+                return store_values(aligner.transform_rows(rows.x, rows.norms, rows.start), dtype)
+
+            for rows, y in src.map_chunks(aligned, rows=(0, len(store)), with_metadata=True):
                 meta = {c: rows.batch.column(c) for c in m.metadata_columns}
                 w.write(rows.batch.column("id"), y, meta)
                 advance(len(rows.keep) if rows.keep is not None else len(y))

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from modgap.align.base import Aligner, method_names, normalize_rows, register
+from modgap.align.base import Aligner, method_names, register
 from modgap.align.stats import SOURCE, TARGET, Moments
+from modgap.arrays import add_rows_, like, normalize_rows, on_numpy, row_norms, total
 from modgap.errors import ModgapError
 from modgap.lazy import lazy_module
 
@@ -23,25 +24,25 @@ C3_NOISE_STD = math.sqrt(0.016)
 
 
 class _Params(Aligner):
-    """Helpers for fitted float64 parameters used at the input's dtype and device."""
+    """Helpers for fitted float64 parameters used at the input's kind, dtype and device."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._cache: dict[tuple[str, torch.device, torch.dtype], Any] = {}
+        self._cache: dict[tuple[str, str, str], Any] = {}
 
-    def p(self, name: str, like: torch.Tensor) -> torch.Tensor:
+    def p(self, name: str, like_x: Any) -> Any:
         if name not in self.state:
             self._require_fitted()
-        key = (name, like.device, like.dtype)
+        key = (name, "numpy" if on_numpy(like_x) else str(like_x.device), str(like_x.dtype))
         if key not in self._cache:
-            self._cache[key] = self.state[name].to(device=like.device, dtype=like.dtype)
+            self._cache[key] = like(self.state[name], like_x)
         return self._cache[key]
 
-    def set_state(self, **tensors: torch.Tensor) -> None:
-        self.state.update({k: v.detach().to("cpu", torch.float64) for k, v in tensors.items()})
+    def set_state(self, **arrays: np.ndarray) -> None:
+        self.state.update({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()})
         self._cache.clear()
 
-    def _means(self, stats: dict[str, Moments]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _means(self, stats: dict[str, Moments]) -> tuple[np.ndarray, np.ndarray]:
         for role in (SOURCE, TARGET):
             if role in stats and stats[role].n == 0:
                 raise ModgapError(f"cannot fit {self.method!r}: the {role} has no usable vectors")
@@ -49,23 +50,23 @@ class _Params(Aligner):
         return stats[SOURCE].mean(), stats[TARGET].mean()
 
 
-def gaussian_noise_rows(seed: int, row_start: int, n: int, dim: int) -> torch.Tensor:
-    """Standard normal noise for global rows [row_start, row_start + n), independent of chunking.
+def gaussian_noise_rows(seed: int, row_start: int, n: int, dim: int) -> np.ndarray:
+    """Standard normal float32 noise for global rows [row_start, row_start + n), independent of chunking.
 
     Rows are grouped in blocks of 1024, each drawn from its own generator seeded by (seed, block).
     """
     block = 1024
-    out = torch.empty(n, dim)
+    out = np.empty((n, dim), dtype=np.float32)
     first, last = row_start // block, (row_start + n - 1) // block
     for b in range(first, last + 1):
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0] >> 1))
-        noise = torch.randn(block, dim, generator=g)
+        noise = np.random.default_rng(np.random.SeedSequence([seed, b])).standard_normal((block, dim), np.float32)
         lo, hi = max(row_start, b * block), min(row_start + n, (b + 1) * block)
         out[lo - row_start : hi - row_start] = noise[lo - b * block : hi - b * block]
     return out
 
 
 def _noisy(x: torch.Tensor, std: float, renormalize: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Train-time noise (training runs on tensors)."""
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
     y = x + std * noise
     return normalize_rows(y) if renormalize else y
@@ -80,7 +81,7 @@ class NoAlignment(_Params):
     kind = "baseline"
     passes = 0
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
         return normalize_rows(x, norms)
 
 
@@ -97,7 +98,7 @@ class MeanShift(_Params):
         mu_t, mu_i = self._means(stats)
         self.set_state(mu_t=mu_t, mu_i=mu_i)
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
         shift = self.p("mu_t", x) - self.p("mu_i", x) if self.add_target_mean else self.p("mu_t", x)
         return normalize_rows(x, norms) - shift
 
@@ -116,10 +117,10 @@ class C3(_Params):
         mu_t, mu_i = self._means(stats)
         self.set_state(mu_t=mu_t, mu_i=mu_i)
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
         return normalize_rows(normalize_rows(x, norms) - self.p("mu_t", x))
 
-    def transform_target_rows(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    def transform_target_rows(self, x: Any, norms: Any) -> Any:
         return normalize_rows(normalize_rows(x, norms) - self.p("mu_i", x))
 
     def train_noise(self, aligned: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -143,8 +144,8 @@ class GaussianNoise(_Params):
     def output_normalized(self) -> bool:
         return self.renormalize
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
-        noise = gaussian_noise_rows(self.seed, row_start, x.shape[0], x.shape[1]).to(x)
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
+        noise = like(gaussian_noise_rows(self.seed, row_start, x.shape[0], x.shape[1]), x)
         y = normalize_rows(x, norms) + self.std * noise
         return normalize_rows(y) if self.renormalize else y
 
@@ -161,11 +162,11 @@ class _CentroidCorrected(_Params):
 
     passes = 2
 
-    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    def mapped(self, x: Any, norms: Any) -> Any:
         """normalize(g(x̂)); may overwrite ``x``."""
         raise NotImplementedError
 
-    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+    def accumulate(self, p: int, role: str, x: Any, norms: Any, stats: dict[str, Moments]) -> None:
         if p == 0:
             super().accumulate(p, role, x, norms, stats)
         else:
@@ -184,13 +185,14 @@ class _CentroidCorrected(_Params):
     def fitted(self) -> bool:
         return "mu_hat" in self.state
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
         y = self.mapped(x, norms)
-        y.add_(self.p("shift", y))
-        return y.div_(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+        y += self.p("shift", y)
+        y /= row_norms(y)[:, None]
+        return y
 
-    def set_state(self, **tensors: torch.Tensor) -> None:
-        super().set_state(**tensors)
+    def set_state(self, **arrays: np.ndarray) -> None:
+        super().set_state(**arrays)
         if "mu_hat" in self.state:
             self.state["shift"] = self.state["mu_i"] - self.state["mu_hat"]
 
@@ -208,16 +210,17 @@ class ReAlign(_CentroidCorrected):
 
     def fit_map(self, stats: dict[str, Moments]) -> None:
         mu_t, mu_i = self._means(stats)
-        trace_t, trace_i = 1.0 - mu_t.dot(mu_t), 1.0 - mu_i.dot(mu_i)
+        trace_t, trace_i = 1.0 - mu_t @ mu_t, 1.0 - mu_i @ mu_i
         if trace_t <= 0:
             raise ModgapError("cannot fit 'realign': the source vectors have zero spread (all identical)")
-        scale = torch.sqrt(trace_i / trace_t)
+        scale = np.sqrt(trace_i / trace_t)
         self.set_state(mu_t=mu_t, mu_i=mu_i, scale=scale, trace_t=trace_t, trace_i=trace_i, offset=mu_i - scale * mu_t)
 
-    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        scale = float(self.state["scale"])
-        x.mul_((scale / norms)[:, None]).add_(self.p("offset", x))
-        return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+    def mapped(self, x: Any, norms: Any) -> Any:
+        x *= (float(self.state["scale"]) / norms)[:, None]
+        x += self.p("offset", x)
+        x /= row_norms(x)[:, None]
+        return x
 
     # The hot paths below give the same numbers as mapped() + the centroid step, but touch each chunk
     # fewer times: with c = offset, y = s x̂ + c has ||y||^2 = s^2 + 2 s x̂·c + ||c||^2, so the norms come
@@ -226,22 +229,22 @@ class ReAlign(_CentroidCorrected):
 
     def _constants(self) -> dict[str, float]:
         """Scalars of the fused formulas, from the float64 state (cached until the state changes)."""
-        key = ("constants", torch.device("cpu"), torch.float64)
+        key = ("constants", "numpy", "float64")
         if key not in self._cache:
             st = self.state
-            c, d = st["offset"], st.get("shift", torch.zeros_like(st["offset"]))
+            c, d = st["offset"], st.get("shift", np.zeros_like(st["offset"]))
             consts = {"s": float(st["scale"]), "cc": float(c @ c), "cd": float(c @ d), "dd": float(d @ d)}
             self._cache[key] = consts
         return self._cache[key]
 
-    def _rows(self, names: tuple[str, ...], like: torch.Tensor) -> torch.Tensor:
+    def _rows(self, names: tuple[str, ...], like_x: Any) -> Any:
         """The named state vectors stacked as a contiguous (k, D) matrix: ``x @ rows.T`` is the fast product."""
-        key = ("rows:" + ",".join(names), like.device, like.dtype)
+        key = ("rows:" + ",".join(names), "numpy" if on_numpy(like_x) else str(like_x.device), str(like_x.dtype))
         if key not in self._cache:
-            self._cache[key] = torch.stack([self.state[n] for n in names]).to(like).contiguous()
+            self._cache[key] = like(np.stack([self.state[n] for n in names]), like_x)
         return self._cache[key]
 
-    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+    def accumulate(self, p: int, role: str, x: Any, norms: Any, stats: dict[str, Moments]) -> None:
         if p == 0:
             super().accumulate(p, role, x, norms, stats)
             return
@@ -251,28 +254,30 @@ class ReAlign(_CentroidCorrected):
         if bool((m2 < self._DEGENERATE).any()):
             super().accumulate(p, role, x, norms, stats)
             return
-        inv_m = m2.rsqrt()
+        inv_m = m2**-0.5
         stats[SOURCE].update(x, k["s"] * inv_m / norms)  # adds sum of s x̂ / m
-        stats[SOURCE].sum += float(inv_m.double().sum()) * self.state["offset"].to(stats[SOURCE].sum)  # + c sum 1/m
+        stats[SOURCE].sum += total(inv_m) * self.state["offset"]  # + c sum 1/m
 
-    def transform_rows(self, x: torch.Tensor, norms: torch.Tensor, row_start: int = 0) -> torch.Tensor:
+    def transform_rows(self, x: Any, norms: Any, row_start: int = 0) -> Any:
         k = self._constants()
         cd = self._rows(("offset", "shift"), x)
         dots = x @ cd.T
         m2 = k["s"] * k["s"] + 2 * k["s"] * dots[:, 0] / norms + k["cc"]
         if bool((m2 < self._DEGENERATE).any()):
             return super().transform_rows(x, norms, row_start)
-        inv_m = m2.rsqrt()
+        inv_m = m2**-0.5
         yd = (k["s"] * dots[:, 1] / norms + k["cd"]) * inv_m  # ŷ·d
-        inv_z = (1 + 2 * yd + k["dd"]).rsqrt()  # 1 / ||ŷ + d||
-        x.mul_((k["s"] * inv_m * inv_z / norms)[:, None])
-        x.addr_(inv_m * inv_z, cd[0])
-        return x.addr_(inv_z, cd[1])
+        inv_z = (1 + 2 * yd + k["dd"]) ** -0.5  # 1 / ||ŷ + d||
+        x *= (k["s"] * inv_m * inv_z / norms)[:, None]
+        coef = dots[:, :2]  # reused as the (n, 2) coefficients of c and d
+        coef[:, 0] = inv_m * inv_z
+        coef[:, 1] = inv_z
+        return add_rows_(x, coef, cd)
 
 
-def _sym_sqrt(c: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    vals, vecs = torch.linalg.eigh(c)
-    vals = vals.clamp_min(0).sqrt()
+def _sym_sqrt(c: np.ndarray, inverse: bool = False) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(c)
+    vals = np.sqrt(np.clip(vals, 0, None))
     if inverse:
         vals = 1.0 / vals
     return (vecs * vals) @ vecs.T
@@ -292,7 +297,7 @@ class GaussianOT(_CentroidCorrected):
     second_order = True
     shrinkage: float = 1e-3
 
-    def accumulate(self, p: int, role: str, x: torch.Tensor, norms: torch.Tensor, stats: dict[str, Moments]) -> None:
+    def accumulate(self, p: int, role: str, x: Any, norms: Any, stats: dict[str, Moments]) -> None:
         if p == 0:
             stats[role].update(normalize_rows(x, norms))
         else:
@@ -310,14 +315,16 @@ class GaussianOT(_CentroidCorrected):
         transport = (transport + transport.T) / 2
         self.set_state(mu_t=mu_t, mu_i=mu_i, transport=transport)
 
-    def _shrink(self, cov: torch.Tensor) -> torch.Tensor:
+    def _shrink(self, cov: np.ndarray) -> np.ndarray:
         d = cov.shape[0]
-        return (1 - self.shrinkage) * cov + self.shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
+        return (1 - self.shrinkage) * cov + self.shrinkage * np.trace(cov) / d * np.eye(d)
 
-    def mapped(self, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    def mapped(self, x: Any, norms: Any) -> Any:
         centred = normalize_rows(x, norms) - self.p("mu_t", x)
-        y = torch.addmm(self.p("mu_i", x), centred, self.p("transport", x))
-        return y.div_(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+        y = centred @ self.p("transport", x)
+        y += self.p("mu_i", x)
+        y /= row_norms(y)[:, None]
+        return y
 
 
 METHODS = method_names()  # the built-in methods, in registration order

@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modgap.align.base import ARTIFACT_CONFIG, Aligner, load_aligner
 from modgap.errors import ModgapError
-from modgap.lazy import lazy_module
 from modgap.store.store import EmbeddingStore
-
-torch = lazy_module("torch")
 
 ALIGNER_SUBDIR = "aligner"  # an aligned store carries the aligner that made it, so training can use it
 RECORD_KEY = "aligner"  # its entry in manifest.extra
@@ -57,7 +56,7 @@ def store_aligner(store: EmbeddingStore) -> Aligner | None:
 
 
 def same_aligner(a: Aligner, b: Aligner) -> bool:
-    """Same method, parameters and fitted tensors."""
+    """Same method, parameters and fitted arrays."""
     if a.method != b.method or a.params() != b.params() or set(a.state) != set(b.state):
         return False
-    return all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    return all(np.array_equal(a.state[k], b.state[k]) for k in a.state)

@@ -34,7 +34,7 @@ def select_shrinkage(
     scores = {}
     for shrinkage in grid:
         aligner = make_aligner("gaussian-ot", shrinkage=shrinkage).fit(fit_t, fit_i)
-        moved = unit(aligner.transform(val_t).numpy().astype(np.float64))
+        moved = unit(aligner.transform(val_t).astype(np.float64))
         scores[shrinkage] = float(rbf_kernel(moved, moved, gamma=gamma).mean() + k_target
                                   - 2 * rbf_kernel(moved, target, gamma=gamma).mean())  # fmt: skip
     return min(scores, key=scores.get), scores

@@ -21,9 +21,11 @@ OnBadOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
 ChunkOpt = Annotated[
-    int | None, typer.Option("--chunk-rows", help="Rows per streamed chunk (default: ~4 MiB of float32).")
+    int | None, typer.Option("--chunk-rows", help="Rows per streamed chunk (default: ~1 MiB of float32).")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device for the arithmetic (cpu, cuda, cuda:1).")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="Device for the arithmetic: cpu, or a torch device (cuda, cuda:1).")
+]
 
 
 def command_line() -> str:

@@ -19,13 +19,10 @@ from modgap.align.base import Aligner, normalize_rows
 from modgap.align.stats import Moments
 from modgap.errors import ModgapError
 from modgap.gap import metrics
-from modgap.lazy import lazy_module
 from modgap.progress import ProgressFactory, silent
 from modgap.store.checks import BadRows, OnBad
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
-
-torch = lazy_module("torch")
 
 
 def _sample(src: VectorSource, n: int, seed: int) -> np.ndarray:
@@ -41,7 +38,7 @@ def _sample(src: VectorSource, n: int, seed: int) -> np.ndarray:
         if chunk.keep is not None:  # map chunk positions to positions among the kept rows
             kept_pos = np.cumsum(chunk.keep) - 1
             sel = kept_pos[sel[chunk.keep[sel]]]
-        out.append(chunk.x[sel].copy() if src.numpy else chunk.x[torch.as_tensor(sel)].numpy().copy())
+        out.append(chunk.x[sel].copy())
     arr = np.concatenate(out) if out else np.empty((0, src.dim), np.float32)
     return arr[rng.permutation(len(arr))]
 
@@ -51,20 +48,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _stream_mean(src: VectorSource, fn: Any, progress: ProgressFactory, label: str) -> np.ndarray:
-    if src.numpy:  # the unit rows' mean, summed in float64 (no aligner: NumPy all the way)
-        total, count = np.zeros(src.dim), 0
-        with progress(label, src.rows) as advance:
-            for c in src.chunks(rows=(0, src.rows)):
-                total += (c.x / c.norms[:, None]).sum(0, dtype=np.float64)
-                count += len(c.x)
-                advance(len(c.keep) if c.keep is not None else len(c.x))
-        return total / count
+    """The mean of ``fn(rows, norms)`` over every row, summed in float64."""
     m = Moments(src.dim)
     with progress(label, src.rows) as advance:
         for c in src.chunks(rows=(0, src.rows)):
             m.update(fn(c.x, c.norms))
             advance(len(c.keep) if c.keep is not None else len(c.x))
-    return m.mean().numpy()
+    return m.mean()
 
 
 def _figures(
@@ -119,9 +109,8 @@ def gap_report(
 ) -> dict[str, Any]:
     """Compute the gap figures (see the module docstring). Returns a JSON-serialisable dict."""
     bad = BadRows(on_bad)
-    # Without an aligner the figures need no torch; an aligner's transforms run on tensors.
-    t_src = VectorSource(text, "text", bad, numpy=aligner is None)
-    i_src = VectorSource(image, "image", bad, numpy=aligner is None)
+    t_src = VectorSource(text, "text", bad, numpy=True)
+    i_src = VectorSource(image, "image", bad, numpy=True)
     if t_src.dim != i_src.dim:
         raise ModgapError(
             f"dimension mismatch: text {t_src.label} has D={t_src.dim}, image {i_src.label} has D={i_src.dim}"
@@ -152,8 +141,8 @@ def gap_report(
         aligner.require_dim(t_src.dim, f"{t_src.label} and {i_src.label}")
         mu_t1 = _stream_mean(t_src, aligner.transform_rows, progress, f"text after {aligner.method}")
         mu_i1 = _stream_mean(i_src, aligner.transform_target_rows, progress, f"image after {aligner.method}")
-        t1 = aligner.transform(raw_t).numpy()
-        i1 = aligner.transform_target(raw_i).numpy()
+        t1 = aligner.transform(raw_t)
+        i1 = aligner.transform_target(raw_i)
         report["after"], spectra = _figures(mu_t1, mu_i1, t1, i1, t1[:sample], i1[:sample], k, energy, top_q, seed)
         report["spectra"]["after"] = spectra
         report["preservation"] = {
@@ -186,7 +175,7 @@ def _pair_report(
     v = i_src.store.get([p[1] for p in pairs]).astype(np.float32)
     out = {"before": metrics.paired_figures(t, v)}
     if aligner is not None:
-        out["after"] = metrics.paired_figures(aligner.transform(t).numpy(), aligner.transform_target(v).numpy())
+        out["after"] = metrics.paired_figures(aligner.transform(t), aligner.transform_target(v))
     return out
 
 

@@ -118,7 +118,6 @@ def _sample(store: Path, n: int, seed: int) -> np.ndarray:
 
 def _projections(root: Path, aligners: list[str], n: int = 500) -> Any:
     import matplotlib.pyplot as plt
-    import torch
 
     from modgap.align import load_aligner
 
@@ -132,8 +131,8 @@ def _projections(root: Path, aligners: list[str], n: int = 500) -> Any:
     panels: list[tuple[str, np.ndarray, np.ndarray]] = [("no alignment", text, image)]
     for method in (m for m in aligners if m != "none"):  # "none" is the first panel
         aligner = load_aligner(root / "aligners" / method)
-        moved = aligner.transform(torch.from_numpy(text)).numpy()
-        seen = aligner.transform_target(torch.from_numpy(image)).numpy()  # C3 centres the images too
+        moved = aligner.transform(text)
+        seen = aligner.transform_target(image)  # C3 centres the images too
         panels.append((method, moved, seen))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
     for ax, (name, t, v) in zip(axes[0], panels, strict=True):
