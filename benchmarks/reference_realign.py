@@ -79,3 +79,9 @@ def reference_realign(text_dir: Path, image_dir: Path, out_dir: Path) -> None:
         )
         with open(out_dir / f"{f.stem}_trace.pkl", "wb") as fh:
             pickle.dump([dict(r, embed=final[j]) for j, r in enumerate(records)], fh)
+
+
+if __name__ == "__main__":  # the reference as a whole process: python reference_realign.py TEXT_DIR IMAGE_DIR OUT
+    import sys
+
+    reference_realign(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -224,3 +224,14 @@ def test_realign_fused_arithmetic_equals_the_direct_formula(rng):
     norms = torch.linalg.vector_norm(x, dim=1)
     direct = _CentroidCorrected.transform_rows(a, x.clone(), norms)
     torch.testing.assert_close(a.transform_rows(x.clone(), norms), direct, rtol=0, atol=1e-6)
+
+
+def test_the_cpu_computes_in_numpy_unless_told_and_a_device_in_torch():
+    from modgap.align.fitting import choose_backend
+
+    assert choose_backend("cpu", None) == "numpy" and choose_backend("cpu", "torch") == "torch"
+    assert choose_backend("cuda", None) == "torch"
+    with pytest.raises(ModgapError, match="the NumPy backend runs on the CPU, not cuda"):
+        choose_backend("cuda", "numpy")
+    with pytest.raises(ModgapError, match="--backend must be one of"):
+        choose_backend("cpu", "jax")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modgap.cli.common import ChunkOpt, DeviceOpt, OnBadOpt, OverwriteOpt, command_line, out
+from modgap.cli.common import BackendOpt, ChunkOpt, DeviceOpt, OnBadOpt, OverwriteOpt, command_line, out
 from modgap.progress import rich_progress
 
 app = typer.Typer(help="Fit and apply modality aligners.", no_args_is_help=True)
@@ -55,6 +55,7 @@ def align_fit(
     on_bad: OnBadOpt = "error",
     chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = None,
 ) -> None:
     """Fit an aligner from unpaired source and target stores and save it (safetensors + JSON).
 
@@ -73,6 +74,7 @@ def align_fit(
         on_bad=on_bad,
         chunk_rows=chunk_rows,
         device=device,
+        backend=backend,
         command=command_line(),
         progress=rich_progress(),
     )
@@ -94,6 +96,7 @@ def align_apply(
     on_bad: OnBadOpt = "error",
     chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Apply a saved aligner to a store; the output keeps ids, order and metadata."""
@@ -108,6 +111,7 @@ def align_apply(
         dtype=dtype,
         chunk_rows=chunk_rows,
         device=device,
+        backend=backend,
         overwrite=overwrite,
         created_by=command_line(),
         aligner_path=str(aligner_dir),
@@ -132,6 +136,7 @@ def align_run(
     on_bad: OnBadOpt = "error",
     chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit on source + target and write the aligned source store, in one command."""
@@ -150,6 +155,7 @@ def align_run(
         dtype=dtype,
         chunk_rows=chunk_rows,
         device=device,
+        backend=backend,
         overwrite=overwrite,
         command=command_line(),
         progress=rich_progress(),

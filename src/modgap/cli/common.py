@@ -23,6 +23,9 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the out
 ChunkOpt = Annotated[
     int | None, typer.Option("--chunk-rows", help="Rows per streamed chunk (default: ~1 MiB of float32).")
 ]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="On the CPU: numpy (the default; torch is never loaded) or torch.")
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="Device for the arithmetic: cpu, or a torch device (cuda, cuda:1).")
 ]
