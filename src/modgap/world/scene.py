@@ -122,7 +122,17 @@ def make_scenes(n: int, seed: int, split: str) -> list[Scene]:
     return [make_scene(base + i) for i in range(n)]
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:
+def polygon(
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    extra: dict[str, tuple[int, list[float], float]] | None = None,
+) -> list[tuple[float, float]] | None:
+    """The outline of ``shape`` (None for a circle): regular rings of points, ``extra`` adding shapes as
+    (points per turn, radii repeated along the ring, angular offset)."""
+
     def ring(k: int, radii: list[float], offset: float) -> list[tuple[float, float]]:
         pts = []
         for i in range(k * len(radii)):
@@ -131,6 +141,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
         return pts
 
+    if extra and shape in extra:
+        k, radii, offset = extra[shape]
+        return ring(k, radii, offset)
     if shape == "square":
         return ring(4, [r * 1.15], 45)
     if shape == "triangle":
@@ -161,7 +174,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 def _draw(draw: ImageDraw.ImageDraw, thing: Thing, side: int, radius: float) -> None:
     cx, cy = thing.xy[0] * side, thing.xy[1] * side
     colour = COLOURS[thing.colour]
-    poly = _polygon(thing.shape, cx, cy, radius, thing.angle)
+    poly = polygon(thing.shape, cx, cy, radius, thing.angle)
     if poly is None:
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
     else:

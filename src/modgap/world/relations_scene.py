@@ -1,0 +1,352 @@
+"""The second built-in world, ``relations``: scenes of two to four objects with relations, far more diverse
+than any pool the demo trains on (the first world, :mod:`modgap.world.scene`, has 300 distinct main-object
+descriptions, so 1500 pairs already cover it and no data-scaling claim can be tested there).
+
+A scene holds 2-4 objects (8 shapes, 8 colours, 3 textures, continuous sizes and positions, some in counted
+groups, a small object sometimes inside a large ring) on one of 4 backgrounds. A caption describes only part
+of it: always the main (largest) object's colour and shape, its other attributes each with some probability,
+often one relation to another object, sometimes one more object; phrasings, word order and synonyms vary, so
+exact duplicate captions are rare. Captions parse back to the main object's attributes and to relations,
+and a relation is scored against the scene's geometry (:func:`holds`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from modgap.world.scene import polygon
+
+SIDE = 48  # image side in pixels: textures and four objects need more room than the first world's 32
+SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring"]
+COLOURS = {
+    "red": (220, 45, 45),
+    "green": (50, 175, 70),
+    "blue": (55, 90, 230),
+    "yellow": (235, 215, 50),
+    "purple": (150, 70, 200),
+    "white": (240, 240, 240),
+    "orange": (245, 140, 30),
+    "cyan": (60, 210, 220),
+}
+TEXTURES = ["plain", "striped", "dotted"]
+SIZES = {"small": (3.5, 5.0), "medium": (5.5, 7.0), "large": (7.5, 9.5)}  # radius ranges, pixels of SIDE
+BACKGROUNDS = {"dark": (20, 20, 28), "grey": (90, 90, 95), "navy": (20, 30, 75), "forest": (20, 60, 30)}
+RELATIONS = ("left of", "right of", "above", "below", "inside", "holding")
+ATTRIBUTES = ("shape", "colour", "size", "texture", "position", "count")
+NUMBERS = {1: "one", 2: "two", 3: "three"}
+PROMPT = "describe the image briefly ."
+
+# Synonyms: each caption draws one, the parser maps all back.
+SIZE_WORDS = {"small": ["small", "little", "tiny"], "medium": ["medium", "mid-sized"], "large": ["large", "big"]}
+TEXTURE_WORDS = {"plain": ["plain", "solid"], "striped": ["striped", "stripy"], "dotted": ["dotted", "spotted"]}
+RELATION_WORDS = {
+    "left of": ["left of", "to the left of"],
+    "right of": ["right of", "to the right of"],
+    "above": ["above", "over"],
+    "below": ["below", "under", "beneath"],
+    "inside": ["inside", "within"],
+    "holding": ["holding", "containing"],  # a ring with an object inside: the main object is the larger one
+}
+ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+MAIN_TEMPLATES = [  # {place} may be empty: the caption then does not say where
+    "{desc} {place}",
+    "there is {desc} {place}",
+    "the picture shows {desc} {place}",
+    "{place} , {desc}",
+    "{place} we see {desc}",
+    "an image of {desc} {place}",
+    "{desc} sits {place}",
+    "you can see {desc} {place}",
+]
+RELATION_TEMPLATES = [" , {rel} {other}", " and it is {rel} {other}", " ; it lies {rel} {other}"]
+EXTRA_TEMPLATES = [" , and also {other}", " , plus {other}", " ; there is also {other}"]
+P_SIZE, P_TEXTURE, P_PLACE, P_RELATION, P_EXTRA = 0.75, 0.6, 0.7, 0.65, 0.35
+
+
+@dataclasses.dataclass
+class Obj:
+    shape: str
+    colour: str
+    texture: str
+    radius: float  # pixels of a SIDE-pixel image
+    xy: tuple[float, float]  # centre as a fraction of the side
+    angle: float = 0.0
+    group: int = 0  # objects of one counted group share shape, colour, texture and size word
+
+    @property
+    def size(self) -> str:
+        return next(name for name, (lo, hi) in SIZES.items() if self.radius <= hi + 1e-9 or name == "large")
+
+    @property
+    def position(self) -> str:
+        """One of nine regions: top left, top, top right, left, middle, right, bottom left, bottom, bottom right."""
+        row = ROWS[min(2, int(self.xy[1] * 3))]
+        column = COLUMNS[min(2, int(self.xy[0] * 3))]
+        if row == "middle":
+            return "middle" if column == "centre" else column
+        return row if column == "centre" else f"{row} {column}"
+
+
+@dataclasses.dataclass
+class RelationScene:
+    objects: list[Obj]  # objects[0] is the main object (the largest)
+    background: str
+    seed: int
+
+    @property
+    def main(self) -> Obj:
+        return self.objects[0]
+
+    def count(self, obj: Obj) -> int:
+        """How many objects share ``obj``'s group (1 for a single object)."""
+        return sum(o.group == obj.group for o in self.objects)
+
+    def attributes(self) -> dict[str, str]:
+        m = self.main
+        return {"shape": m.shape, "colour": m.colour, "size": m.size, "texture": m.texture,
+                "position": m.position, "count": str(self.count(m))}  # fmt: skip
+
+    def description(self) -> str:
+        """Every object's attributes and every relation between objects of different groups, in a canonical
+        order: two scenes with the same description are the same for every caption the world can write."""
+        things = sorted(f"{o.size} {o.texture} {o.colour} {o.shape} at {o.position}" for o in self.objects)
+        rels = sorted(f"{_name(a)} {r} {_name(b)}" for a, r, b in relations(self))
+        return f"{self.background} | " + " | ".join(things) + " || " + " | ".join(rels)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RelationScene:
+        return cls([Obj(**{**o, "xy": tuple(o["xy"])}) for o in d["objects"]], d["background"], d["seed"])
+
+
+def _name(o: Obj) -> str:
+    return f"{o.colour} {o.shape}"
+
+
+def make_scene(seed: int) -> RelationScene:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 5))
+    objects: list[Obj] = []
+    group = 0
+    while len(objects) < n:
+        shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+        texture = str(rng.choice(TEXTURES))
+        size = str(rng.choice(list(SIZES)))
+        copies = int(rng.choice([1, 1, 1, 2, 3])) if len(objects) + 1 < n else 1
+        copies = min(copies, n - len(objects))
+        radius = float(rng.uniform(*SIZES[size]))
+        for _ in range(copies):
+            xy, angle = _free_spot(rng, objects, radius), float(rng.uniform(-12, 12))
+            objects.append(Obj(shape, colour, texture, radius, xy, angle, group))
+        group += 1
+    # A small object inside a large ring, sometimes: the one containment relation.
+    rings = [o for o in objects if o.shape == "ring" and o.size == "large"]
+    if rings and rng.random() < 0.5:
+        ring = rings[0]
+        inner = Obj(str(rng.choice([s for s in SHAPES if s != "ring"])), str(rng.choice(list(COLOURS))),
+                    "plain", float(rng.uniform(2.0, 2.8)), ring.xy, 0.0, group)  # fmt: skip
+        objects.append(inner)
+    objects.sort(key=lambda o: -o.radius)  # the main object is the largest (ties: the first drawn)
+    return RelationScene(objects, str(rng.choice(list(BACKGROUNDS))), seed)
+
+
+def _free_spot(rng: np.random.Generator, placed: list[Obj], radius: float) -> tuple[float, float]:
+    """A centre whose disc overlaps no placed object's (best of 50 tries)."""
+    best, best_gap = (0.5, 0.5), -math.inf
+    margin = (radius + 1) / SIDE
+    for _ in range(50):
+        xy = tuple(rng.uniform(margin, 1 - margin, size=2).tolist())
+        gap = min((math.dist(xy, o.xy) * SIDE - o.radius - radius for o in placed), default=math.inf)
+        if gap > 1.5:
+            return xy  # type: ignore[return-value]
+        if gap > best_gap:
+            best, best_gap = xy, gap
+    return best  # type: ignore[return-value]
+
+
+def make_scenes(n: int, seed: int, split: str) -> list[RelationScene]:
+    """``n`` scenes of a named split; splits of one seed never share a scene seed (as in the first world)."""
+    base = (seed * 7919 + sum(ord(c) * 31**i for i, c in enumerate(split))) % (2**31) * 10_000_019 + 5_000_000
+    return [make_scene(base + i) for i in range(n)]
+
+
+def holds(a: Obj, relation: str, b: Obj) -> bool:
+    """Whether ``a`` stands in ``relation`` to ``b`` in the image (what a relation in a caption is scored by)."""
+    dx, dy = (a.xy[0] - b.xy[0]) * SIDE, (a.xy[1] - b.xy[1]) * SIDE
+    if relation == "inside":
+        return b.shape == "ring" and math.hypot(dx, dy) + a.radius < b.radius * 0.8
+    if relation == "holding":
+        return holds(b, "inside", a)
+    if relation in ("left of", "right of"):
+        return abs(dx) > max(abs(dy), 2.0) and (dx < 0) == (relation == "left of")
+    return abs(dy) > max(abs(dx), 2.0) and (dy < 0) == (relation == "above")
+
+
+def relations(scene: RelationScene) -> list[tuple[Obj, str, Obj]]:
+    """Every (a, relation, b) that holds between objects of different groups."""
+    return [(a, r, b) for a in scene.objects for b in scene.objects if a.group != b.group
+            for r in RELATIONS if holds(a, r, b)]  # fmt: skip
+
+
+# -- rendering ------------------------------------------------------------------------------------------------
+def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:
+    """The first world's shapes, plus a rhombus and a hexagon; None for circles and rings."""
+    extra = {"diamond": (2, [r * 1.3, r * 0.8], 0.0), "hexagon": (6, [r * 1.05], 0.0)}
+    return None if shape == "ring" else polygon(shape, cx, cy, r, angle, extra)
+
+
+def _mask(o: Obj, side: int) -> np.ndarray:
+    scale = side / SIDE
+    cx, cy, r = o.xy[0] * side, o.xy[1] * side, o.radius * scale
+    canvas = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    outline = _outline(o.shape, cx, cy, r, o.angle)
+    if outline is not None:
+        draw.polygon(outline, fill=255)
+    elif o.shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(2, round(r * 0.3)))
+    else:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    return np.asarray(canvas) > 127
+
+
+def render(scene: RelationScene, side: int = SIDE) -> Image.Image:
+    """The scene's image (RGB, ``side`` x ``side``); speckle noise from the scene's own seed."""
+    rng = np.random.default_rng(scene.seed + 1)
+    base = np.asarray(BACKGROUNDS[scene.background], dtype=np.int16)
+    pixels = np.clip(base + rng.integers(-12, 13, size=(side, side, 3)), 0, 255).astype(np.int16)
+    yy, xx = np.mgrid[0:side, 0:side] * (SIDE / side)
+    for o in sorted(scene.objects, key=lambda o: -o.radius):  # small ones drawn last: a ring's content shows
+        mask = _mask(o, side)
+        colour = np.asarray(COLOURS[o.colour], dtype=np.int16)
+        pixels[mask] = colour
+        if o.texture == "striped":
+            pattern = mask & (((xx + yy) // 2.5) % 2 == 0)
+        elif o.texture == "dotted":
+            pattern = mask & ((xx % 4) < 1.5) & ((yy % 4) < 1.5)
+        else:
+            continue
+        pixels[pattern] = colour // 3
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+# -- captions -------------------------------------------------------------------------------------------------
+def _place(position: str) -> str:
+    return "in the middle" if position == "middle" else f"at the {position}"
+
+
+def _phrase(scene: RelationScene, o: Obj, rng: np.random.Generator, full: bool) -> str:
+    """Words for an object: colour and shape always; count, size and texture (``full``: with their
+    probabilities; otherwise only the colour and shape)."""
+    count = scene.count(o)
+    words = []
+    if full and rng.random() < P_SIZE:
+        words.append(str(rng.choice(SIZE_WORDS[o.size])))
+    if full and rng.random() < P_TEXTURE:
+        words.append(str(rng.choice(TEXTURE_WORDS[o.texture])))
+    words += [o.colour, o.shape + ("s" if count > 1 else "")]
+    article = NUMBERS[count] if count > 1 else ("an" if words[0][0] in "aeiou" else "a")
+    return " ".join([article, *words])
+
+
+def caption(scene: RelationScene, rng: np.random.Generator | None = None) -> str:
+    """One partial caption of the scene (drawn from ``rng``, by default the scene's own)."""
+    rng = rng if rng is not None else np.random.default_rng(scene.seed + 2)
+    m = scene.main
+    template = str(rng.choice(MAIN_TEMPLATES))
+    place = _place(m.position) if rng.random() < P_PLACE else ""
+    text = template.format(desc=_phrase(scene, m, rng, full=True), place=place)
+    text = re.sub(r"\s+", " ", text).strip(" ,")
+    if scene.count(m) > 1:  # a counted group: plural verbs
+        text = text.replace("there is ", "there are ").replace(" sits ", " sit ")
+    from_main = [(r, b) for a, r, b in relations(scene) if a is m]
+    if from_main and rng.random() < P_RELATION:
+        r, b = from_main[int(rng.integers(len(from_main)))]
+        words = str(rng.choice(RELATION_WORDS[r]))
+        text += str(rng.choice(RELATION_TEMPLATES)).format(rel=words, other=_phrase(scene, b, rng, full=False))
+    others = [o for o in scene.objects if o.group != m.group]
+    if others and rng.random() < P_EXTRA:
+        o = others[int(rng.integers(len(others)))]
+        text += str(rng.choice(EXTRA_TEMPLATES)).format(other=_phrase(scene, o, rng, full=True))
+    return text + " ."
+
+
+_TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?")
+_SIZE = {w: k for k, ws in SIZE_WORDS.items() for w in ws}
+_TEXTURE = {w: k for k, ws in TEXTURE_WORDS.items() for w in ws}
+_COUNT = {"two": 2, "three": 3}
+_RELATION = sorted(((w, k) for k, ws in RELATION_WORDS.items() for w in ws), key=lambda p: -len(p[0]))
+_SHAPE = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
+_PLACE = re.compile(r"\b(?:at the ((?:top|bottom)(?: left| right)?|left|right)|in the (middle))\b(?! of)")
+
+
+def _parse_object(words: list[str]) -> dict[str, str | None]:
+    found: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
+    for w in words:
+        if found["shape"] is None and w in _SHAPE:
+            found["shape"] = _SHAPE[w]
+            if w != _SHAPE[w] and found["count"] is None:
+                found["count"] = "2"  # a plural with no number word: more than one
+        elif found["colour"] is None and w in COLOURS:
+            found["colour"] = w
+        elif found["size"] is None and w in _SIZE:
+            found["size"] = _SIZE[w]
+        elif found["texture"] is None and w in _TEXTURE:
+            found["texture"] = _TEXTURE[w]
+        elif w in _COUNT:
+            found["count"] = str(_COUNT[w])
+    if found["shape"] is not None and found["count"] is None:
+        found["count"] = "1"
+    return found
+
+
+def parse_caption(text: str) -> dict[str, Any]:
+    """The main object's attributes (None where the caption does not say), and the relation it names as
+    ``(relation, {"colour": ..., "shape": ...})`` or None."""
+    lower = text.lower()
+    main_part, rel, rest = lower, None, ""
+    for words, name in _RELATION:
+        at = lower.find(f" {words} ")
+        if at >= 0:
+            main_part, rel, rest = lower[:at], name, lower[at + len(words) + 2 :]
+            break
+    main_part = re.split(r" , and also | , plus | ; there is also ", main_part)[0]
+    words = _TOKEN.findall(main_part)
+    found: dict[str, Any] = _parse_object(words)
+    place = _PLACE.search(main_part)
+    if place is not None:
+        found["position"] = place.group(1) or place.group(2)
+    other = None
+    if rel is not None:
+        rest = re.split(r" , and also | , plus | ; there is also ", rest)[0]
+        o = _parse_object(_TOKEN.findall(rest))
+        other = {"colour": o["colour"], "shape": o["shape"]}
+    found["relation"] = (rel, other) if rel is not None else None
+    return found
+
+
+def relation_true(scene: RelationScene, parsed: dict[str, Any]) -> bool | None:
+    """Whether the relation a parsed caption names holds in ``scene`` from the main object to some object of
+    the named colour and shape (None when the caption names no relation)."""
+    if parsed.get("relation") is None:
+        return None
+    rel, other = parsed["relation"]
+    named = [b for b in scene.objects if (b.colour, b.shape) == (other["colour"], other["shape"])]
+    return any(holds(scene.main, rel, b) for b in named if b.group != scene.main.group)
+
+
+def vocabulary() -> list[str]:
+    """Every word the world's captions and prompts use (for tokenizers)."""
+    said = [*MAIN_TEMPLATES, *RELATION_TEMPLATES, *EXTRA_TEMPLATES, PROMPT, "a an at the in middle are sit",
+            *(w for ws in RELATION_WORDS.values() for w in ws)]  # fmt: skip
+    words = set(_TOKEN.findall(" ".join(said))) - {"desc", "place", "rel", "other"}
+    words |= set(_SHAPE) | set(COLOURS) | set(_SIZE) | set(_TEXTURE) | set(_COUNT) | set(ROWS) | {"left", "right"}
+    return [*sorted(words), ",", ".", ";"]

@@ -1,0 +1,100 @@
+"""The second built-in world's scenes (issue 23, first part): deterministic, far more diverse than a paired pool,
+partial captions that parse back to what the image shows (relations checked against the geometry)."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+
+from modgap.world import relations_scene as rw
+
+
+@pytest.fixture(scope="module")
+def pool():
+    scenes = rw.make_scenes(3000, 0, "paired")
+    return scenes, [rw.caption(s) for s in scenes]
+
+
+def test_a_scene_its_caption_and_its_image_are_functions_of_its_seed():
+    a, b = rw.make_scene(123), rw.make_scene(123)
+    assert a == b and rw.caption(a) == rw.caption(b)
+    assert rw.render(a).tobytes() == rw.render(b).tobytes()
+    assert rw.RelationScene.from_json(a.to_json()) == a
+    assert rw.render(a).size == (rw.SIDE, rw.SIDE)
+
+
+def test_splits_of_one_seed_share_no_scene():
+    seeds = {name: {s.seed for s in rw.make_scenes(500, 3, name)} for name in ("paired", "text-only", "test")}
+    assert not (seeds["paired"] & seeds["text-only"]) and not (seeds["paired"] & seeds["test"])
+
+
+def test_scenes_hold_two_to_four_objects_the_largest_first_and_groups_alike(pool):
+    scenes, _ = pool
+    for s in scenes:
+        assert 2 <= len(s.objects) <= 5  # 2-4 placed, plus at most one inside a ring
+        assert s.main.radius == max(o.radius for o in s.objects)
+        for g in {o.group for o in s.objects}:
+            members = {(o.shape, o.colour, o.texture, o.size) for o in s.objects if o.group == g}
+            assert len(members) == 1
+
+
+def test_far_more_distinct_scenes_than_a_pool_and_rare_duplicate_captions(pool):
+    scenes, captions = pool
+    distinct = len({s.description() for s in scenes})
+    assert distinct >= 0.99 * len(scenes)  # the first world: 300 main-object descriptions in all
+    assert len(set(captions)) >= 0.99 * len(captions)
+    assert len({re.sub(r" [,;] .*", "", c) for c in captions}) > 500  # phrasings and synonyms vary too
+
+
+def test_captions_are_partial_and_parse_back_to_what_the_image_shows(pool):
+    scenes, captions = pool
+    named = collections.Counter()
+    relations = []
+    for s, c in zip(scenes, captions, strict=True):
+        parsed = rw.parse_caption(c)
+        truth = s.attributes()
+        for k in rw.ATTRIBUTES:
+            if parsed[k] is not None:
+                named[k] += 1
+                assert parsed[k] == truth[k], (c, k, parsed[k], truth[k])
+        if (held := rw.relation_true(s, parsed)) is not None:
+            relations.append(held)
+    n = len(scenes)
+    assert named["shape"] == named["colour"] == named["count"] == n  # always said
+    for k in ("size", "texture", "position"):  # said only sometimes: the image holds more than the caption
+        assert 0.4 * n < named[k] < 0.9 * n, (k, named[k])
+    assert len(relations) > 0.4 * n and all(relations)
+
+
+def test_a_wrong_relation_is_scored_false():
+    s = next(s for s in rw.make_scenes(200, 1, "test") if rw.relations(s) and rw.relations(s)[0][0] is s.main)
+    a, rel, b = rw.relations(s)[0]
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}.get(rel, "above")
+    text = f"a {a.colour} {a.shape} , {rw.RELATION_WORDS[opposite][0]} a {b.colour} {b.shape} ."
+    assert rw.relation_true(s, rw.parse_caption(text)) is False
+    text = f"a {a.colour} {a.shape} , {rw.RELATION_WORDS[rel][0]} a {b.colour} {b.shape} ."
+    assert rw.relation_true(s, rw.parse_caption(text)) is True
+
+
+def test_every_caption_word_is_in_the_vocabulary(pool):
+    _, captions = pool
+    vocabulary = set(rw.vocabulary())
+    words = {w for c in captions for w in re.findall(r"[a-z-]+|[,.;]", c)}
+    assert words <= vocabulary, words - vocabulary
+
+
+def test_textures_and_colours_are_drawn():
+    s = rw.RelationScene(
+        [
+            rw.Obj("square", "red", "striped", 9.0, (0.3, 0.5)),
+            rw.Obj("circle", "cyan", "plain", 6.0, (0.75, 0.5), 0.0, 1),
+        ],
+        "dark",
+        7,
+    )
+    pixels = np.asarray(rw.render(s)).reshape(-1, 3)
+    red, cyan = np.asarray(rw.COLOURS["red"]), np.asarray(rw.COLOURS["cyan"])
+    assert (pixels == red).all(1).sum() > 40 and (pixels == cyan).all(1).sum() > 40
+    assert (pixels == red // 3).all(1).sum() > 20  # the stripes
+    assert rw.relation_true(s, rw.parse_caption("a red square to the left of a cyan circle .")) is True
