@@ -20,20 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from modgap.world.scene import COLOURS as FIRST_WORLD_COLOURS
+from modgap.world.scene import SHAPES as FIRST_WORLD_SHAPES
 from modgap.world.scene import polygon
 
 SIDE = 48  # image side in pixels: textures and four objects need more room than the first world's 32
-SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring"]
-COLOURS = {
-    "red": (220, 45, 45),
-    "green": (50, 175, 70),
-    "blue": (55, 90, 230),
-    "yellow": (235, 215, 50),
-    "purple": (150, 70, 200),
-    "white": (240, 240, 240),
-    "orange": (245, 140, 30),
-    "cyan": (60, 210, 220),
-}
+SHAPES = [*FIRST_WORLD_SHAPES, "diamond", "hexagon", "ring"]
+COLOURS = {**FIRST_WORLD_COLOURS, "orange": (245, 140, 30), "cyan": (60, 210, 220)}
 TEXTURES = ["plain", "striped", "dotted"]
 SIZES = {"small": (3.5, 5.0), "medium": (5.5, 7.0), "large": (7.5, 9.5)}  # radius ranges, pixels of SIDE
 BACKGROUNDS = {"dark": (20, 20, 28), "grey": (90, 90, 95), "navy": (20, 30, 75), "forest": (20, 60, 30)}
