@@ -98,3 +98,39 @@ def test_textures_and_colours_are_drawn():
     assert (pixels == red).all(1).sum() > 40 and (pixels == cyan).all(1).sum() > 40
     assert (pixels == red // 3).all(1).sum() > 20  # the stripes
     assert rw.relation_true(s, rw.parse_caption("a red square to the left of a cyan circle .")) is True
+
+
+def test_describes_marks_the_scenes_a_caption_is_true_of(pool):
+    scenes, captions = pool
+    mask = rw.describes(captions[:200], scenes[:200])
+    assert mask.diagonal().all()  # every caption describes its own scene
+    assert mask.mean() < 0.05  # and few others: the world is diverse
+    s = scenes[0]
+    also = next(o for o in rw.SHAPES if all(x.shape != o for x in s.objects))
+    text = f"a {s.main.colour} {s.main.shape} , plus a red {also} ."
+    assert rw.parse_caption(text)["also"] == {"colour": "red", "shape": also}
+    assert not rw.describes([text], [s])[0, 0]  # it mentions an object the scene does not have
+    assert rw.describes([rw.short_caption(s, np.random.default_rng(0))], [s])[0, 0]
+
+
+def test_an_encoder_trains_on_the_relations_world_and_loads_back(tmp_path):
+    import torch
+    from transformers import AutoProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    from modgap.world.encoder import train_encoder
+
+    info = train_encoder(tmp_path / "clip", world="relations", pairs=96, steps=2, batch_size=32, width=32,
+                         projection_dim=16)  # fmt: skip
+    assert info["world"] == "relations" and "--world relations" in info["command"]
+    model = CLIPModel.from_pretrained(tmp_path / "clip")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp_path / "clip")
+    processor = AutoProcessor.from_pretrained(tmp_path / "clip")
+    scenes = rw.make_scenes(4, 0, "test")
+    captions = [rw.caption(s) for s in scenes]
+    tok = tokenizer(captions, padding=True, return_tensors="pt")
+    assert tokenizer.unk_token_id not in tok["input_ids"]  # the vocabulary covers the world's captions
+    pixels = processor(images=[rw.render(s) for s in scenes], return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-1] == rw.SIDE
+    with torch.no_grad():
+        out = model(**tok, pixel_values=pixels)
+    assert out.logits_per_text.shape == (4, 4) and torch.isfinite(out.logits_per_text).all()

@@ -118,6 +118,7 @@ def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -
 @world_app.command("train-encoder", epilog="Example: modgap world train-encoder --out src/modgap/builtin/tiny-clip")
 def train_encoder_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CLIPModel.")],
+    world: Annotated[str, typer.Option(help="shapes (the first world) or relations (the second).")] = "shapes",
     pairs: Annotated[int, typer.Option(help="World scenes to train on.")] = 20000,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
     seed: Annotated[int, typer.Option()] = 0,
@@ -137,9 +138,9 @@ def train_encoder_cmd(
     from modgap.world.encoder import train_encoder
 
     quiet_transformers()
-    info = train_encoder(out_dir, pairs=pairs, steps=steps, seed=seed, width=width, projection_dim=projection_dim,
-                         temperature=temperature, learn_temperature=learn_temperature, positives=positives, lr=lr,
-                         partial_captions=partial_captions,
+    info = train_encoder(out_dir, world=world, pairs=pairs, steps=steps, seed=seed, width=width,
+                         projection_dim=projection_dim, temperature=temperature, learn_temperature=learn_temperature,
+                         positives=positives, lr=lr, partial_captions=partial_captions,
                          progress=rich_progress())  # fmt: skip
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 

@@ -25,18 +25,14 @@ from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import (
     ATTRIBUTES,
     Scene,
-    caption,
-    make_scenes,
     parse_caption,
-    render,
-    sparse_seed,
-    vocabulary,
 )
 
 
 def train_encoder(
     out: str | Path,
     *,
+    world: str = "shapes",
     pairs: int = 20000,
     steps: int = 600,
     batch_size: int = 256,
@@ -45,7 +41,7 @@ def train_encoder(
     learn_temperature: bool = False,
     positives: str = "describes",
     partial_captions: float = 0.7,
-    image_size: int = 32,
+    image_size: int | None = None,
     width: int = 64,
     layers: int = 3,
     projection_dim: int = 128,
@@ -54,7 +50,7 @@ def train_encoder(
     progress: ProgressFactory = silent,
     on_step: Callable[[int, Any], None] | None = None,
 ) -> dict:
-    """Train on ``pairs`` scenes of the ``encoder`` split (a fresh caption phrasing each visit) and save.
+    """Train on ``pairs`` scenes of ``world``'s ``encoder`` split (a fresh caption phrasing each visit) and save.
 
     ``positives``: ``"pair"`` (CLIP's loss) or ``"describes"`` (see the module docstring). ``on_step(step,
     model)`` is called after each optimizer step (calibration runs measure the geometry on the way).
@@ -67,11 +63,14 @@ def train_encoder(
 
     from modgap.files import atomic_output_dir
     from modgap.world.tiny import build_word_tokenizer
+    from modgap.world.worlds import get_world
 
+    kind = get_world(world)
+    image_size = image_size or kind.image_size
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    scenes = make_scenes(pairs, seed, "encoder")
-    tokenizer = build_word_tokenizer(vocabulary(), max_length=32)
+    scenes = kind.make_scenes(pairs, seed, "encoder")
+    tokenizer = build_word_tokenizer(kind.vocabulary(), max_length=48 if world != "shapes" else 32)
     processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
@@ -80,7 +79,7 @@ def train_encoder(
         text_config=dict(
             tower,
             vocab_size=len(tokenizer),
-            max_position_embeddings=32,
+            max_position_embeddings=tokenizer.model_max_length,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -94,7 +93,7 @@ def train_encoder(
     with progress("rendering", pairs) as advance:
         pixels = []
         for s in range(0, pairs, 1024):
-            chunk = [render(sc, image_size) for sc in scenes[s : s + 1024]]
+            chunk = [kind.render(sc, image_size) for sc in scenes[s : s + 1024]]
             pixels.append(processor(images=chunk, return_tensors="pt")["pixel_values"])
             advance(len(chunk))
     pixels = torch.cat(pixels)
@@ -107,9 +106,7 @@ def train_encoder(
     with progress("training encoder", steps) as advance:
         for _ in range(steps):
             idx = rng.choice(pairs, size=batch_size, replace=False)
-            # (no draw when there are no partial captions, so that older settings regenerate the same weights)
-            texts = [sparse_seed(scenes[i], rng) if partial_captions and rng.random() < partial_captions
-                     else caption(scenes[i], rng=rng) for i in idx]  # fmt: skip
+            texts = [kind.training_text(scenes[i], rng, partial_captions) for i in idx]
             tok = tokenizer(texts, padding=True, return_tensors="pt")
             result = model(
                 input_ids=tok["input_ids"],
@@ -120,7 +117,7 @@ def train_encoder(
             if positives == "pair":
                 loss = result.loss
             else:
-                mask = torch.from_numpy(describes(texts, [scenes[i] for i in idx]))
+                mask = torch.from_numpy(kind.describes(texts, [scenes[i] for i in idx]))
                 loss = multi_positive_loss(result.logits_per_text, mask)
             loss.backward()
             optimizer.step()
@@ -135,12 +132,15 @@ def train_encoder(
     provenance = {
         # The command that regenerates these weights (the output path aside).
         "command": (
-            f"modgap world train-encoder --pairs {pairs} --steps {steps} --seed {seed} --width {width}"
+            "modgap world train-encoder"
+            + (f" --world {world}" if world != "shapes" else "")
+            + f" --pairs {pairs} --steps {steps} --seed {seed} --width {width}"
             f" --projection-dim {projection_dim} --temperature {temperature} --lr {lr}"
             f"{' --learn-temperature' if learn_temperature else ''} --positives {positives}"
             f" --partial-captions {partial_captions}"
         ),
         "seed": seed,
+        **({"world": world} if world != "shapes" else {}),
         "pairs": pairs,
         "steps": steps,
         "batch_size": batch_size,

@@ -278,6 +278,7 @@ _TEXTURE = {w: k for k, ws in TEXTURE_WORDS.items() for w in ws}
 _COUNT = {"two": 2, "three": 3}
 _RELATION = sorted(((w, k) for k, ws in RELATION_WORDS.items() for w in ws), key=lambda p: -len(p[0]))
 _SHAPE = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
+_ALSO = r" , and also | , plus | ; there is also "  # how EXTRA_TEMPLATES start
 _PLACE = re.compile(r"\b(?:at the ((?:top|bottom)(?: left| right)?|left|right)|in the (middle))\b(?! of)")
 
 
@@ -302,16 +303,21 @@ def _parse_object(words: list[str]) -> dict[str, str | None]:
 
 
 def parse_caption(text: str) -> dict[str, Any]:
-    """The main object's attributes (None where the caption does not say), and the relation it names as
-    ``(relation, {"colour": ..., "shape": ...})`` or None."""
+    """The main object's attributes (None where the caption does not say), the relation it names as
+    ``(relation, {"colour": ..., "shape": ...})`` or None, and the other object it mentions (``"also"``)."""
     lower = text.lower()
+    also = None
+    parts = re.split(_ALSO, lower, maxsplit=1)
+    if len(parts) == 2:
+        o = _parse_object(_TOKEN.findall(parts[1]))
+        also = {"colour": o["colour"], "shape": o["shape"]}
+    lower = parts[0]
     main_part, rel, rest = lower, None, ""
     for words, name in _RELATION:
         at = lower.find(f" {words} ")
         if at >= 0:
             main_part, rel, rest = lower[:at], name, lower[at + len(words) + 2 :]
             break
-    main_part = re.split(r" , and also | , plus | ; there is also ", main_part)[0]
     words = _TOKEN.findall(main_part)
     found: dict[str, Any] = _parse_object(words)
     place = _PLACE.search(main_part)
@@ -319,10 +325,10 @@ def parse_caption(text: str) -> dict[str, Any]:
         found["position"] = place.group(1) or place.group(2)
     other = None
     if rel is not None:
-        rest = re.split(r" , and also | , plus | ; there is also ", rest)[0]
         o = _parse_object(_TOKEN.findall(rest))
         other = {"colour": o["colour"], "shape": o["shape"]}
     found["relation"] = (rel, other) if rel is not None else None
+    found["also"] = also
     return found
 
 
@@ -343,3 +349,26 @@ def vocabulary() -> list[str]:
     words = set(_TOKEN.findall(" ".join(said))) - {"desc", "place", "rel", "other"}
     words |= set(_SHAPE) | set(COLOURS) | set(_SIZE) | set(_TEXTURE) | set(_COUNT) | set(ROWS) | {"left", "right"}
     return [*sorted(words), ",", ".", ";"]
+
+
+def describes(texts: list[str], scenes: list[RelationScene]) -> np.ndarray:
+    """``[i, j]``: caption ``i`` is a true description of scene ``j``: the main object's attributes it names,
+    the relation it names (by the geometry) and the other object it mentions."""
+    out = np.zeros((len(texts), len(scenes)), dtype=bool)
+    attributes = [s.attributes() for s in scenes]
+    owned = [{(o.colour, o.shape) for o in s.objects if o.group != s.main.group} for s in scenes]
+    for i, text in enumerate(texts):
+        said = parse_caption(text)
+        also = said["also"]
+        for j, scene in enumerate(scenes):
+            out[i, j] = (
+                all(said[a] in (None, attributes[j][a]) for a in ATTRIBUTES)
+                and relation_true(scene, said) is not False
+                and (also is None or (also["colour"], also["shape"]) in owned[j])
+            )
+    return out
+
+
+def short_caption(scene: RelationScene, rng: np.random.Generator) -> str:
+    """The least a caption says: the main object's colour and shape (the encoder's partial captions)."""
+    return _phrase(scene, scene.main, rng, full=False) + " ."

@@ -1,0 +1,60 @@
+"""The built-in worlds by name, each as the few functions the world's models are trained and scored with.
+
+``shapes`` is the first world (:mod:`modgap.world.scene`: one main object, 300 distinct descriptions; its
+tables in docs/world.md); ``relations`` the second (:mod:`modgap.world.relations_scene`: 2-4 objects with
+relations, millions of distinct scenes) for the data-scaling claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from modgap.errors import ModgapError
+from modgap.world import relations_scene, scene
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    name: str
+    image_size: int  # the side its encoder sees
+    make_scenes: Callable[[int, int, str], list[Any]]
+    render: Callable[[Any, int], Any]
+    vocabulary: Callable[[], list[str]]
+    describes: Callable[[list[str], list[Any]], np.ndarray]  # [i, j]: caption i is true of scene j
+    # A training caption: with probability ``partial`` (drawn only when it is non-zero) a minimal one.
+    training_text: Callable[[Any, np.random.Generator, float], str]
+
+
+def _shapes_text(s: Any, rng: np.random.Generator, partial: float) -> str:
+    # (no draw when there are no partial captions, so that older settings regenerate the same weights)
+    return scene.sparse_seed(s, rng) if partial and rng.random() < partial else scene.caption(s, rng=rng)
+
+
+def _relations_text(s: Any, rng: np.random.Generator, partial: float) -> str:
+    if partial and rng.random() < partial:
+        return relations_scene.short_caption(s, rng)
+    return relations_scene.caption(s, rng)
+
+
+def _shapes_describes(texts: list[str], scenes: list[Any]) -> np.ndarray:
+    from modgap.world.encoder import describes
+
+    return describes(texts, scenes)
+
+
+WORLDS = {
+    "shapes": World("shapes", 32, scene.make_scenes, scene.render, scene.vocabulary, _shapes_describes,
+                    _shapes_text),
+    "relations": World("relations", relations_scene.SIDE, relations_scene.make_scenes, relations_scene.render,
+                       relations_scene.vocabulary, relations_scene.describes, _relations_text),
+}  # fmt: skip
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise ModgapError(f"unknown world {name!r}; choose one of {sorted(WORLDS)}")
+    return WORLDS[name]
