@@ -23,6 +23,7 @@ class World:
     image_size: int  # the side its encoder sees
     make_scenes: Callable[[int, int, str], list[Any]]
     render: Callable[[Any, int], Any]
+    caption: Callable[..., str]  # caption(scene, rng=...): one caption in the world's phrasings
     vocabulary: Callable[[], list[str]]
     describes: Callable[[list[str], list[Any]], np.ndarray]  # [i, j]: caption i is true of scene j
     # A training caption: with probability ``partial`` (drawn only when it is non-zero) a minimal one.
@@ -47,10 +48,11 @@ def _shapes_describes(texts: list[str], scenes: list[Any]) -> np.ndarray:
 
 
 WORLDS = {
-    "shapes": World("shapes", 32, scene.make_scenes, scene.render, scene.vocabulary, _shapes_describes,
-                    _shapes_text),
+    "shapes": World("shapes", 32, scene.make_scenes, scene.render, scene.caption, scene.vocabulary,
+                    _shapes_describes, _shapes_text),
     "relations": World("relations", relations_scene.SIDE, relations_scene.make_scenes, relations_scene.render,
-                       relations_scene.vocabulary, relations_scene.describes, _relations_text),
+                       relations_scene.caption, relations_scene.vocabulary, relations_scene.describes,
+                       _relations_text),
 }  # fmt: skip
 
 
