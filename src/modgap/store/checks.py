@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from modgap import arrays
 from modgap.errors import BadVectorsError, ModgapError
 from modgap.files import write_jsonl
 from modgap.lazy import lazy_module
@@ -37,10 +38,8 @@ def unusable_rows(norms: torch.Tensor) -> torch.Tensor:
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
-    """Float32 row norms; NaN/Inf components give non-finite norms."""
-    x32 = np.asarray(x, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.sqrt(np.einsum("ij,ij->i", x32, x32))
+    """Float32 row norms of rows of any dtype; NaN/Inf components give non-finite norms."""
+    return arrays.row_norms(np.asarray(x, dtype=np.float32))
 
 
 def bad_reason(row: np.ndarray) -> str:
