@@ -81,8 +81,9 @@ class Aligner:
         self.provenance: dict[str, Any] = {}
 
     # -- fitting protocol, driven by modgap.align.fitting ---------------------------------------------
-    def new_stats(self, p: int, dim: int) -> dict[str, Moments]:
-        roles = (SOURCE, TARGET) if p in self.target_passes else (SOURCE,)
+    def new_stats(self, p: int, dim: int, roles: tuple[str, ...] | None = None) -> dict[str, Moments]:
+        """Empty sums for pass ``p``: of every role the pass reads, or of ``roles``."""
+        roles = roles or ((SOURCE, TARGET) if p in self.target_passes else (SOURCE,))
         return {r: Moments(dim, second_order=self.second_order and p == 0) for r in roles}
 
     def accumulate(self, p: int, role: str, x: Any, norms: Any, stats: dict[str, Moments]) -> None:

@@ -95,7 +95,7 @@ def fit(
             lo, hi = s.my_rows()
 
             def chunk_sums(rows: Rows, p: int = p, role: str = role) -> dict[str, Moments]:
-                sums = aligner.new_stats(p, src.dim)  # each chunk's own sums, added in row order: one result
+                sums = aligner.new_stats(p, src.dim, (role,))  # each chunk's own sums, added in row order: one result
                 aligner.accumulate(p, role, rows.x, rows.norms, sums)  # whatever the threads' timing
                 return sums
 
