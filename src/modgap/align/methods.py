@@ -33,7 +33,7 @@ class _Params(Aligner):
     def p(self, name: str, like_x: Any) -> Any:
         if name not in self.state:
             self._require_fitted()
-        key = (name, "numpy" if on_numpy(like_x) else str(like_x.device), str(like_x.dtype))
+        key = (name, *_kind(like_x))
         if key not in self._cache:
             self._cache[key] = like(self.state[name], like_x)
         return self._cache[key]
@@ -48,6 +48,11 @@ class _Params(Aligner):
                 raise ModgapError(f"cannot fit {self.method!r}: the {role} has no usable vectors")
         self.counts = {role: stats[role].n for role in stats}
         return stats[SOURCE].mean(), stats[TARGET].mean()
+
+
+def _kind(x: Any) -> tuple[str, str]:
+    """Where and how ``x`` holds numbers ("numpy" or its device, its dtype): a parameter cache's key."""
+    return ("numpy" if on_numpy(x) else str(x.device), str(x.dtype))
 
 
 def gaussian_noise_rows(seed: int, row_start: int, n: int, dim: int) -> np.ndarray:
@@ -239,7 +244,7 @@ class ReAlign(_CentroidCorrected):
 
     def _rows(self, names: tuple[str, ...], like_x: Any) -> Any:
         """The named state vectors stacked as a contiguous (k, D) matrix: ``x @ rows.T`` is the fast product."""
-        key = ("rows:" + ",".join(names), "numpy" if on_numpy(like_x) else str(like_x.device), str(like_x.dtype))
+        key = ("rows:" + ",".join(names), *_kind(like_x))
         if key not in self._cache:
             self._cache[key] = like(np.stack([self.state[n] for n in names]), like_x)
         return self._cache[key]

@@ -17,6 +17,7 @@ import typer
 from modgap.cli.common import err
 from modgap.errors import ModgapError
 
+HELP = "Train multimodal models from unpaired data by closing the modality gap."
 GROUPS = ("store", "align", "embed", "gap", "train", "generate", "embedder", "synth", "eval", "world")
 # The command names on the command line, and the module that registers each.
 COMMAND_MODULES = {**{g: g for g in GROUPS}, "demo": "world"}
@@ -26,25 +27,21 @@ def build_app(modules: Sequence[str] = GROUPS) -> typer.Typer:
     """The ``modgap`` app with the command groups of ``modules`` (all by default)."""
     root = typer.Typer(
         name="modgap",
-        help="Train multimodal models from unpaired data by closing the modality gap.",
+        help=HELP,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    root.callback()(_root)  # a group even with one command registered: the command keeps its name
+    root.callback(help=HELP)(lambda: None)  # a group even with one command registered: it keeps its name
     for name in modules:
         importlib.import_module(f"modgap.cli.{name}").register(root)
     return root
 
 
-def _root() -> None:
-    """Train multimodal models from unpaired data by closing the modality gap."""
-
-
 def app_for(argv: Sequence[str]) -> typer.Typer:
     """The app a command line needs: its group alone when it names one, the whole app otherwise."""
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if first in COMMAND_MODULES and first == (argv[0] if argv else None):
+    first = argv[0] if argv else None
+    if first in COMMAND_MODULES:
         return build_app([COMMAND_MODULES[first]])
     return build_app()
 

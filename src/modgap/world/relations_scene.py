@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from modgap.world.scene import COLOURS as FIRST_WORLD_COLOURS
 from modgap.world.scene import SHAPES as FIRST_WORLD_SHAPES
-from modgap.world.scene import polygon
+from modgap.world.scene import first_named, polygon
 
 SIDE = 48  # image side in pixels: textures and four objects need more room than the first world's 32
 SHAPES = [*FIRST_WORLD_SHAPES, "diamond", "hexagon", "ring"]
@@ -275,30 +275,19 @@ def caption(scene: RelationScene, rng: np.random.Generator | None = None) -> str
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?")
 _SIZE = {w: k for k, ws in SIZE_WORDS.items() for w in ws}
 _TEXTURE = {w: k for k, ws in TEXTURE_WORDS.items() for w in ws}
-_COUNT = {"two": 2, "three": 3}
+_COUNT = {"two": "2", "three": "3"}
 _RELATION = sorted(((w, k) for k, ws in RELATION_WORDS.items() for w in ws), key=lambda p: -len(p[0]))
 _SHAPE = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
 _ALSO = r" , and also | , plus | ; there is also "  # how EXTRA_TEMPLATES start
+_LEXICON = {"shape": _SHAPE, "colour": {c: c for c in COLOURS}, "size": _SIZE, "texture": _TEXTURE, "count": _COUNT}
 _PLACE = re.compile(r"\b(?:at the ((?:top|bottom)(?: left| right)?|left|right)|in the (middle))\b(?! of)")
 
 
 def _parse_object(words: list[str]) -> dict[str, str | None]:
-    found: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
-    for w in words:
-        if found["shape"] is None and w in _SHAPE:
-            found["shape"] = _SHAPE[w]
-            if w != _SHAPE[w] and found["count"] is None:
-                found["count"] = "2"  # a plural with no number word: more than one
-        elif found["colour"] is None and w in COLOURS:
-            found["colour"] = w
-        elif found["size"] is None and w in _SIZE:
-            found["size"] = _SIZE[w]
-        elif found["texture"] is None and w in _TEXTURE:
-            found["texture"] = _TEXTURE[w]
-        elif w in _COUNT:
-            found["count"] = str(_COUNT[w])
-    if found["shape"] is not None and found["count"] is None:
-        found["count"] = "1"
+    found = first_named(words, _LEXICON)
+    shape_word = next((w for w in words if w in _SHAPE), None)
+    if found["count"] is None and shape_word is not None:  # no number word: a plural says more than one
+        found["count"] = "1" if shape_word in SHAPES else "2"
     return found
 
 
@@ -321,8 +310,7 @@ def parse_caption(text: str) -> dict[str, Any]:
     words = _TOKEN.findall(main_part)
     found: dict[str, Any] = _parse_object(words)
     place = _PLACE.search(main_part)
-    if place is not None:
-        found["position"] = place.group(1) or place.group(2)
+    found["position"] = (place.group(1) or place.group(2)) if place is not None else None
     other = None
     if rel is not None:
         o = _parse_object(_TOKEN.findall(rest))

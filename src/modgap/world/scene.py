@@ -218,22 +218,25 @@ def references(scene: Scene) -> list[str]:
 
 _TOKEN = re.compile(r"[a-z]+")
 _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "middle": "middle"}
+_LEXICON = {"shape": {s: s for s in SHAPES}, "colour": {c: c for c in COLOURS}, "size": SIZE_WORDS,
+            "position": _POSITION_WORDS}  # fmt: skip
 
 
 def parse_caption(text: str) -> dict[str, str | None]:
     """The main object's attributes named by a caption (the clause before any 'next to')."""
     main = text.lower().split("next to")[0]
-    words = _TOKEN.findall(main)
-    found: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
+    return first_named(_TOKEN.findall(main), _LEXICON)
+
+
+def first_named(words: list[str], lexicon: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """For each attribute of ``lexicon`` (attribute -> {word: value}), the value of the first word naming it
+    (None if none does); a word naming an attribute already found is read for the next one that knows it."""
+    found: dict[str, str | None] = dict.fromkeys(lexicon)
     for w in words:
-        if found["shape"] is None and w in SHAPES:
-            found["shape"] = w
-        elif found["colour"] is None and w in COLOURS:
-            found["colour"] = w
-        elif found["size"] is None and w in SIZE_WORDS:
-            found["size"] = SIZE_WORDS[w]
-        elif found["position"] is None and w in _POSITION_WORDS:
-            found["position"] = _POSITION_WORDS[w]
+        for attribute, table in lexicon.items():
+            if found[attribute] is None and w in table:
+                found[attribute] = table[w]
+                break
     return found
 
 
