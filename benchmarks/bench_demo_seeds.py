@@ -39,9 +39,13 @@ def main() -> None:
     parser.add_argument("--sft", type=int, default=0, help="Also tune every model on this many real pairs.")
     parser.add_argument("--scaling", action="store_true", help="Also run the data-scaling curves.")
     parser.add_argument("--scaling-only", action="store_true", help="Only the data-scaling curves.")
-    parser.add_argument("--scaling-aligners", nargs="+", default=list(SCALING_METHODS), metavar="METHOD",
-                        help="One text-only scaling curve per aligner.")  # fmt: skip
+    parser.add_argument("--scaling-aligners", nargs="*", default=list(SCALING_METHODS), metavar="METHOD",
+                        help="One text-only scaling curve per aligner (none: the paired curve alone).")  # fmt: skip
+    parser.add_argument("--world", default="shapes", help="shapes (the first world) or relations (the second: "
+                        "--scaling-only so far)")  # fmt: skip
     args = parser.parse_args()
+    if args.world != "shapes" and not args.scaling_only:
+        parser.error("the second world runs --scaling-only so far")
     if args.scaling_only:
         scaling_only(args)
         return
@@ -112,10 +116,12 @@ def scaling_only(args: argparse.Namespace) -> None:
     scaling, seconds = {}, {}
     methods = tuple(args.scaling_aligners)
     for seed in args.seeds:
-        workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        world = "" if args.world == "shapes" else f"-{args.world}"
+        workdir = args.root / f"seed-{seed}{world}{'-quick' if args.quick else ''}"
         timing = workdir / f"wall_seconds_scaling_only{methods_suffix(methods)}.json"
         started = time.perf_counter()
-        scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=methods, log=lambda _: None)
+        scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=methods, world=args.world,
+                                         log=lambda _: None)  # fmt: skip
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         seconds[seed] = json.loads(timing.read_text())["seconds"]
@@ -150,22 +156,32 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
     first = scaling[seeds[0]]
     sizes, curves = first["sizes"], list(first["curves"])
     *texts, paired = curves
+    second = "vqa" if "vqa" in first["curves"][paired][0] else "relation"  # the second world has no VQA yet
 
     def attributes(curve: str, i: int, s: int) -> float:
         return scaling[s]["curves"][curve][i]["attributes"]
 
-    print(f"\nscaling ({len(seeds)} seeds): mean attribute accuracy / VQA, mean ± std over seeds\n")
-    heads = " | ".join(f"{c}: attributes | {c}: VQA" for c in curves)
+    print(f"\nscaling ({len(seeds)} seeds): mean attribute accuracy / {second}, mean ± std over seeds\n")
+    heads = " | ".join(f"{c}: attributes | {c}: {second}" for c in curves)
     deltas = " | ".join(f"Δ attributes ({t} − paired)" for t in texts)
     print(f"| pool size | {heads} | {deltas} |")
     print("|---" * (2 * len(curves) + len(texts) + 1) + "|")
     for i, n in enumerate(sizes):
         cells = []
         for curve in curves:
-            for figure in ("attributes", "vqa"):
+            for figure in ("attributes", second):
                 v = np.array([scaling[s]["curves"][curve][i][figure] for s in seeds])
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
         cells += [t_interval([attributes(t, i, s) - attributes(paired, i, s) for s in seeds]) for t in texts]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print(f"\n{paired}, all {sizes[-1]} against each smaller pool: per-seed Δ (95 % t-interval, * excludes 0)\n")
+    print("| smaller pool | Δ attributes | " + " | ".join(f"Δ {a}" for a in first["curves"][paired][0]
+                                                     if a not in ("attributes", "bleu4", "cider")) + " |")  # fmt: skip
+    names = [a for a in first["curves"][paired][0] if a not in ("attributes", "bleu4", "cider")]
+    print("|---" * (len(names) + 2) + "|")
+    for i, n in enumerate(sizes[:-1]):
+        cells = [t_interval([scaling[s]["curves"][paired][-1][f] - scaling[s]["curves"][paired][i][f] for s in seeds])
+                 for f in ("attributes", *names)]  # fmt: skip
         print(f"| {n} | " + " | ".join(cells) + " |")
     for text in texts:
         print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
@@ -178,11 +194,11 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
             print(f"| {n} | " + " | ".join(cells) + " |")
     for a, b in pairwise(texts):
         print(f"\n{b} − {a}, same size: per-seed Δ (95 % t-interval)\n")
-        print("| pool size | Δ attributes | Δ VQA |")
+        print(f"| pool size | Δ attributes | Δ {second} |")
         print("|---|---|---|")
         for i, n in enumerate(sizes):
             cells = [t_interval([scaling[s]["curves"][b][i][f] - scaling[s]["curves"][a][i][f] for s in seeds])
-                     for f in ("attributes", "vqa")]  # fmt: skip
+                     for f in ("attributes", second)]  # fmt: skip
             print(f"| {n} | " + " | ".join(cells) + " |")
 
 

@@ -39,8 +39,13 @@ def held_out(world: World, n: int, seed: int) -> tuple[list, list[str], list]:
 
 def probes(image: np.ndarray, scenes: list) -> dict[str, float]:
     """Per attribute of the main object: held-out accuracy of a linear probe on the image embeddings, and the
-    chance level (the majority class's share), so 'clearly above chance' can be read for every attribute."""
+    chance level (the majority class's share), so 'clearly above chance' can be read for every attribute.
+    The features are standardised first: unit-norm embeddings have coordinates near 0.1, where the probe's
+    default L2 penalty alone underfits (measured on the first world's encoder: position 0.79 raw, 0.94
+    standardised; shape 0.28 and 0.39)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     cut = int(0.7 * len(scenes))
     out = {}
@@ -48,7 +53,7 @@ def probes(image: np.ndarray, scenes: list) -> dict[str, float]:
         labels = np.asarray([s.attributes()[name] for s in scenes])
         if len(set(labels[:cut])) < 2:
             continue
-        probe = LogisticRegression(max_iter=2000).fit(image[:cut], labels[:cut])
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(image[:cut], labels[:cut])
         out[f"probe_{name}"] = float((probe.predict(image[cut:]) == labels[cut:]).mean())
         out[f"chance_{name}"] = float(max(np.mean(labels[cut:] == v) for v in set(labels[cut:])))
     return out
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--positives", choices=["pair", "describes"], default="describes")
     parser.add_argument("--projection-dim", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--learn-temperature", action="store_true")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -132,6 +139,7 @@ def main() -> None:
                       lr=args.lr,
                       temperature=args.temperature, learn_temperature=args.learn_temperature,
                       positives=args.positives, partial_captions=args.partial_captions, width=args.width,
+                      layers=args.layers, patch_size=args.patch_size,
                       projection_dim=args.projection_dim, seed=args.seed, on_step=measure)  # fmt: skip
     print(f"{time.perf_counter() - started:.0f} s; real CLIP ViT-B/32 (MSCOCO): {REFERENCE}")
     if args.json:

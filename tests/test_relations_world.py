@@ -134,3 +134,33 @@ def test_an_encoder_trains_on_the_relations_world_and_loads_back(tmp_path):
     with torch.no_grad():
         out = model(**tok, pixel_values=pixels)
     assert out.logits_per_text.shape == (4, 4) and torch.isfinite(out.logits_per_text).all()
+
+
+def test_references_parse_back_to_the_truth_and_score_every_attribute(pool):
+    from modgap.world.evaluate import score_captions
+
+    scenes, captions = pool
+    for s in scenes[:300]:
+        for ref in rw.references(s):
+            said = rw.parse_caption(ref)
+            assert {a: said[a] for a in rw.ATTRIBUTES} == s.attributes(), ref
+    assert any("crosses" in r for s in scenes for r in rw.references(s))  # plurals of words ending in s
+    perfect = score_captions([rw.references(s)[0] for s in scenes[:300]], scenes[:300], "relations")
+    assert perfect["attributes"] == perfect["exact"] == 1.0 and perfect["relation_said"] == 0.0
+    # The world's own captions: every attribute they name is right, relations they name hold.
+    own = score_captions(captions[:300], scenes[:300], "relations")
+    assert own["shape"] == own["colour"] == own["count"] == 1.0 and own["relation"] == own["relation_said"] > 0.3
+    assert 0.4 < own["texture"] < 0.8  # said 60 % of the time; unsaid is scored wrong
+    shifted = score_captions(captions[1:301], scenes[:300], "relations")  # each caption of another scene
+    assert shifted["shape"] < 0.3 and shifted["exact"] < 0.05
+
+
+def test_the_relations_lm_corpus_is_in_its_tokenizers_vocabulary():
+    from modgap.world.lm import RESTATE, lm_texts
+    from modgap.world.tiny import build_chat_tokenizer
+
+    tokenizer = build_chat_tokenizer([*rw.vocabulary(), *RESTATE.split(), "<image>"], max_length=256)
+    texts = lm_texts(200, 0, tokenizer, "relations")
+    assert len(texts) == 400 and rw.PROMPT in texts[0] and RESTATE in texts[1]
+    ids = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
+    assert tokenizer.unk_token_id not in ids

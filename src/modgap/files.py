@@ -87,15 +87,15 @@ def _file_temp_prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
-    """A text handle on a temporary sibling that replaces ``path`` only if the block succeeds."""
+def atomic_file(path: str | os.PathLike, *, binary: bool = False) -> Iterator[Any]:
+    """A text (or ``binary``) handle on a temporary sibling that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     if path.is_dir():
         raise ModgapError(f"{path}: is a directory; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_file_temp_prefix(path)}{_writer_tag()}-{uuid.uuid4().hex[:6]}")
     try:
-        with disk_errors(path.parent), tmp.open("w", encoding="utf-8") as handle:
+        with disk_errors(path.parent), tmp.open("wb") if binary else tmp.open("w", encoding="utf-8") as handle:
             yield handle
         os.replace(tmp, path)
     except BaseException:
@@ -108,6 +108,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Replace ``path`` with ``text``; a reader sees the old file or the new one, never half of one."""
     with atomic_file(path) as handle:
         handle.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path, binary=True) as handle:
+        handle.write(data)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

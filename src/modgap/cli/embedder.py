@@ -75,13 +75,28 @@ def mine(
         float, typer.Option(help="Skip candidates above sim(q, pos) + margin (false negatives).")
     ] = 0.1,
     depth: Annotated[int, typer.Option(help="Nearest candidates searched per query.")] = 32,
+    index: Annotated[
+        str, typer.Option(help="exact (top-k over the whole pool) or faiss (approximate; pip install modgap[faiss]).")
+    ] = "exact",
+    index_path: Annotated[
+        Path | None,
+        typer.Option(help="With --index faiss: keep the index here and reuse it while the store is unchanged."),
+    ] = None,
+    factory: Annotated[
+        str, typer.Option(help="With --index faiss: a faiss index factory string (auto: IVF with ~4√N lists, Flat).")
+    ] = "auto",
+    nprobe: Annotated[
+        int | None, typer.Option(help="With --index faiss: IVF lists visited per query (default 16).")
+    ] = None,
 ) -> None:
-    """Mine one hard negative per row from the whole pool (exact top-k), false negatives filtered."""
+    """Mine one hard negative per row from the whole pool (exact top-k or a faiss index), false negatives
+    filtered."""
     from modgap.embedder.mine import mine_negatives
 
     summary = mine_negatives(
-        data, images, texts, text_embeddings, out_file, fn_margin=fn_margin, depth=depth, progress=rich_progress()
-    )
+        data, images, texts, text_embeddings, out_file, fn_margin=fn_margin, depth=depth, index=index,
+        index_path=index_path, factory=factory, nprobe=nprobe, progress=rich_progress(),
+    )  # fmt: skip
     out.print(f"{summary.line()}; wrote {out_file}")
 
 

@@ -148,16 +148,17 @@ def train_encoder_cmd(
 @world_app.command("train-lm", epilog="Example: modgap world train-lm --out src/modgap/builtin/tiny-lm")
 def train_lm_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the causal LM.")],
-    texts: Annotated[int, typer.Option(help="World texts to train on (five tasks per scene).")] = 100000,
+    world: Annotated[str, typer.Option(help="shapes (the first world) or relations (the second).")] = "shapes",
+    texts: Annotated[int, typer.Option(help="World texts to train on (five tasks a scene; relations: two).")] = 100000,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 5000,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train the tiny chat LM on world language (caption, restate, expand seeds, write conversations as JSON,
-    answer questions) and save it in 🤗 format."""
+    answer questions; in relations caption and restate) and save it in 🤗 format."""
     from modgap.world.lm import train_world_lm
 
     quiet_transformers()
-    info = train_world_lm(out_dir, texts=texts, steps=steps, seed=seed, progress=rich_progress())
+    info = train_world_lm(out_dir, world=world, texts=texts, steps=steps, seed=seed, progress=rich_progress())
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 

@@ -2,10 +2,11 @@
 
 In-batch hard negatives (stage 2's default) are only as hard as the batch. Mining looks further: every
 query's image embedding is searched against a store of candidate texts (exact chunked top-k,
-:func:`modgap.store.topk`), and each row gets the most similar candidate that is neither its positive nor
-a likely false negative (a candidate scoring above ``sim(q, pos) + fn_margin``, UniME's filter). The rows
-keep MMEB's training layout, so ``modgap embedder tune`` reads them as they are (their negatives join the
-in-batch candidates). Embeddings come from any encoder (usually the base one: mining precedes training).
+:func:`modgap.store.topk`, or a faiss index for pools of tens of millions, :mod:`modgap.store.ann`), and
+each row gets the most similar candidate that is neither its positive nor a likely false negative (a
+candidate scoring above ``sim(q, pos) + fn_margin``, UniME's filter). The rows keep MMEB's training layout,
+so ``modgap embedder tune`` reads them as they are (their negatives join the in-batch candidates).
+Embeddings come from any encoder (usually the base one: mining precedes training).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def mine_negatives(
     *,
     fn_margin: float = 0.1,
     depth: int = 32,
+    index: str = "exact",
+    index_path: str | os.PathLike | None = None,
+    factory: str = "auto",
+    nprobe: int | None = None,
     progress: ProgressFactory = silent,
 ) -> MineSummary:
     """Rows of ``data`` (MMEB layout, image queries) with ``neg_text`` set to the hardest mined candidate.
@@ -54,7 +59,12 @@ def mine_negatives(
     ``texts``: the candidate pool (``id``, ``text`` rows), embedded in ``text_embeddings`` by id; ``images``:
     the queries' image embeddings by ``qry_image_path``. A row whose positive text is not in the pool is an
     error (its similarity is what the filter compares against).
+
+    ``index="faiss"``: approximate search (:mod:`modgap.store.ann`) with a faiss ``factory`` index, built
+    once and kept at ``index_path`` for later runs; ``nprobe`` lists visited (IVF).
     """
+    if index not in ("exact", "faiss"):
+        raise ModgapError(f"--index must be 'exact' or 'faiss', not {index!r}")
     rows = read_rows(data, what="pairs file")
     pool = read_rows(texts, what="text file")
     text_store, image_store = EmbeddingStore.open(text_embeddings), EmbeddingStore.open(images)
@@ -99,7 +109,13 @@ def mine_negatives(
     positives = text_store.get(positive_ids).astype(np.float32)
     positives /= np.linalg.norm(positives, axis=1, keepdims=True)
     pos_sim = np.einsum("ij,ij->i", queries, positives)
-    found = search(queries, text_store, min(depth, len(text_store)), metric="cosine")
+    if index == "faiss":
+        from modgap.store.ann import approximate_search, index_for
+
+        built = index_for(text_store, index_path, metric="cosine", factory=factory)
+        found = approximate_search(queries, built, min(depth, built.vectors), nprobe=nprobe, store=text_store)
+    else:
+        found = search(queries, text_store, min(depth, len(text_store)), metric="cosine")
     assert found.ids is not None
     mined = without = filtered = 0
     out_rows = []

@@ -1,7 +1,8 @@
 """Embedding stores: sharded Arrow IPC files of one modality's vectors plus a manifest.
 
 Rooms: ``store`` (reader and writer), ``manifest``, ``stream`` (row sources), ``checks`` (unusable rows),
-``formats`` (import/export), ``info``, ``merge``, ``topk`` (exact search), ``safe_pickle``.
+``formats`` (import/export), ``info``, ``merge``, ``topk`` (exact search), ``ann`` (approximate search with
+faiss, optional), ``safe_pickle``.
 """
 
 from modgap.exports import lazy_exports
@@ -9,6 +10,9 @@ from modgap.exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
+        "FaissIndex": "ann",
+        "approximate_search": "ann",
+        "build_index": "ann",
         "BadRows": "checks",
         "bad_row_mask": "checks",
         "unusable_rows": "checks",

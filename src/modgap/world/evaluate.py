@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from modgap.eval.caption import caption_metrics
-from modgap.world.scene import ATTRIBUTES, Scene, parse_caption, references
+from modgap.world.scene import ATTRIBUTES, Scene, parse_caption
 
 
 def attribute_hits(predictions: Sequence[str], truths: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
@@ -16,24 +17,41 @@ def attribute_hits(predictions: Sequence[str], truths: Sequence[dict[str, str]])
     return {a: np.array([f[a] == t[a] for f, t in zip(found, truths, strict=True)], bool) for a in ATTRIBUTES}
 
 
-def score_captions(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
+def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str = "shapes") -> dict[str, float]:
     """Accuracy of each main-object attribute parsed from the captions, their mean, the fraction with all
-    four right (``exact``), and corpus BLEU-4 / CIDEr against every reference phrasing."""
+    right (``exact``), and corpus BLEU-4 / CIDEr against every reference phrasing. The second world
+    (``relations``) adds its relation figures (:func:`~modgap.world.relations_scene.score_relations`)."""
+    from modgap.world.worlds import get_world
+
     if len(predictions) != len(scenes) or not scenes:
         raise ValueError("one prediction per scene, at least one scene")
-    hits = attribute_hits(predictions, [s.attributes() for s in scenes])
+    kind = get_world(world)
+    names = kind.attributes
+    parsed = [kind.parse_caption(text) for text in predictions]
+    hits = {a: np.array([p[a] == s.attributes()[a] for p, s in zip(parsed, scenes, strict=True)]) for a in names}
     n = len(scenes)
-    out = {a: int(hits[a].sum()) / n for a in ATTRIBUTES}
-    out["attributes"] = sum(out[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
-    out["exact"] = int(np.logical_and.reduce([hits[a] for a in ATTRIBUTES]).sum()) / n
+    out = {a: int(hits[a].sum()) / n for a in names}
+    out["attributes"] = sum(out[a] for a in names) / len(names)
+    out["exact"] = int(np.logical_and.reduce([hits[a] for a in names]).sum()) / n
+    if world == "relations":
+        from modgap.world.relations_scene import relation_true
+
+        truths = [relation_true(s, p) for p, s in zip(parsed, scenes, strict=True)]
+        out["relation"] = sum(t is True for t in truths) / n  # names a relation that holds
+        out["relation_said"] = sum(t is not None for t in truths) / n
     text_scores = caption_metrics(
-        {str(i): p for i, p in enumerate(predictions)}, {str(i): references(s) for i, s in enumerate(scenes)}
+        {str(i): p for i, p in enumerate(predictions)}, {str(i): kind.references(s) for i, s in enumerate(scenes)}
     )
     out["bleu4"], out["cider"] = text_scores["bleu4"], text_scores["cider"]
     return out
 
 
-def chance_levels() -> dict[str, float]:
+def chance_levels(world: str = "shapes") -> dict[str, float]:
+    """One over the values each attribute takes (uniform guessing)."""
+    if world == "relations":
+        from modgap.world.relations_scene import chance_levels as relations_chance
+
+        return relations_chance()
     from modgap.world.scene import COLOURS, POSITIONS, SHAPES, SIZES
 
     return {
@@ -42,3 +60,6 @@ def chance_levels() -> dict[str, float]:
         "size": 1 / len(SIZES),
         "position": 1 / len(POSITIONS),
     }
+
+
+__all__ = ["Scene", "attribute_hits", "chance_levels", "score_captions"]

@@ -36,7 +36,6 @@ from modgap.world.scene import (
     make_scenes,
     question_answers,
     sparse_seed,
-    vocabulary,
 )
 from modgap.world.tiny import build_chat_tokenizer, save_tiny_llm
 
@@ -56,8 +55,11 @@ RESTATE = "say it another way ."
 TASKS = 5  # texts per scene
 
 
-def lm_texts(n: int, seed: int, tokenizer) -> list[str]:
-    """``TASKS`` chat texts per scene: caption, restate, expand a seed, write a conversation, answer a question."""
+def lm_texts(n: int, seed: int, tokenizer, world: str = "shapes") -> list[str]:
+    """The first world: ``TASKS`` chat texts per scene: caption, restate, expand a seed, write a conversation,
+    answer a question. The second (``relations``): caption and restate (what ReVision needs of the LM)."""
+    if world == "relations":
+        return relations_lm_texts(n, seed, tokenizer)
     rng = np.random.default_rng(seed)
     texts = []
 
@@ -74,6 +76,23 @@ def lm_texts(n: int, seed: int, tokenizer) -> list[str]:
         _, question, answer = asked[int(rng.integers(len(asked)))]
         texts.append(chat(f"{answer} .", f"{a} {question}"))
     return texts
+
+
+def relations_lm_texts(n: int, seed: int, tokenizer) -> list[str]:
+    """Two chat texts per second-world scene: a caption as the reply to the captioning prompt, and another
+    phrasing of a caption given in the user turn."""
+    from modgap.world import relations_scene
+
+    rng = np.random.default_rng(seed)
+    texts = []
+    for scene in relations_scene.make_scenes(n, seed, "lm"):
+        a, b = relations_scene.caption(scene, rng), relations_scene.caption(scene, rng)
+        texts.append(tokenizer.apply_chat_template(caption_messages(a, relations_scene.PROMPT), tokenize=False))
+        texts.append(tokenizer.apply_chat_template(caption_messages(b, f"{a} {RESTATE}"), tokenize=False))
+    return texts
+
+
+WORLD_TASKS = {"shapes": TASKS, "relations": 2}
 
 
 def train_causal_lm(
@@ -135,6 +154,7 @@ def train_causal_lm(
 def train_world_lm(
     out: str | Path,
     *,
+    world: str = "shapes",
     texts: int = 100000,
     steps: int = 5000,
     batch_size: int = 32,
@@ -145,12 +165,16 @@ def train_world_lm(
     seed: int = 0,
     progress: ProgressFactory = silent,
 ) -> dict:
-    words = [*vocabulary(), *RESTATE.split(), "<image>"]
-    tokenizer = build_chat_tokenizer(words, max_length=256, phrases=JSON_PIECES)
-    corpus = lm_texts(texts // TASKS, seed, tokenizer)
+    from modgap.world.worlds import get_world
+
+    kind = get_world(world)
+    phrases = JSON_PIECES if world == "shapes" else []
+    words = [*kind.vocabulary(), *RESTATE.split(), "<image>"]
+    tokenizer = build_chat_tokenizer(words, max_length=256, phrases=phrases)
+    corpus = lm_texts(texts // WORLD_TASKS[world], seed, tokenizer, world)
     with atomic_output_dir(out, overwrite=True, markers=(MODEL_RECORD,)) as tmp:
         save_tiny_llm(tmp / "init", words, hidden=width, layers=layers, heads=4, max_length=256, seed=seed,
-                      phrases=JSON_PIECES)  # fmt: skip
+                      phrases=phrases)  # fmt: skip
         losses = train_causal_lm(
             tmp / "init",
             corpus,
@@ -169,8 +193,11 @@ def train_world_lm(
                 f.unlink()
             (tmp / d).rmdir()
         provenance = {
-            "command": f"modgap world train-lm --texts {texts} --steps {steps} --seed {seed}",
+            "command": "modgap world train-lm"
+            + (f" --world {world}" if world != "shapes" else "")
+            + f" --texts {texts} --steps {steps} --seed {seed}",
             "seed": seed,
+            **({"world": world} if world != "shapes" else {}),
             "texts": len(corpus),
             "steps": steps,
             "batch_size": batch_size,
@@ -179,7 +206,7 @@ def train_world_lm(
             "width": width,
             "layers": layers,
             "final_loss": float(np.mean(losses[-20:])),
-            "prompts": TRAINED_PROMPTS,
+            **({"prompts": TRAINED_PROMPTS} if world == "shapes" else {}),
         }
         (tmp / MODEL_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
         generation = json.loads((tmp / "generation_config.json").read_text())

@@ -120,6 +120,10 @@ class RelationScene:
         return cls([Obj(**{**o, "xy": tuple(o["xy"])}) for o in d["objects"]], d["background"], d["seed"])
 
 
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
 def _name(o: Obj) -> str:
     return f"{o.colour} {o.shape}"
 
@@ -245,7 +249,7 @@ def _phrase(scene: RelationScene, o: Obj, rng: np.random.Generator, full: bool) 
         words.append(str(rng.choice(SIZE_WORDS[o.size])))
     if full and rng.random() < P_TEXTURE:
         words.append(str(rng.choice(TEXTURE_WORDS[o.texture])))
-    words += [o.colour, o.shape + ("s" if count > 1 else "")]
+    words += [o.colour, plural(o.shape) if count > 1 else o.shape]
     article = NUMBERS[count] if count > 1 else ("an" if words[0][0] in "aeiou" else "a")
     return " ".join([article, *words])
 
@@ -277,7 +281,7 @@ _SIZE = {w: k for k, ws in SIZE_WORDS.items() for w in ws}
 _TEXTURE = {w: k for k, ws in TEXTURE_WORDS.items() for w in ws}
 _COUNT = {"two": "2", "three": "3"}
 _RELATION = sorted(((w, k) for k, ws in RELATION_WORDS.items() for w in ws), key=lambda p: -len(p[0]))
-_SHAPE = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
+_SHAPE = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
 _ALSO = r" , and also | , plus | ; there is also "  # how EXTRA_TEMPLATES start
 _LEXICON = {"shape": _SHAPE, "colour": {c: c for c in COLOURS}, "size": _SIZE, "texture": _TEXTURE, "count": _COUNT}
 _PLACE = re.compile(r"\b(?:at the ((?:top|bottom)(?: left| right)?|left|right)|in the (middle))\b(?! of)")
@@ -360,3 +364,25 @@ def describes(texts: list[str], scenes: list[RelationScene]) -> np.ndarray:
 def short_caption(scene: RelationScene, rng: np.random.Generator) -> str:
     """The least a caption says: the main object's colour and shape (the encoder's partial captions)."""
     return _phrase(scene, scene.main, rng, full=False) + " ."
+
+
+def references(scene: RelationScene) -> list[str]:
+    """Reference captions for BLEU/CIDEr: the main object said in full (count or article, size, texture,
+    colour, shape, place) in every main phrasing, without relations or other objects."""
+    m = scene.main
+    count = scene.count(m)
+    words = [m.size, m.texture, m.colour, plural(m.shape) if count > 1 else m.shape]
+    desc = " ".join([NUMBERS[count] if count > 1 else "a", *words])
+    out = []
+    for template in MAIN_TEMPLATES:
+        text = re.sub(r"\s+", " ", template.format(desc=desc, place=_place(m.position))).strip(" ,")
+        if count > 1:
+            text = text.replace("there is ", "there are ").replace(" sits ", " sit ")
+        out.append(text + " .")
+    return out
+
+
+def chance_levels() -> dict[str, float]:
+    """One over the values each attribute takes (uniform guessing)."""
+    return {"shape": 1 / len(SHAPES), "colour": 1 / len(COLOURS), "size": 1 / len(SIZES),
+            "texture": 1 / len(TEXTURES), "position": 1 / 9, "count": 1 / len(NUMBERS)}  # fmt: skip

@@ -18,11 +18,10 @@ from modgap.progress import ProgressFactory, silent
 from modgap.world.scene import Scene
 from modgap.world.steps import (
     ALIGNER_PARAMS,
-    FULL,
     PAIRED,
-    QUICK,
     DemoSize,
     claim_demo_dir,
+    demo_size,
     embed_world,
     evaluate_model,
     first_rows,
@@ -35,11 +34,11 @@ SCALES = (1, 2, 4, 8)  # pool sizes of the scaling curves, as multiples of 1/8 o
 SCALING_METHODS = ("realign",)  # the paper's aligner: the default text-only curve
 
 
-def check_scaling(scales: tuple[int, ...], methods: tuple[str, ...]) -> None:
+def check_scaling(scales: tuple[int, ...], methods: tuple[str, ...], paired_only: bool = False) -> None:
     if not scales or any(k not in SCALES for k in scales):
         raise ModgapError(f"scaling scales must be among {SCALES}, got {scales}")
     unknown = [m for m in methods if m not in ALIGNERS]
-    if unknown or not methods:
+    if unknown or not (methods or paired_only):
         raise ModgapError(f"scaling aligners must be among {', '.join(ALIGNERS)}, got {', '.join(unknown) or 'none'}")
 
 
@@ -50,18 +49,22 @@ def run_scaling_demo(
     seed: int = 0,
     scales: tuple[int, ...] = SCALES,
     methods: tuple[str, ...] = SCALING_METHODS,
+    world: str = "shapes",
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The data-scaling curves of :func:`run_scaling` alone, in a demo workdir (the same world, stores and claim
     as :func:`run_demo`): every size is trained under ``scaling/``, the full pools too, so no other demo model
-    is needed. Written to ``scaling.json``; resumable like the demo."""
-    root, size = Path(workdir), QUICK if quick else FULL
-    check_scaling(scales, methods)
-    claim_demo_dir(root, seed, quick, size)
-    pools = write_world(root, size, seed, log)
-    embed_world(root, progress, log)
-    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods, log)
+    is needed. Written to ``scaling.json``; resumable like the demo. ``methods=()``: the paired curve alone
+    (the second world's first check: does it rise?)."""
+    from modgap.world.worlds import get_world
+
+    root, size = Path(workdir), demo_size(world, quick)
+    check_scaling(scales, methods, paired_only=True)
+    claim_demo_dir(root, seed, quick, size, world)
+    pools = write_world(root, size, seed, log, world)
+    embed_world(root, progress, log, get_world(world).encoder)
+    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods, log, world)
     write_json(root / "scaling.json", curves)
     return curves
 
@@ -76,6 +79,7 @@ def run_scaling(
     scales: tuple[int, ...] = SCALES,
     methods: tuple[str, ...] = SCALING_METHODS,
     log: Callable[[str], None] = print,
+    world: str = "shapes",
 ) -> dict[str, Any]:
     """Does more unpaired text stand in for fewer pairs? For each scale k and aligner, a model pretrained on
     the first k/8 of the text pool (aligned with that method, fitted on exactly those texts and the image
@@ -85,6 +89,10 @@ def run_scaling(
     Returns ``{"methods", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``
     with one curve ``text only, METHOD`` per method, then ``paired images``.
     """
+    from modgap.world.worlds import get_world
+
+    kind = get_world(world)
+    models = {"llm": kind.llm, "prompt": kind.prompt}
     log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
     full = min(size.text_pool, size.paired)
     names = {method: f"text only, {method}" for method in methods}
@@ -100,8 +108,8 @@ def run_scaling(
                 continue
             data, aligner = first_rows(root, "text_pool", n), _subset_aligner(root, method, n)
             model = train_revision(root, f"scaling/{method}-text{n}", size=size, seed=seed, data=data,
-                                   store=root / "stores" / "text_pool-text", aligner=aligner)  # fmt: skip
-            trained.append((names[method], evaluate_model(root, model, test), model.parent))
+                                   store=root / "stores" / "text_pool-text", aligner=aligner, **models)  # fmt: skip
+            trained.append((names[method], evaluate_model(root, model, test, world), model.parent))
         if n == size.paired and PAIRED in rows:
             trained.append((PAIRED, rows[PAIRED], run_dirs[PAIRED]))
         else:
@@ -112,8 +120,9 @@ def run_scaling(
                 seed=seed,
                 data=first_rows(root, "paired", n),
                 store=root / "stores" / "paired-image",
+                **models,
             )
-            trained.append((PAIRED, evaluate_model(root, model, test), model.parent))
+            trained.append((PAIRED, evaluate_model(root, model, test, world), model.parent))
         out["sizes"].append(n)
         for curve, row, run in trained:
             out["curves"][curve].append(row)

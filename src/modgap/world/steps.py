@@ -19,7 +19,8 @@ from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory
 from modgap.training import claim_run_dir
 from modgap.world.evaluate import score_captions
-from modgap.world.scene import PROMPT, Scene, caption, make_scenes, question_answers, references, render
+from modgap.world.scene import PROMPT, Scene, question_answers
+from modgap.world.worlds import get_world
 
 ENCODER = "builtin:tiny-clip"
 LLM = "builtin:tiny-lm"
@@ -43,15 +44,28 @@ class DemoSize:
 
 QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=200, unicorn_seeds=300, batch_size=16)
 FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps=1200, unicorn_seeds=3000)
+# The second world: pools 1/180 (full) of its ~2.9M distinct scenes, so more pairs keep saying something new.
+RELATIONS_QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300, unicorn_seeds=300,
+                           batch_size=16)  # fmt: skip
+RELATIONS_FULL = DemoSize(image_pool=8000, text_pool=16000, paired=16000, test=1000, steps=1500, unicorn_seeds=3000)
 
 
-def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None]) -> dict[str, list[Scene]]:
-    """Image files and JSONL data of the four disjoint pools (written once)."""
+def demo_size(world: str, quick: bool) -> DemoSize:
+    if world == "relations":
+        return RELATIONS_QUICK if quick else RELATIONS_FULL
+    return QUICK if quick else FULL
+
+
+def write_world(
+    root: Path, size: DemoSize, seed: int, log: Callable[[str], None], world: str = "shapes"
+) -> dict[str, list[Any]]:
+    """Image files and JSONL data of the four disjoint pools of ``world`` (written once)."""
+    kind = get_world(world)
     pools = {
-        "image_pool": make_scenes(size.image_pool, seed, "image-only"),
-        "text_pool": make_scenes(size.text_pool, seed, "text-only"),
-        "paired": make_scenes(size.paired, seed, "paired"),
-        "test": make_scenes(size.test, seed, "test"),
+        "image_pool": kind.make_scenes(size.image_pool, seed, "image-only"),
+        "text_pool": kind.make_scenes(size.text_pool, seed, "text-only"),
+        "paired": kind.make_scenes(size.paired, seed, "paired"),
+        "test": kind.make_scenes(size.test, seed, "test"),
     }
     if (root / "world" / "done").is_file():
         return pools
@@ -69,24 +83,24 @@ def write_world(root: Path, size: DemoSize, seed: int, log: Callable[[str], None
             row: dict[str, Any] = {"id": key}
             if name != "text_pool":
                 path = images / f"{key}.png"
-                render(scene).save(path)
+                kind.render(scene, kind.image_size).save(path)
                 row["image"] = f"images/{key}.png"
             if name == "test":
-                row["captions"] = references(scene)
+                row["captions"] = kind.references(scene)
                 row["scene"] = scene.to_json()
             elif name != "image_pool":
-                row["caption"] = caption(scene, rng=rng)
+                row["caption"] = kind.caption(scene, rng=rng)
             rows.append(row)
         write_jsonl(root / "world" / f"{name}.jsonl", rows)
     write_text(root / "world" / "done", "")
     return pools
 
 
-def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None]) -> None:
+def embed_world(root: Path, progress: ProgressFactory, log: Callable[[str], None], encoder_spec: str = ENCODER) -> None:
     from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
 
-    encoder = functools.cache(lambda: load_encoder(ENCODER))
+    encoder = functools.cache(lambda: load_encoder(encoder_spec))
     options = EmbedOptions(batch_size=256, num_workers=0)
     jobs = [("image_pool", "image"), ("text_pool", "text"), ("paired", "image"), ("test", "image")]
     for name, modality in jobs:
@@ -121,6 +135,8 @@ def train_revision(
     stage: str = "pretrain",
     init: str | None = None,
     steps: int | None = None,
+    llm: str = LLM,
+    prompt: str = PROMPT,
 ) -> Path:
     """The demo's one way to train a model (``runs/NAME``, resumed or reused): every model gets the same budget,
     seed and hyper-parameters; sft runs at a quarter of the learning rate."""
@@ -134,10 +150,10 @@ def train_revision(
         out=str(out),
         data=[str(data)],
         embeddings=[str(store)],
-        llm=None if init else LLM,
+        llm=None if init else llm,
         init=init,
         aligner=str(aligner) if aligner else None,
-        prompt=PROMPT,
+        prompt=prompt,
         max_steps=steps or size.steps,
         batch_size=size.batch_size,
         lr=size.lr if stage == "pretrain" else size.lr / 4,
@@ -161,10 +177,10 @@ def write_questions(root: Path, scenes: list[Scene]) -> Path:
     return path
 
 
-def evaluate_model(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str, float]:
-    """Caption figures of held-out images, and VQA accuracy on questions about them (``vqa``, per type).
-    Written last to ``test_scores.json`` beside the model (greedy decoding: a rerun would give the same), and
-    read from there when present."""
+def evaluate_model(root: Path, model_dir: Path, scenes: list[Any], world: str = "shapes") -> dict[str, float]:
+    """Caption figures of held-out images, and (first world) VQA accuracy on questions about them (``vqa``,
+    per type). Written last to ``test_scores.json`` beside the model (greedy decoding: a rerun would give the
+    same), and read from there when present."""
     from modgap.eval.vqa import evaluate_vqa
     from modgap.mllm.infer import StoreInputs, load_model
 
@@ -173,11 +189,13 @@ def evaluate_model(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str
         return json.loads(done.read_text())
     model = load_model(model_dir)
     store = root / "stores" / "test-image"
-    answers = evaluate_vqa(model, write_questions(root, scenes), store, batch_size=128, max_new_tokens=8)
-    write_jsonl(model_dir.parent / "test_answers.jsonl", answers.rows)
-    vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
+    vqa = {}
+    if world == "shapes":  # the second world has no questions yet
+        answers = evaluate_vqa(model, write_questions(root, scenes), store, batch_size=128, max_new_tokens=8)
+        write_jsonl(model_dir.parent / "test_answers.jsonl", answers.rows)
+        vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
     visual = StoreInputs(model, store).ids([f"test-{i}" for i in range(len(scenes))])
-    replies = model.generate(visual, max_new_tokens=24, batch_size=128)
+    replies = model.generate(visual, max_new_tokens=24 if world == "shapes" else 40, batch_size=128)
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
         [
@@ -185,16 +203,17 @@ def evaluate_model(root: Path, model_dir: Path, scenes: list[Scene]) -> dict[str
             for i, (r, sc) in enumerate(zip(replies, scenes, strict=True))
         ],
     )
-    scores = {**score_captions(replies, scenes), **vqa}
+    scores = {**score_captions(replies, scenes, world), **vqa}
     write_json(done, scores)
     return scores
 
 
-def claim_demo_dir(root: Path, seed: int, quick: bool, size: DemoSize) -> None:
-    """The workdir is this demo's (same seed and size) or new; the embedder demo shares it."""
+def claim_demo_dir(root: Path, seed: int, quick: bool, size: DemoSize, world: str = "shapes") -> None:
+    """The workdir is this demo's (same world, seed and size) or new; the embedder demo shares it."""
+    settings = {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)}
     claim_run_dir(
         root,
-        {"seed": seed, "quick": quick, "size": dataclasses.asdict(size)},
+        {**settings, "world": world} if world != "shapes" else settings,  # first-world workdirs stay claimable
         settings_file="demo.json",
         hint="; use another --workdir",
     )

@@ -28,6 +28,12 @@ class World:
     describes: Callable[[list[str], list[Any]], np.ndarray]  # [i, j]: caption i is true of scene j
     # A training caption: with probability ``partial`` (drawn only when it is non-zero) a minimal one.
     training_text: Callable[[Any, np.random.Generator, float], str]
+    attributes: tuple[str, ...]  # of the main object, scored in generated captions
+    parse_caption: Callable[[str], dict[str, Any]]
+    references: Callable[[Any], list[str]]  # reference captions for BLEU/CIDEr
+    prompt: str  # the captioning prompt
+    encoder: str  # the world's built-in CLIP and chat LM
+    llm: str
 
 
 def _shapes_text(s: Any, rng: np.random.Generator, partial: float) -> str:
@@ -49,10 +55,13 @@ def _shapes_describes(texts: list[str], scenes: list[Any]) -> np.ndarray:
 
 WORLDS = {
     "shapes": World("shapes", 32, scene.make_scenes, scene.render, scene.caption, scene.vocabulary,
-                    _shapes_describes, _shapes_text),
+                    _shapes_describes, _shapes_text, scene.ATTRIBUTES, scene.parse_caption, scene.references,
+                    scene.PROMPT, "builtin:tiny-clip", "builtin:tiny-lm"),
     "relations": World("relations", relations_scene.SIDE, relations_scene.make_scenes, relations_scene.render,
                        relations_scene.caption, relations_scene.vocabulary, relations_scene.describes,
-                       _relations_text),
+                       _relations_text, relations_scene.ATTRIBUTES, relations_scene.parse_caption,
+                       relations_scene.references, relations_scene.PROMPT, "builtin:tiny-clip-relations",
+                       "builtin:tiny-lm-relations"),
 }  # fmt: skip
 
 
