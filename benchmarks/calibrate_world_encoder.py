@@ -10,7 +10,8 @@ top item is one the caption truly describes, since many scenes share a caption h
         --projection-dim 128 --temperature 0.07 --learn-temperature [--world relations]
 
 It also prints, per attribute of the main object, a linear probe's held-out accuracy on the image embeddings
-against the chance level.
+against the chance level, and (second world) the encoder's own retrieval of each attribute: the true full
+caption against the same caption with that attribute changed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,28 @@ def probes(image: np.ndarray, scenes: list) -> dict[str, float]:
 
 
 @torch.no_grad()
+def counterfactual_retrieval(model, tokenizer, image: np.ndarray, scenes: list, n: int = 500) -> dict[str, float]:
+    """Second world, per attribute of the main object: the share of images whose true full caption scores
+    above every caption with that attribute changed (chance: one over the attribute's values) — the encoder's
+    own retrieval of each attribute, with no probe trained."""
+    from modgap.world.relations_scene import ATTRIBUTES, VALUES, counterfactuals
+
+    model.eval()
+    out = {}
+    for name in ATTRIBUTES:
+        wins = 0
+        for i, scene in enumerate(scenes[:n]):
+            tok = tokenizer(counterfactuals(scene, name), padding=True, return_tensors="pt")
+            t = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            t = torch.nn.functional.normalize(t.pooler_output, dim=-1).numpy()
+            wins += int(np.argmax(t @ image[i]) == 0)
+        out[f"retrieval_{name}"] = wins / min(n, len(scenes))
+        out[f"retrieval_chance_{name}"] = 1 / len(VALUES[name])
+    model.train()
+    return out
+
+
+@torch.no_grad()
 def embed(model, tokenizer, processor, texts: list[str], images: list) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     tok = tokenizer(texts, padding=True, return_tensors="pt")
@@ -105,6 +128,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--grouped", type=int, default=1, help="Scenes per batch group sharing main colour+shape.")
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--learn-temperature", action="store_true")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -112,6 +136,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="Write the trajectory here.")
     parser.add_argument("--save", help="Keep the trained encoder in this directory.")
+    parser.add_argument("--evaluate", help="Measure this saved encoder (a CLIPModel directory) instead of training.")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer, CLIPImageProcessor
@@ -121,6 +146,18 @@ def main() -> None:
     truth = world.describes(texts, scenes)
     trajectory: list[dict[str, float]] = []
     started = time.perf_counter()
+    if args.evaluate:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(args.evaluate)
+        tokenizer = AutoTokenizer.from_pretrained(args.evaluate)
+        processor = CLIPImageProcessor.from_pretrained(args.evaluate)
+        text, image = embed(model, tokenizer, processor, texts, images)
+        row = {**geometry(text, image, truth), **probes(image, scenes)}
+        if args.world == "relations":
+            row.update(counterfactual_retrieval(model, tokenizer, image, scenes))
+        print(json.dumps({k: round(v, 3) for k, v in row.items()}, indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         # The tokenizer and processor are the ones train_encoder saves; build them once from a 1-step run.
         train_encoder(tmp, world=args.world, pairs=256, steps=1, seed=args.seed)
@@ -132,6 +169,8 @@ def main() -> None:
             text, image = embed(model, tokenizer, processor, texts, images)
             row = {"step": step, "temperature": float(1 / model.logit_scale.exp()),
                    **geometry(text, image, truth), **probes(image, scenes)}  # fmt: skip
+            if args.world == "relations":
+                row.update(counterfactual_retrieval(model, tokenizer, image, scenes))
             trajectory.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
@@ -139,7 +178,7 @@ def main() -> None:
                       lr=args.lr,
                       temperature=args.temperature, learn_temperature=args.learn_temperature,
                       positives=args.positives, partial_captions=args.partial_captions, width=args.width,
-                      layers=args.layers, patch_size=args.patch_size,
+                      layers=args.layers, patch_size=args.patch_size, grouped=args.grouped,
                       projection_dim=args.projection_dim, seed=args.seed, on_step=measure)  # fmt: skip
     print(f"{time.perf_counter() - started:.0f} s; real CLIP ViT-B/32 (MSCOCO): {REFERENCE}")
     if args.json:

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_store, run_cli
 
+from conftest import make_store, run_cli
 from modgap.errors import ModgapError
 from modgap.store import search
 from modgap.store.ann import FaissIndex, approximate_search, build_index, index_for
@@ -46,7 +46,7 @@ def test_an_ivf_index_visiting_every_list_is_exact_and_fewer_lists_lose_little(t
     every = approximate_search(queries, index, 10, nprobe=lists)
     np.testing.assert_array_equal(every.rows, exact.rows)
     few = approximate_search(queries, index, 10, nprobe=4)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few.rows.tolist(), exact.rows.tolist())])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few.rows.tolist(), exact.rows.tolist(), strict=True)])
     assert 0.5 < recall < 1.0  # approximate: most neighbours found, not all (measured 0.8-0.9)
 
 

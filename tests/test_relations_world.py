@@ -164,3 +164,30 @@ def test_the_relations_lm_corpus_is_in_its_tokenizers_vocabulary():
     assert len(texts) == 400 and rw.PROMPT in texts[0] and RESTATE in texts[1]
     ids = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
     assert tokenizer.unk_token_id not in ids
+
+
+def test_grouped_batches_hold_groups_whose_main_objects_differ_only_in_place_and_count(pool):
+    from modgap.world.encoder import _grouped_batch, group_key
+
+    scenes, _ = pool
+    keys = [group_key(s) for s in scenes]
+    assert keys[0] == (scenes[0].main.colour, scenes[0].main.shape, scenes[0].main.size, scenes[0].main.texture)
+    alike = {k: np.flatnonzero([q == k for q in keys]) for k in set(keys)}
+    batch = _grouped_batch(np.random.default_rng(0), scenes, alike, groups=32, size=2)
+    assert len(batch) == 64 == len(set(batch.tolist()))
+    for g in batch.reshape(32, 2):
+        assert len({keys[i] for i in g}) == 1
+    assert len({keys[g[0]] for g in batch.reshape(32, 2)}) > 16  # many different groups, not one
+
+
+def test_counterfactual_captions_change_exactly_one_attribute(pool):
+    scenes, _ = pool
+    for s in scenes[:50]:
+        for name in rw.ATTRIBUTES:
+            texts = rw.counterfactuals(s, name)
+            assert len(texts) == len(rw.VALUES[name])
+            said = [rw.parse_caption(t) for t in texts]
+            assert {a: said[0][a] for a in rw.ATTRIBUTES} == s.attributes()
+            for other in said[1:]:
+                changed = [a for a in rw.ATTRIBUTES if other[a] != said[0][a]]
+                assert changed == [name], (texts, changed)

@@ -46,17 +46,24 @@ def train_encoder(
     layers: int = 3,
     projection_dim: int = 128,
     patch_size: int = 4,
+    grouped: int = 1,
     seed: int = 0,
     progress: ProgressFactory = silent,
     on_step: Callable[[int, Any], None] | None = None,
 ) -> dict:
     """Train on ``pairs`` scenes of ``world``'s ``encoder`` split (a fresh caption phrasing each visit) and save.
 
-    ``positives``: ``"pair"`` (CLIP's loss) or ``"describes"`` (see the module docstring). ``on_step(step,
-    model)`` is called after each optimizer step (calibration runs measure the geometry on the way).
+    ``positives``: ``"pair"`` (CLIP's loss) or ``"describes"`` (see the module docstring). ``grouped``: each
+    batch is made of groups of this many scenes whose main objects are alike in all but place and count, so
+    that place and count are what tells a caption's images apart: in a world of millions of scenes a random
+    batch almost never holds two alike, the other attributes alone win the contrast, and both towers learn
+    to ignore where the object is (measured: a red circle's image embedding at nine places, cosine 1.00).
+    ``on_step(step, model)`` is called after each optimizer step (calibration runs measure the geometry).
     """
     if positives not in ("pair", "describes"):
         raise ModgapError(f"--positives must be 'pair' or 'describes', not {positives!r}")
+    if grouped < 1 or batch_size % grouped:
+        raise ModgapError(f"--grouped must divide the batch size {batch_size}, not {grouped}")
     if not 0 <= partial_captions <= 1:
         raise ModgapError(f"--partial-captions must be between 0 and 1, not {partial_captions}")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -103,9 +110,16 @@ def train_encoder(
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
     model.train()
+    alike: dict[tuple[str, ...], np.ndarray] = {}
+    if grouped > 1:
+        keys = [group_key(s) for s in scenes]
+        alike = {k: np.flatnonzero([q == k for q in keys]) for k in set(keys)}
     with progress("training encoder", steps) as advance:
         for _ in range(steps):
-            idx = rng.choice(pairs, size=batch_size, replace=False)
+            if grouped > 1:
+                idx = _grouped_batch(rng, scenes, alike, batch_size // grouped, grouped)
+            else:
+                idx = rng.choice(pairs, size=batch_size, replace=False)
             texts = [kind.training_text(scenes[i], rng, partial_captions) for i in idx]
             tok = tokenizer(texts, padding=True, return_tensors="pt")
             result = model(
@@ -137,7 +151,7 @@ def train_encoder(
             + f" --pairs {pairs} --steps {steps} --seed {seed} --width {width}"
             f" --projection-dim {projection_dim} --temperature {temperature} --lr {lr}"
             f"{' --learn-temperature' if learn_temperature else ''} --positives {positives}"
-            f" --partial-captions {partial_captions}"
+            f" --partial-captions {partial_captions}" + (f" --grouped {grouped}" if grouped > 1 else "")
         ),
         "seed": seed,
         **({"world": world} if world != "shapes" else {}),
@@ -155,6 +169,7 @@ def train_encoder(
         "layers": layers,
         "projection_dim": projection_dim,
         "patch_size": patch_size,
+        **({"grouped": grouped} if grouped > 1 else {}),
         "final_loss": float(np.mean(losses[-20:])),
     }
     with atomic_output_dir(out, overwrite=True, markers=(MODEL_RECORD,)) as tmp:
@@ -164,6 +179,31 @@ def train_encoder(
         processor.save_pretrained(tmp)
         (tmp / MODEL_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
+
+
+def group_key(scene: Any) -> tuple[str, ...]:
+    """The main object's attributes but its place and count (what a batch group shares)."""
+    return tuple(v for k, v in sorted(scene.attributes().items()) if k not in ("position", "count"))
+
+
+def _grouped_batch(
+    rng: np.random.Generator, scenes: list, alike: dict[tuple[str, ...], np.ndarray], groups: int, size: int
+) -> np.ndarray:
+    """``groups`` anchor scenes, each with ``size - 1`` others alike in all but place and count."""
+    out: list[int] = []
+    taken: set[int] = set()
+    for anchor in rng.permutation(len(scenes)):
+        if len(out) == groups * size:
+            break
+        if int(anchor) in taken:
+            continue
+        pool = [int(i) for i in alike[group_key(scenes[int(anchor)])] if int(i) not in taken and i != anchor]
+        if len(pool) < size - 1:
+            continue
+        members = [int(anchor), *(int(i) for i in rng.choice(pool, size=size - 1, replace=False))]
+        out += members
+        taken.update(members)
+    return np.asarray(out)
 
 
 _MENTIONED = re.compile(r"next to a small ([a-z]+) ([a-z]+)")

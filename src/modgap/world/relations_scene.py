@@ -263,7 +263,7 @@ def caption(scene: RelationScene, rng: np.random.Generator | None = None) -> str
     text = template.format(desc=_phrase(scene, m, rng, full=True), place=place)
     text = re.sub(r"\s+", " ", text).strip(" ,")
     if scene.count(m) > 1:  # a counted group: plural verbs
-        text = text.replace("there is ", "there are ").replace(" sits ", " sit ")
+        text = text.replace("there is ", "there are ").replace(" sits", " sit")
     from_main = [(r, b) for a, r, b in relations(scene) if a is m]
     if from_main and rng.random() < P_RELATION:
         r, b = from_main[int(rng.integers(len(from_main)))]
@@ -369,17 +369,31 @@ def short_caption(scene: RelationScene, rng: np.random.Generator) -> str:
 def references(scene: RelationScene) -> list[str]:
     """Reference captions for BLEU/CIDEr: the main object said in full (count or article, size, texture,
     colour, shape, place) in every main phrasing, without relations or other objects."""
-    m = scene.main
-    count = scene.count(m)
-    words = [m.size, m.texture, m.colour, plural(m.shape) if count > 1 else m.shape]
-    desc = " ".join([NUMBERS[count] if count > 1 else "a", *words])
-    out = []
-    for template in MAIN_TEMPLATES:
-        text = re.sub(r"\s+", " ", template.format(desc=desc, place=_place(m.position))).strip(" ,")
-        if count > 1:
-            text = text.replace("there is ", "there are ").replace(" sits ", " sit ")
-        out.append(text + " .")
-    return out
+    return [main_text(scene.attributes(), template) for template in MAIN_TEMPLATES]
+
+
+POSITIONS = ("top left", "top", "top right", "left", "middle", "right", "bottom left", "bottom", "bottom right")
+VALUES = {"shape": tuple(SHAPES), "colour": tuple(COLOURS), "size": tuple(SIZES), "texture": tuple(TEXTURES),
+          "position": POSITIONS, "count": ("1", "2", "3")}  # fmt: skip
+
+
+def main_text(attributes: dict[str, str], template: str = MAIN_TEMPLATES[0]) -> str:
+    """A caption saying every attribute of a main object given as ``attributes`` (as :meth:`attributes`)."""
+    count = int(attributes["count"])
+    shape = plural(attributes["shape"]) if count > 1 else attributes["shape"]
+    desc = " ".join([NUMBERS[count] if count > 1 else "a", attributes["size"], attributes["texture"],
+                     attributes["colour"], shape])  # fmt: skip
+    text = re.sub(r"\s+", " ", template.format(desc=desc, place=_place(attributes["position"]))).strip(" ,")
+    if count > 1:
+        text = text.replace("there is ", "there are ").replace(" sits", " sit")
+    return text + " ."
+
+
+def counterfactuals(scene: RelationScene, attribute: str) -> list[str]:
+    """The full caption of the scene's main object, then the same caption with ``attribute`` changed to each
+    other value (what the encoder's own per-attribute retrieval is scored on)."""
+    truth = scene.attributes()
+    return [main_text(truth)] + [main_text({**truth, attribute: v}) for v in VALUES[attribute] if v != truth[attribute]]
 
 
 def chance_levels() -> dict[str, float]:
