@@ -59,7 +59,9 @@ MAIN_TEMPLATES = [  # {place} may be empty: the caption then does not say where
 ]
 RELATION_TEMPLATES = [" , {rel} {other}", " and it is {rel} {other}", " ; it lies {rel} {other}"]
 EXTRA_TEMPLATES = [" , and also {other}", " , plus {other}", " ; there is also {other}"]
-P_SIZE, P_TEXTURE, P_PLACE, P_RELATION, P_EXTRA = 0.75, 0.6, 0.7, 0.65, 0.35
+# Texture is said often enough that its most likely word beats the colour word that would follow without it:
+# at 0.6 (two synonyms each) a greedy reply never said it (measured: the LM restated texture 2 % of the time).
+P_SIZE, P_TEXTURE, P_PLACE, P_RELATION, P_EXTRA = 0.75, 0.85, 0.7, 0.65, 0.35
 
 
 @dataclasses.dataclass

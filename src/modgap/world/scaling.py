@@ -50,16 +50,17 @@ def run_scaling_demo(
     scales: tuple[int, ...] = SCALES,
     methods: tuple[str, ...] = SCALING_METHODS,
     world: str = "shapes",
+    size: DemoSize | None = None,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The data-scaling curves of :func:`run_scaling` alone, in a demo workdir (the same world, stores and claim
     as :func:`run_demo`): every size is trained under ``scaling/``, the full pools too, so no other demo model
     is needed. Written to ``scaling.json``; resumable like the demo. ``methods=()``: the paired curve alone
-    (the second world's first check: does it rise?)."""
+    (the second world's first check: does it rise?). ``size`` replaces the world's quick/full sizes."""
     from modgap.world.worlds import get_world
 
-    root, size = Path(workdir), demo_size(world, quick)
+    root, size = Path(workdir), size or demo_size(world, quick)
     check_scaling(scales, methods, paired_only=True)
     claim_demo_dir(root, seed, quick, size, world)
     pools = write_world(root, size, seed, log, world)

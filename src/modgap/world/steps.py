@@ -47,7 +47,7 @@ FULL = DemoSize(image_pool=6000, text_pool=12000, paired=12000, test=1000, steps
 # The second world: pools 1/180 (full) of its ~2.9M distinct scenes, so more pairs keep saying something new.
 RELATIONS_QUICK = DemoSize(image_pool=2000, text_pool=4000, paired=4000, test=300, steps=300, unicorn_seeds=300,
                            batch_size=16)  # fmt: skip
-RELATIONS_FULL = DemoSize(image_pool=8000, text_pool=16000, paired=16000, test=1000, steps=1500, unicorn_seeds=3000)
+RELATIONS_FULL = DemoSize(image_pool=8000, text_pool=16000, paired=16000, test=1000, steps=1200, unicorn_seeds=3000)
 
 
 def demo_size(world: str, quick: bool) -> DemoSize:
