@@ -109,6 +109,8 @@ def main() -> None:
 
 def methods_suffix(methods: tuple[str, ...]) -> str:
     """How file names tell scaling runs apart: nothing for the default aligners, ``-m1-m2`` otherwise."""
+    if not methods:
+        return "-paired-only"
     return "" if methods == SCALING_METHODS else "-" + "-".join(methods)
 
 

@@ -115,4 +115,6 @@ def test_mining_through_a_faiss_index_picks_the_exact_negatives_and_keeps_the_in
     assert (tmp_path / "ann.jsonl").read_text() == exact == (tmp_path / "ann2.jsonl").read_text()
     bad = run_cli(*common, "--index", "annoy", "--out", tmp_path / "x.jsonl", check=False)
     assert bad.returncode != 0 and "--index must be 'exact' or 'faiss'" in bad.stderr
+    stray = run_cli(*common, "--nprobe", 4, "--out", tmp_path / "x.jsonl", check=False)
+    assert stray.returncode != 0 and "apply with --index faiss" in stray.stderr
     assert not (tmp_path / "x.jsonl").exists()

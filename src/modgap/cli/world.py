@@ -133,6 +133,10 @@ def train_encoder_cmd(
     partial_captions: Annotated[
         float, typer.Option(help="Share of training captions that name only one or two attributes.")
     ] = 0.7,
+    patch_size: Annotated[int, typer.Option(help="Side of the vision tower's patches, in pixels.")] = 4,
+    grouped: Annotated[
+        int, typer.Option(help="Scenes per batch group alike in all but place and count (1: random batches).")
+    ] = 1,
 ) -> None:
     """Train the tiny CLIP on world pairs and save it in 🤗 format."""
     from modgap.world.encoder import train_encoder
@@ -140,8 +144,8 @@ def train_encoder_cmd(
     quiet_transformers()
     info = train_encoder(out_dir, world=world, pairs=pairs, steps=steps, seed=seed, width=width,
                          projection_dim=projection_dim, temperature=temperature, learn_temperature=learn_temperature,
-                         positives=positives, lr=lr, partial_captions=partial_captions,
-                         progress=rich_progress())  # fmt: skip
+                         positives=positives, lr=lr, partial_captions=partial_captions, patch_size=patch_size,
+                         grouped=grouped, progress=rich_progress())  # fmt: skip
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 

@@ -65,6 +65,8 @@ def mine_negatives(
     """
     if index not in ("exact", "faiss"):
         raise ModgapError(f"--index must be 'exact' or 'faiss', not {index!r}")
+    if index == "exact" and (index_path is not None or factory != "auto" or nprobe is not None):
+        raise ModgapError("--index-path, --factory and --nprobe apply with --index faiss")
     rows = read_rows(data, what="pairs file")
     pool = read_rows(texts, what="text file")
     text_store, image_store = EmbeddingStore.open(text_embeddings), EmbeddingStore.open(images)

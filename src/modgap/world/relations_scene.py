@@ -300,7 +300,7 @@ def _parse_object(words: list[str]) -> dict[str, str | None]:
 def parse_caption(text: str) -> dict[str, Any]:
     """The main object's attributes (None where the caption does not say), the relation it names as
     ``(relation, {"colour": ..., "shape": ...})`` or None, and the other object it mentions (``"also"``)."""
-    lower = text.lower()
+    lower = re.sub(r"\s*-\s*", "-", text.lower())  # a word-level tokenizer decodes "mid-sized" as "mid - sized"
     also = None
     parts = re.split(_ALSO, lower, maxsplit=1)
     if len(parts) == 2:
