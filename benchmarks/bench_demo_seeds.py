@@ -165,8 +165,8 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
 
     print(f"\nscaling ({len(seeds)} seeds): mean attribute accuracy / {second}, mean ± std over seeds\n")
     heads = " | ".join(f"{c}: attributes | {c}: {second}" for c in curves)
-    deltas = " | ".join(f"Δ attributes ({t} − paired)" for t in texts)
-    print(f"| pool size | {heads} | {deltas} |")
+    deltas = "".join(f" | Δ attributes ({t} − paired)" for t in texts)
+    print(f"| pool size | {heads}{deltas} |")
     print("|---" * (2 * len(curves) + len(texts) + 1) + "|")
     for i, n in enumerate(sizes):
         cells = []
