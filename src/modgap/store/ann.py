@@ -2,10 +2,10 @@
 search (:mod:`modgap.store.topk`, the default everywhere) costs too much: hard-negative mining over tens of
 millions of captions.
 
-An index is built from a store once (streamed in chunks, bad rows checked as everywhere), saved with
-``faiss.write_index`` (faiss's own format, no pickle) beside a small JSON record of the store it was built
-from (its shard checksums), and reused while the store is unchanged; a changed store is refused by name.
-Results come back as the exact search's :class:`~modgap.store.topk.SearchResult` (rows are the store's
+An index is built from a store once (streamed in chunks, bad rows checked as everywhere), saved in faiss's
+own serialised format (no pickle) beside a small JSON record of the store it was built from (its shard
+checksums) and of the index file's checksum, and reused while the store is unchanged; a changed store is
+refused by name. Results come back as the exact search's :class:`~modgap.store.topk.SearchResult` (rows are the store's
 global row numbers; ids filled in), so callers switch with one argument.
 
 Factories are faiss's own strings (``"IVF1024,Flat"``, ``"HNSW32"``, ``"IVF4096,PQ64"``); ``"auto"`` picks
@@ -28,7 +28,7 @@ import numpy as np
 
 from modgap.errors import ModgapError
 from modgap.files import write_bytes, write_json
-from modgap.store.checks import BadRows, OnBad
+from modgap.store.checks import BadRows, OnBad, bad_row_mask, row_norms
 from modgap.store.store import EmbeddingStore
 from modgap.store.stream import VectorSource
 from modgap.store.topk import METRICS, SearchResult
@@ -139,35 +139,37 @@ def build_index(
         # IVF's k-means wants ~64 points per list; a PQ's 256-centroid codebooks want ~40 x 256
         wanted = train_rows or max(TRAIN_ROWS_PER_LIST * (ivf.nlist if ivf is not None else 1), 10_240)
         picked = np.sort(np.random.default_rng(seed).permutation(src.rows)[: min(wanted, src.rows)])
-        sample = np.concatenate([_prepare(x, metric) for x, _ in _chunks(src, picked)])
+        sample = np.concatenate([_prepare(x, metric, norms) for x, norms, _ in _chunks(src, picked)])
         if len(sample) == 0:
             raise ModgapError(f"{src.label}: no usable rows to train the index on")
         index.train(sample)
-    for x, rows in _chunks(src):
-        index.add_with_ids(_prepare(x, metric), rows)
+    for x, norms, rows in _chunks(src):
+        index.add_with_ids(_prepare(x, metric, norms), rows)
     if index.ntotal == 0:
         raise ModgapError(f"{src.label}: no usable rows to index")
     store = src.store
     return FaissIndex(index, metric, factory, store_fingerprint(store) if store is not None else None)
 
 
-def _chunks(src: VectorSource, only: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Usable rows chunk by chunk with their global row numbers (only those in the sorted ``only``)."""
+def _chunks(src: VectorSource, only: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Usable rows chunk by chunk with their norms (the source's own) and global row numbers (only those in
+    the sorted ``only``)."""
     for rows in src.chunks():
         local = np.arange(len(rows.x)) if rows.keep is None else np.flatnonzero(rows.keep)
         numbers = (rows.start + local).astype(np.int64)
         if only is not None:
             take = np.isin(numbers, only)
-            yield rows.x[take], numbers[take]
+            yield rows.x[take], rows.norms[take], numbers[take]
         else:
-            yield rows.x, numbers
+            yield rows.x, rows.norms, numbers
 
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def _prepare(x: np.ndarray, metric: str, norms: np.ndarray) -> np.ndarray:
+    """float32, contiguous (what faiss takes; a new array, never the source's reused buffer), unit rows for
+    cosine."""
     if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+        return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+    return np.array(x, dtype=np.float32, order="C")
 
 
 def approximate_search(
@@ -191,8 +193,8 @@ def approximate_search(
     q = np.asarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != index.index.d:
         raise ModgapError(f"queries have shape {q.shape}; the index holds D={index.index.d} vectors")
-    norms = np.linalg.norm(q, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    norms = row_norms(q)
+    bad = np.flatnonzero(bad_row_mask(norms))
     if index.metric == "cosine" and len(bad):
         raise ModgapError(f"queries {bad[:10].tolist()} are NaN, Inf or zero vectors")
     ivf = faiss.try_extract_index_ivf(index.index)
@@ -201,7 +203,7 @@ def approximate_search(
     inner = faiss.downcast_index(index.index.index) if isinstance(index.index, faiss.IndexIDMap) else None
     if inner is not None and hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = ef_search or 64
-    scores, found = index.index.search(_prepare(q, index.metric), k)
+    scores, found = index.index.search(_prepare(q, index.metric, norms), k)
     if (found < 0).any():
         short = int(np.flatnonzero((found < 0).any(1))[0])
         raise ModgapError(
@@ -209,11 +211,7 @@ def approximate_search(
         )
     if index.metric == "l2":
         scores = -scores  # faiss returns squared distances, smallest first; modgap's l2 score is their negation
-    result = SearchResult(scores.astype(np.float32), found.astype(np.int64))
-    if store is not None:
-        ids = store.ids()
-        result.ids = [[ids[r] for r in row] for row in result.rows.tolist()]
-    return result
+    return SearchResult(scores.astype(np.float32), found.astype(np.int64)).named(store)
 
 
 def index_for(

@@ -42,6 +42,13 @@ class SearchResult:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def named(self, store: EmbeddingStore | None) -> SearchResult:
+        """With ``store``, the rows' ids filled in (this result, returned)."""
+        if store is not None:
+            ids = store.ids()
+            self.ids = [[ids[r] for r in row] for row in self.rows.tolist()]
+        return self
+
 
 def _score(q: Any, q_sq: Any, x: Any, norms: Any, metric: str) -> Any:
     """Scores of query rows against corpus rows (NumPy arrays or tensors alike)."""
@@ -104,11 +111,7 @@ def search(
         best, best_rows = torch.cat(new_best), torch.cat(new_rows)
     if best.shape[1] < k:
         raise ModgapError(f"{src.label}: only {best.shape[1]} usable rows, fewer than k={k}")
-    result = SearchResult(best.cpu().numpy().astype(np.float32), best_rows.cpu().numpy())
-    if src.store is not None:
-        ids = src.store.ids()
-        result.ids = [[ids[r] for r in row] for row in result.rows.tolist()]
-    return result
+    return SearchResult(best.cpu().numpy().astype(np.float32), best_rows.cpu().numpy()).named(src.store)
 
 
 def _chunk_top(s: torch.Tensor, k: int) -> torch.Tensor:
