@@ -167,13 +167,13 @@ def test_the_relations_lm_corpus_is_in_its_tokenizers_vocabulary():
 
 
 def test_grouped_batches_hold_groups_whose_main_objects_differ_only_in_place_and_count(pool):
-    from modgap.world.encoder import _grouped_batch, group_key
+    from modgap.world.encoder import _grouped_batch, alike_groups
 
     scenes, _ = pool
-    keys = [group_key(s) for s in scenes]
+    keys, alike = alike_groups(scenes)
     assert keys[0] == (scenes[0].main.colour, scenes[0].main.shape, scenes[0].main.size, scenes[0].main.texture)
-    alike = {k: np.flatnonzero([q == k for q in keys]) for k in set(keys)}
-    batch = _grouped_batch(np.random.default_rng(0), scenes, alike, groups=32, size=2)
+    assert sorted(i for members in alike.values() for i in members) == list(range(len(scenes)))
+    batch = _grouped_batch(np.random.default_rng(0), keys, alike, groups=32, size=2)
     assert len(batch) == 64 == len(set(batch.tolist()))
     for g in batch.reshape(32, 2):
         assert len({keys[i] for i in g}) == 1

@@ -110,14 +110,11 @@ def train_encoder(
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
     model.train()
-    alike: dict[tuple[str, ...], np.ndarray] = {}
-    if grouped > 1:
-        keys = [group_key(s) for s in scenes]
-        alike = {k: np.flatnonzero([q == k for q in keys]) for k in set(keys)}
+    keys, alike = alike_groups(scenes) if grouped > 1 else ([], {})
     with progress("training encoder", steps) as advance:
         for _ in range(steps):
             if grouped > 1:
-                idx = _grouped_batch(rng, scenes, alike, batch_size // grouped, grouped)
+                idx = _grouped_batch(rng, keys, alike, batch_size // grouped, grouped)
             else:
                 idx = rng.choice(pairs, size=batch_size, replace=False)
             texts = [kind.training_text(scenes[i], rng, partial_captions) for i in idx]
@@ -186,18 +183,27 @@ def group_key(scene: Any) -> tuple[str, ...]:
     return tuple(v for k, v in sorted(scene.attributes().items()) if k not in ("position", "count"))
 
 
+def alike_groups(scenes: list) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], list[int]]]:
+    """Each scene's :func:`group_key`, and the scenes of each key in order (one pass)."""
+    keys = [group_key(s) for s in scenes]
+    members: dict[tuple[str, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    return keys, members
+
+
 def _grouped_batch(
-    rng: np.random.Generator, scenes: list, alike: dict[tuple[str, ...], np.ndarray], groups: int, size: int
+    rng: np.random.Generator, keys: list, alike: dict[tuple[str, ...], list[int]], groups: int, size: int
 ) -> np.ndarray:
     """``groups`` anchor scenes, each with ``size - 1`` others alike in all but place and count."""
     out: list[int] = []
     taken: set[int] = set()
-    for anchor in rng.permutation(len(scenes)):
+    for anchor in rng.permutation(len(keys)):
         if len(out) == groups * size:
             break
         if int(anchor) in taken:
             continue
-        pool = [int(i) for i in alike[group_key(scenes[int(anchor)])] if int(i) not in taken and i != anchor]
+        pool = [i for i in alike[keys[int(anchor)]] if i not in taken and i != anchor]
         if len(pool) < size - 1:
             continue
         members = [int(anchor), *(int(i) for i in rng.choice(pool, size=size - 1, replace=False))]

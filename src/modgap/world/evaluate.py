@@ -8,27 +8,31 @@ from typing import Any
 import numpy as np
 
 from modgap.eval.caption import caption_metrics
-from modgap.world.scene import ATTRIBUTES, Scene, parse_caption
+from modgap.world.worlds import get_world
 
 
-def attribute_hits(predictions: Sequence[str], truths: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
+def attribute_hits(
+    predictions: Sequence[str], truths: Sequence[dict[str, str]], world: str = "shapes"
+) -> dict[str, np.ndarray]:
     """Per caption and attribute: does the attribute parsed from the caption match the truth (booleans)."""
-    found = [parse_caption(text) for text in predictions]
-    return {a: np.array([f[a] == t[a] for f, t in zip(found, truths, strict=True)], bool) for a in ATTRIBUTES}
+    kind = get_world(world)
+    return _hits([kind.parse_caption(text) for text in predictions], truths, kind.attributes)
+
+
+def _hits(parsed: Sequence[dict[str, Any]], truths: Sequence[dict[str, str]], names: Sequence[str]) -> dict:
+    return {a: np.array([p[a] == t[a] for p, t in zip(parsed, truths, strict=True)], bool) for a in names}
 
 
 def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str = "shapes") -> dict[str, float]:
     """Accuracy of each main-object attribute parsed from the captions, their mean, the fraction with all
     right (``exact``), and corpus BLEU-4 / CIDEr against every reference phrasing. The second world
-    (``relations``) adds its relation figures (:func:`~modgap.world.relations_scene.score_relations`)."""
-    from modgap.world.worlds import get_world
-
+    (``relations``) adds ``relation`` (the caption names a relation that holds) and ``relation_said``."""
     if len(predictions) != len(scenes) or not scenes:
         raise ValueError("one prediction per scene, at least one scene")
     kind = get_world(world)
     names = kind.attributes
     parsed = [kind.parse_caption(text) for text in predictions]
-    hits = {a: np.array([p[a] == s.attributes()[a] for p, s in zip(parsed, scenes, strict=True)]) for a in names}
+    hits = _hits(parsed, [s.attributes() for s in scenes], names)
     n = len(scenes)
     out = {a: int(hits[a].sum()) / n for a in names}
     out["attributes"] = sum(out[a] for a in names) / len(names)
@@ -60,6 +64,3 @@ def chance_levels(world: str = "shapes") -> dict[str, float]:
         "size": 1 / len(SIZES),
         "position": 1 / len(POSITIONS),
     }
-
-
-__all__ = ["Scene", "attribute_hits", "chance_levels", "score_captions"]

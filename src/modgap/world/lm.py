@@ -64,7 +64,7 @@ def lm_texts(n: int, seed: int, tokenizer, world: str = "shapes") -> list[str]:
     texts = []
 
     def chat(reply: str, user: str) -> str:
-        return tokenizer.apply_chat_template(caption_messages(reply, user), tokenize=False)
+        return _chat(tokenizer, reply, user)
 
     for scene in make_scenes(n, seed, "lm"):
         a, b = caption(scene, rng=rng), caption(scene, rng=rng)
@@ -78,6 +78,11 @@ def lm_texts(n: int, seed: int, tokenizer, world: str = "shapes") -> list[str]:
     return texts
 
 
+def _chat(tokenizer, reply: str, user: str) -> str:
+    """One training text: ``user``'s turn answered by ``reply``, in the tokenizer's chat template."""
+    return tokenizer.apply_chat_template(caption_messages(reply, user), tokenize=False)
+
+
 def relations_lm_texts(n: int, seed: int, tokenizer) -> list[str]:
     """Two chat texts per second-world scene: a caption as the reply to the captioning prompt, and another
     phrasing of a caption given in the user turn."""
@@ -87,8 +92,8 @@ def relations_lm_texts(n: int, seed: int, tokenizer) -> list[str]:
     texts = []
     for scene in relations_scene.make_scenes(n, seed, "lm"):
         a, b = relations_scene.caption(scene, rng), relations_scene.caption(scene, rng)
-        texts.append(tokenizer.apply_chat_template(caption_messages(a, relations_scene.PROMPT), tokenize=False))
-        texts.append(tokenizer.apply_chat_template(caption_messages(b, f"{a} {RESTATE}"), tokenize=False))
+        texts.append(_chat(tokenizer, a, relations_scene.PROMPT))
+        texts.append(_chat(tokenizer, b, f"{a} {RESTATE}"))
     return texts
 
 

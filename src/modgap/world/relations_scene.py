@@ -256,16 +256,21 @@ def _phrase(scene: RelationScene, o: Obj, rng: np.random.Generator, full: bool) 
     return " ".join([article, *words])
 
 
+def _main_sentence(template: str, desc: str, place: str, count: int) -> str:
+    """A main-object frame filled in (``place`` may be empty), with plural verbs for a counted group."""
+    text = re.sub(r"\s+", " ", template.format(desc=desc, place=place)).strip(" ,")
+    if count > 1:
+        text = text.replace("there is ", "there are ").replace(" sits", " sit")
+    return text
+
+
 def caption(scene: RelationScene, rng: np.random.Generator | None = None) -> str:
     """One partial caption of the scene (drawn from ``rng``, by default the scene's own)."""
     rng = rng if rng is not None else np.random.default_rng(scene.seed + 2)
     m = scene.main
     template = str(rng.choice(MAIN_TEMPLATES))
     place = _place(m.position) if rng.random() < P_PLACE else ""
-    text = template.format(desc=_phrase(scene, m, rng, full=True), place=place)
-    text = re.sub(r"\s+", " ", text).strip(" ,")
-    if scene.count(m) > 1:  # a counted group: plural verbs
-        text = text.replace("there is ", "there are ").replace(" sits", " sit")
+    text = _main_sentence(template, _phrase(scene, m, rng, full=True), place, scene.count(m))
     from_main = [(r, b) for a, r, b in relations(scene) if a is m]
     if from_main and rng.random() < P_RELATION:
         r, b = from_main[int(rng.integers(len(from_main)))]
@@ -385,10 +390,7 @@ def main_text(attributes: dict[str, str], template: str = MAIN_TEMPLATES[0]) -> 
     shape = plural(attributes["shape"]) if count > 1 else attributes["shape"]
     desc = " ".join([NUMBERS[count] if count > 1 else "a", attributes["size"], attributes["texture"],
                      attributes["colour"], shape])  # fmt: skip
-    text = re.sub(r"\s+", " ", template.format(desc=desc, place=_place(attributes["position"]))).strip(" ,")
-    if count > 1:
-        text = text.replace("there is ", "there are ").replace(" sits", " sit")
-    return text + " ."
+    return _main_sentence(template, desc, _place(attributes["position"]), count) + " ."
 
 
 def counterfactuals(scene: RelationScene, attribute: str) -> list[str]:
@@ -400,5 +402,4 @@ def counterfactuals(scene: RelationScene, attribute: str) -> list[str]:
 
 def chance_levels() -> dict[str, float]:
     """One over the values each attribute takes (uniform guessing)."""
-    return {"shape": 1 / len(SHAPES), "colour": 1 / len(COLOURS), "size": 1 / len(SIZES),
-            "texture": 1 / len(TEXTURES), "position": 1 / 9, "count": 1 / len(NUMBERS)}  # fmt: skip
+    return {name: 1 / len(values) for name, values in VALUES.items()}

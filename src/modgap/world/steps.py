@@ -195,7 +195,7 @@ def evaluate_model(root: Path, model_dir: Path, scenes: list[Any], world: str = 
         write_jsonl(model_dir.parent / "test_answers.jsonl", answers.rows)
         vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
     visual = StoreInputs(model, store).ids([f"test-{i}" for i in range(len(scenes))])
-    replies = model.generate(visual, max_new_tokens=24 if world == "shapes" else 40, batch_size=128)
+    replies = model.generate(visual, max_new_tokens=get_world(world).caption_tokens, batch_size=128)
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
         [

@@ -34,6 +34,7 @@ class World:
     prompt: str  # the captioning prompt
     encoder: str  # the world's built-in CLIP and chat LM
     llm: str
+    caption_tokens: int = 24  # new tokens a generated caption may take
 
 
 def _shapes_text(s: Any, rng: np.random.Generator, partial: float) -> str:
@@ -61,7 +62,7 @@ WORLDS = {
                        relations_scene.caption, relations_scene.vocabulary, relations_scene.describes,
                        _relations_text, relations_scene.ATTRIBUTES, relations_scene.parse_caption,
                        relations_scene.references, relations_scene.PROMPT, "builtin:tiny-clip-relations",
-                       "builtin:tiny-lm-relations"),
+                       "builtin:tiny-lm-relations", caption_tokens=40),
 }  # fmt: skip
 
 
