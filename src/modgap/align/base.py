@@ -67,6 +67,8 @@ class Aligner:
     passes: ClassVar[int] = 1  # streaming passes over the source that fit() needs
     target_passes: ClassVar[tuple[int, ...]] = (0,)  # passes that also read the target
     second_order: ClassVar[bool] = False  # whether pass 0 needs sums of outer products
+    # Whether pass 0 is the default accumulate (sums of unit vectors), so a store's kept sums can stand for it.
+    pass0_unit_sums: ClassVar[bool] = False
     # Parameters that must not be negative (noise scales); every float parameter must be finite.
     non_negative: ClassVar[tuple[str, ...]] = ()
 

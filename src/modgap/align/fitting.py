@@ -45,6 +45,9 @@ def _all_reduce(stats: dict[str, Moments]) -> None:
 
 
 BACKENDS = ("numpy", "torch")
+# Aligned stores do not keep sums of unit vectors (modgap.store.sums): they are rarely aligned again, and the
+# sums would add a conversion and a sum per row on the writer's thread to the apply pass.
+UNIT_SUMS_ON_APPLY = False
 
 
 def choose_backend(device: Any, backend: str | None) -> str:
@@ -74,12 +77,17 @@ def fit(
     chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
     backend: str | None = None,
+    store_sums: bool = True,
     progress: ProgressFactory = silent,
 ) -> Aligner:
     """Fit ``aligner`` on ``source`` (to be moved) and ``target`` (the distribution to reach).
 
     ``source`` and ``target`` are stores, store paths, arrays or tensors of shape (n, D). The arithmetic runs
     in torch on a ``device``; on the CPU in NumPy, or torch with ``backend="torch"`` (:func:`choose_backend`).
+
+    With ``store_sums`` a first pass that needs only the means of the unit vectors takes them from the sums a
+    store keeps in its manifest (:mod:`modgap.store.sums`) where they stand for reading it: the same numbers up
+    to float64 rounding, without reading the shards. ``store_sums=False`` reads every row.
     """
     bad = bad or BadRows(on_bad)
     numpy = choose_backend(device, backend) == "numpy"
@@ -87,10 +95,16 @@ def fit(
     tgt = VectorSource(target, TARGET, bad, chunk_rows, device, numpy=numpy)
     if src.dim != tgt.dim:
         raise ModgapError(f"dimension mismatch: source {src.label} has D={src.dim}, target {tgt.label} has D={tgt.dim}")
+    from_sums: list[str] = []
     for p in range(aligner.passes):
         stats = aligner.new_stats(p, src.dim)
         for role, s in ((SOURCE, src), (TARGET, tgt)):
             if role not in stats:
+                continue
+            kept = s.stored_unit_sums() if p == 0 and store_sums and aligner.pass0_unit_sums else None
+            if kept is not None:
+                stats[role].count[0], stats[role].sum[:] = kept.rows, kept.total
+                from_sums.append(role)
                 continue
             lo, hi = s.my_rows()
 
@@ -116,6 +130,8 @@ def fit(
         "modgap_version": __version__,
         "command": None,  # the CLI records its command line here
     }
+    if from_sums:
+        aligner.provenance["first_pass_from_store_sums"] = from_sums
     if aligner.passes == 0:
         aligner.counts = {}
     return aligner
@@ -175,6 +191,7 @@ def apply_to_store(
                 metadata_columns=m.metadata_columns,
                 extra=extra,
                 check_duplicates=False,
+                unit_sums=UNIT_SUMS_ON_APPLY,
             ) as w,
             progress(f"apply {aligner.method}", len(store)) as advance,
         ):
@@ -228,6 +245,7 @@ def fit_and_save(
     chunk_rows: int | None = None,
     device: torch.device | str = "cpu",
     backend: str | None = None,
+    store_sums: bool = True,
     command: str | None = None,
     progress: ProgressFactory = silent,
 ) -> Aligner:
@@ -237,7 +255,7 @@ def fit_and_save(
 
     check_replaceable(out, (ARTIFACT_CONFIG,), inputs=_store_paths(source, target))
     aligner, bad = _fit_method(method, params, source, target, on_bad, command, chunk_rows=chunk_rows,
-                               device=device, backend=backend, progress=progress)  # fmt: skip
+                               device=device, backend=backend, store_sums=store_sums, progress=progress)  # fmt: skip
     if rank_and_world()[0] == 0:
         aligner.save(out)
         if bad.rows:
@@ -260,6 +278,7 @@ def fit_and_apply(
     device: torch.device | str = "cpu",
     backend: str | None = None,
     overwrite: bool = False,
+    store_sums: bool = True,
     command: str | None = None,
     progress: ProgressFactory = silent,
 ) -> EmbeddingStore | None:
@@ -276,7 +295,7 @@ def fit_and_apply(
         if Path(save_aligner).resolve() == Path(out).resolve():
             raise ModgapError(f"{out}: --save-aligner and --out name the same directory")
     aligner, bad = _fit_method(method, params, source, target, on_bad, command, chunk_rows=chunk_rows,
-                               device=device, backend=backend, progress=progress)  # fmt: skip
+                               device=device, backend=backend, store_sums=store_sums, progress=progress)  # fmt: skip
     store = None
     if rank_and_world()[0] == 0:
         if save_aligner:

@@ -96,6 +96,7 @@ class MeanShift(_Params):
     """Unicorn's representation transfer: x̂ - mu_t (not renormalised); with ``add_target_mean``, x̂ - mu_t + mu_i."""
 
     method = "mean-shift"
+    pass0_unit_sums = True
     normalizes_output = False
     add_target_mean: bool = False
 
@@ -114,6 +115,7 @@ class C3(_Params):
     """C3 collapse: each modality minus its own mean, renormalised. Corrupt (noise) at train time."""
 
     method = "c3"
+    pass0_unit_sums = True
     noise_std: float = C3_NOISE_STD
     renormalize_noise: bool = False
     non_negative = ("noise_std",)
@@ -212,6 +214,7 @@ class ReAlign(_CentroidCorrected):
     """
 
     method = "realign"
+    pass0_unit_sums = True
 
     def fit_map(self, stats: dict[str, Moments]) -> None:
         mu_t, mu_i = self._means(stats)

@@ -39,6 +39,14 @@ SourceOpt = Annotated[Path, typer.Option(help="Store to be moved (text).")]
 TargetOpt = Annotated[Path, typer.Option(help="Store whose distribution is the goal (images).")]
 OutDtypeOpt = Annotated[str | None, typer.Option(help="Output dtype (default: the source's).")]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE (repeatable).")]
+ReadAllOpt = Annotated[
+    bool,
+    typer.Option(
+        "--read-all",
+        help="Read every row in the first pass even where the stores' kept sums of unit vectors stand for it "
+        "(same fit up to float64 rounding; slower).",
+    ),
+]
 
 
 @app.command(
@@ -56,6 +64,7 @@ def align_fit(
     chunk_rows: ChunkOpt = None,
     device: DeviceOpt = "cpu",
     backend: BackendOpt = None,
+    read_all: ReadAllOpt = False,
 ) -> None:
     """Fit an aligner from unpaired source and target stores and save it (safetensors + JSON).
 
@@ -75,6 +84,7 @@ def align_fit(
         chunk_rows=chunk_rows,
         device=device,
         backend=backend,
+        store_sums=not read_all,
         command=command_line(),
         progress=rich_progress(),
     )
@@ -138,6 +148,7 @@ def align_run(
     device: DeviceOpt = "cpu",
     backend: BackendOpt = None,
     overwrite: OverwriteOpt = False,
+    read_all: ReadAllOpt = False,
 ) -> None:
     """Fit on source + target and write the aligned source store, in one command."""
     from modgap.align import fit_and_apply, parse_params
@@ -157,6 +168,7 @@ def align_run(
         device=device,
         backend=backend,
         overwrite=overwrite,
+        store_sums=not read_all,
         command=command_line(),
         progress=rich_progress(),
     )

@@ -22,6 +22,8 @@ class ShardInfo:
     rows: int
     bytes: int
     checksum: str  # "xxh3_128:<hex>"
+    # Sums of the shard's unit vectors (modgap.store.sums.UnitSums.to_json); absent in older stores.
+    unit_sums: dict[str, Any] | None = None
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for shard in d["shards"]:
+            if shard["unit_sums"] is None:
+                del shard["unit_sums"]
         d = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "count": self.count, **d}
         return d
 

@@ -34,6 +34,7 @@ from modgap.errors import ModgapError
 from modgap.files import TMP_PREFIX
 from modgap.lazy import lazy_module
 from modgap.store.manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
+from modgap.store.sums import UnitSums, new_scratch
 
 torch = lazy_module("torch")
 
@@ -408,6 +409,7 @@ class StoreWriter:
         shard_prefix: str = "shard",
         check_duplicates: bool = True,
         durable: bool = False,
+        unit_sums: bool = True,
     ):
         if dtype not in DTYPES:
             raise ModgapError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -453,6 +455,9 @@ class StoreWriter:
         self._shard_rows_written = 0
         self._committed_rows = self.manifest.count
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modgap-store-writer")
+        # Sums of the unfinished shard's unit vectors (modgap.store.sums), added on the writer thread.
+        self._sums = UnitSums.empty(dim) if unit_sums else None
+        self._sums_scratch: np.ndarray | None = None
         self._futures: deque[Future] = deque()
 
     def _new_buffer(self) -> np.ndarray:
@@ -551,12 +556,17 @@ class StoreWriter:
             emb,
             *(rest.column(c).combine_chunks() for c in self._rest_schema.names[1:]),
         ]
-        self._submit(self._write_batches, [pa.RecordBatch.from_arrays(cols, schema=self.schema)])
+        self._submit(self._write_batches, [pa.RecordBatch.from_arrays(cols, schema=self.schema)],
+                     self._buf[: self._pending_rows])  # fmt: skip
         self._buf = self._new_buffer()  # the old one now belongs to the batch in flight
         self._shard_rows_written += self._pending_rows
         self._pending, self._pending_rows = [], 0
 
-    def _write_batches(self, batches: list[pa.RecordBatch]) -> None:
+    def _write_batches(self, batches: list[pa.RecordBatch], values: np.ndarray) -> None:
+        if self._sums is not None:
+            if self._sums_scratch is None:
+                self._sums_scratch = new_scratch(self.manifest.dim)
+            self._sums.add_rows(values, self._sums_scratch)
         if self._writer is None:
             self._tmp_path = self.path / f"{TMP_PREFIX}{uuid.uuid4().hex}.arrow"
             self._file = _HashingFile(self._tmp_path, durable=self.durable)
@@ -585,8 +595,12 @@ class StoreWriter:
         name = self._next_shard_name()
         final = self.path / name
         os.replace(self._tmp_path, final)
+        sums = None
+        if self._sums is not None:
+            sums = self._sums.to_json()
+            self._sums = UnitSums.empty(self.manifest.dim)
         self.manifest.shards.append(
-            ShardInfo(file=name, rows=rows, bytes=final.stat().st_size, checksum=self._file.checksum())
+            ShardInfo(file=name, rows=rows, bytes=final.stat().st_size, checksum=self._file.checksum(), unit_sums=sums)
         )
         self.manifest.save(self.path)
         self._writer = self._file = self._tmp_path = None
@@ -615,6 +629,8 @@ class StoreWriter:
             self._tmp_path.unlink()
         self._writer = self._file = self._tmp_path = None
         self._pending, self._pending_rows, self._shard_rows_written = [], 0, 0
+        if self._sums is not None:
+            self._sums = UnitSums.empty(self.manifest.dim)
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -24,6 +24,7 @@ from modgap.errors import ModgapError
 from modgap.lazy import is_tensor, lazy_module
 from modgap.store.checks import BadRows, bad_row_mask, row_norms, unusable_rows
 from modgap.store.store import EmbeddingStore, as_cpu_tensor
+from modgap.store.sums import UnitSums, stored_unit_sums
 
 torch = lazy_module("torch")
 
@@ -97,6 +98,14 @@ class VectorSource:
     def my_rows(self) -> tuple[int, int]:
         """This rank's contiguous block of rows (all of them in a single process)."""
         return rank_slice(self.rows)
+
+    def stored_unit_sums(self) -> UnitSums | None:
+        """The store's kept sums of its unit vectors, when they stand for reading every row of this source:
+        a whole store (one process) whose every row is usable (else the rows must be read to be reported)."""
+        if self.store is None or self.my_rows() != (0, self.rows):
+            return None
+        sums = stored_unit_sums(self.store.manifest)
+        return sums if sums is not None and sums.bad == 0 and sums.rows == self.rows else None
 
     def _raw_chunks(
         self, rows: tuple[int, int], columns: tuple[str, ...] | None
