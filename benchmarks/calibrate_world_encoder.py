@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--learn-temperature", action="store_true")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--partial-captions", type=float, default=0.0)
+    parser.add_argument("--position-init", choices=["random", "sincos"], default="random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="Write the trajectory here.")
     parser.add_argument("--save", help="Keep the trained encoder in this directory.")
@@ -179,7 +180,8 @@ def main() -> None:
                       temperature=args.temperature, learn_temperature=args.learn_temperature,
                       positives=args.positives, partial_captions=args.partial_captions, width=args.width,
                       layers=args.layers, patch_size=args.patch_size, grouped=args.grouped,
-                      projection_dim=args.projection_dim, seed=args.seed, on_step=measure)  # fmt: skip
+                      position_init=args.position_init, projection_dim=args.projection_dim, seed=args.seed,
+                      on_step=measure)  # fmt: skip
     print(f"{time.perf_counter() - started:.0f} s; real CLIP ViT-B/32 (MSCOCO): {REFERENCE}")
     if args.json:
         with open(args.json, "w") as f:

@@ -34,9 +34,23 @@ def test_scenes_hold_two_to_four_objects_the_largest_first_and_groups_alike(pool
     for s in scenes:
         assert 2 <= len(s.objects) <= 5  # 2-4 placed, plus at most one inside a ring
         assert s.main.radius == max(o.radius for o in s.objects)
+        # clearly the largest: what a caption is about must be visible
+        assert all(o.radius <= s.main.radius / rw.SALIENCE + 1e-9 for o in s.objects if o.group != s.main.group)
         for g in {o.group for o in s.objects}:
             members = {(o.shape, o.colour, o.texture, o.size) for o in s.objects if o.group == g}
             assert len(members) == 1
+
+
+def test_a_counted_main_group_is_a_cluster_placed_by_its_centre(pool):
+    scenes, _ = pool
+    groups = [s for s in scenes if s.count(s.main) > 1]
+    assert len(groups) > 0.2 * len(scenes)
+    for s in groups:
+        members = [o for o in s.objects if o.group == s.main.group]
+        centre = np.mean([o.xy for o in members], axis=0)
+        assert max(abs(np.subtract(o.xy, members[0].xy)).max() for o in members) <= rw.CLUSTER + 1e-9
+        expected = rw.Obj("circle", "red", "plain", 1.0, tuple(centre)).position
+        assert s.attributes()["position"] == expected
 
 
 def test_far_more_distinct_scenes_than_a_pool_and_rare_duplicate_captions(pool):
@@ -221,3 +235,17 @@ def test_scaling_curves_run_on_the_second_world_with_its_own_models(tmp_path):
     again = run_scaling_demo(tmp_path / "w", world="relations", methods=("realign",), scales=(4, 8), size=size,
                              log=lambda _: None)  # fmt: skip
     assert again == curves
+
+
+def test_sincos_positions_name_each_patch_by_its_column_and_row():
+    from modgap.world.encoder import sincos_positions
+
+    grid, width = 3, 8
+    table = sincos_positions(grid, width, scale=1.0).numpy()
+    omega = 1.0 / 10000 ** (np.arange(2) / 2)
+    assert not table[0].any()  # the class token carries no position
+    for r in range(grid):
+        for c in range(grid):
+            expected = np.concatenate([np.sin(c * omega), np.cos(c * omega), np.sin(r * omega), np.cos(r * omega)])
+            np.testing.assert_allclose(table[1 + r * grid + c], expected, atol=1e-6)
+    assert len({tuple(np.round(row, 5)) for row in table}) == grid * grid + 1  # every patch told apart

@@ -137,6 +137,9 @@ def train_encoder_cmd(
     grouped: Annotated[
         int, typer.Option(help="Scenes per batch group alike in all but place and count (1: random batches).")
     ] = 1,
+    position_init: Annotated[
+        str, typer.Option(help="Vision position embeddings start 'random' (🤗's init) or at a 'sincos' grid.")
+    ] = "random",
 ) -> None:
     """Train the tiny CLIP on world pairs and save it in 🤗 format."""
     from modgap.world.encoder import train_encoder
@@ -145,7 +148,7 @@ def train_encoder_cmd(
     info = train_encoder(out_dir, world=world, pairs=pairs, steps=steps, seed=seed, width=width,
                          projection_dim=projection_dim, temperature=temperature, learn_temperature=learn_temperature,
                          positives=positives, lr=lr, partial_captions=partial_captions, patch_size=patch_size,
-                         grouped=grouped, progress=rich_progress())  # fmt: skip
+                         grouped=grouped, position_init=position_init, progress=rich_progress())  # fmt: skip
     out.print(f"saved {out_dir} (final loss {info['final_loss']:.3f})")
 
 

@@ -47,6 +47,7 @@ def train_encoder(
     projection_dim: int = 128,
     patch_size: int = 4,
     grouped: int = 1,
+    position_init: str = "random",
     seed: int = 0,
     progress: ProgressFactory = silent,
     on_step: Callable[[int, Any], None] | None = None,
@@ -58,12 +59,17 @@ def train_encoder(
     that place and count are what tells a caption's images apart: in a world of millions of scenes a random
     batch almost never holds two alike, the other attributes alone win the contrast, and both towers learn
     to ignore where the object is (measured: a red circle's image embedding at nine places, cosine 1.00).
+    ``position_init="sincos"`` starts the vision tower's position embeddings at a 2-D sine-cosine grid (see
+    :func:`sincos_positions`) instead of 🤗's small random init; they stay trainable and the saved model is a
+    plain CLIPModel.
     ``on_step(step, model)`` is called after each optimizer step (calibration runs measure the geometry).
     """
     if positives not in ("pair", "describes"):
         raise ModgapError(f"--positives must be 'pair' or 'describes', not {positives!r}")
     if grouped < 1 or batch_size % grouped:
         raise ModgapError(f"--grouped must divide the batch size {batch_size}, not {grouped}")
+    if position_init not in ("random", "sincos"):
+        raise ModgapError(f"--position-init must be 'random' or 'sincos', not {position_init!r}")
     if not 0 <= partial_captions <= 1:
         raise ModgapError(f"--partial-captions must be between 0 and 1, not {partial_captions}")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -96,6 +102,10 @@ def train_encoder(
         logit_scale_init_value=math.log(1 / temperature),
     )
     model = CLIPModel(config)
+    if position_init == "sincos":
+        positions = model.get_submodule(_VISION_POSITIONS).weight
+        with torch.no_grad():
+            positions.copy_(sincos_positions(image_size // patch_size, width))
     model.logit_scale.requires_grad_(learn_temperature)
     with progress("rendering", pairs) as advance:
         pixels = []
@@ -148,7 +158,9 @@ def train_encoder(
             + f" --pairs {pairs} --steps {steps} --seed {seed} --width {width}"
             f" --projection-dim {projection_dim} --temperature {temperature} --lr {lr}"
             f"{' --learn-temperature' if learn_temperature else ''} --positives {positives}"
-            f" --partial-captions {partial_captions}" + (f" --grouped {grouped}" if grouped > 1 else "")
+            f" --partial-captions {partial_captions}"
+            + (f" --grouped {grouped}" if grouped > 1 else "")
+            + (f" --position-init {position_init}" if position_init != "random" else "")
         ),
         "seed": seed,
         **({"world": world} if world != "shapes" else {}),
@@ -167,6 +179,7 @@ def train_encoder(
         "projection_dim": projection_dim,
         "patch_size": patch_size,
         **({"grouped": grouped} if grouped > 1 else {}),
+        **({"position_init": position_init} if position_init != "random" else {}),
         "final_loss": float(np.mean(losses[-20:])),
     }
     with atomic_output_dir(out, overwrite=True, markers=(MODEL_RECORD,)) as tmp:
@@ -176,6 +189,29 @@ def train_encoder(
         processor.save_pretrained(tmp)
         (tmp / MODEL_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
+
+
+SINCOS_SCALE = 0.5
+_VISION_POSITIONS = "vision_model.embeddings.position_embedding"
+
+
+def sincos_positions(grid: int, width: int, scale: float = SINCOS_SCALE) -> torch.Tensor:
+    """Position embeddings for a ``grid`` x ``grid`` patch grid plus the class token (row 0, zeros): sines and
+    cosines of each patch's column and row at geometric frequencies (as MAE's), times ``scale``.
+
+    Why: 🤗's init (std 0.02) is ten times smaller than a patch's content embedding, and the second world's
+    tower then learned place slowly even when trained on place alone (a supervised probe at 200 steps: 0.29
+    with the random init, 0.59 with this one at scale 0.5; chance 0.11)."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = []
+    for coordinate in (cols.flatten(), rows.flatten()):
+        angle = coordinate[:, None].double() * omega[None]
+        parts += [angle.sin(), angle.cos()]
+    table = torch.zeros(grid * grid + 1, width, dtype=torch.float64)
+    table[1:, : 4 * quarter] = torch.cat(parts, 1)
+    return (scale * table).float()
 
 
 def group_key(scene: Any) -> tuple[str, ...]:
