@@ -30,7 +30,7 @@ REGENERATE = {
     "tiny-lm": "modgap world train-lm --out {path}",
     # The second world's (the settings its calibration chose: docs/world.md).
     "tiny-clip-relations": "modgap world train-encoder --world relations --steps 1000 --lr 0.001 "
-    "--partial-captions 0.3 --grouped 4 --out {path}",
+    "--partial-captions 0.3 --grouped 4 --position-init sincos --out {path}",
     "tiny-lm-relations": "modgap world train-lm --world relations --texts 100000 --steps 4000 --out {path}",
 }
 
