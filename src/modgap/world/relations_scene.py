@@ -159,13 +159,8 @@ def make_scene(seed: int) -> RelationScene:
         else:
             radius = float(rng.uniform(MIN_RADIUS, main_radius / SALIENCE))
         anchor = _free_spot(rng, objects, radius)
-        for c in range(copies):
-            if c == 0:
-                xy = anchor
-            elif group == 0:
-                xy = _free_spot(rng, objects, radius, near=anchor)
-            else:
-                xy = _free_spot(rng, objects, radius)
+        for c in range(copies):  # the main group's copies cluster round its first
+            xy = anchor if c == 0 else _free_spot(rng, objects, radius, near=anchor if group == 0 else None)
             objects.append(Obj(shape, colour, texture, radius, xy, float(rng.uniform(-12, 12)), group))
         group += 1
     # A small object inside a big ring, sometimes: the one containment relation.
