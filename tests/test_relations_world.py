@@ -49,8 +49,7 @@ def test_a_counted_main_group_is_a_cluster_placed_by_its_centre(pool):
         members = [o for o in s.objects if o.group == s.main.group]
         centre = np.mean([o.xy for o in members], axis=0)
         assert max(abs(np.subtract(o.xy, members[0].xy)).max() for o in members) <= rw.CLUSTER + 1e-9
-        expected = rw.Obj("circle", "red", "plain", 1.0, tuple(centre)).position
-        assert s.attributes()["position"] == expected
+        assert s.attributes()["position"] == rw.region(tuple(centre))
 
 
 def test_far_more_distinct_scenes_than_a_pool_and_rare_duplicate_captions(pool):

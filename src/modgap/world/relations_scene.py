@@ -87,12 +87,7 @@ class Obj:
 
     @property
     def position(self) -> str:
-        """One of nine regions: top left, top, top right, left, middle, right, bottom left, bottom, bottom right."""
-        row = ROWS[min(2, int(self.xy[1] * 3))]
-        column = COLUMNS[min(2, int(self.xy[0] * 3))]
-        if row == "middle":
-            return "middle" if column == "centre" else column
-        return row if column == "centre" else f"{row} {column}"
+        return region(self.xy)
 
 
 @dataclasses.dataclass
@@ -112,8 +107,7 @@ class RelationScene:
     def place(self, obj: Obj) -> str:
         """Where ``obj``'s group is: the region of its members' centre (a single object's own region)."""
         members = [o.xy for o in self.objects if o.group == obj.group]
-        x, y = (sum(c) / len(members) for c in zip(*members, strict=True))
-        return dataclasses.replace(obj, xy=(x, y)).position
+        return region(tuple(sum(c) / len(members) for c in zip(*members, strict=True)))
 
     def attributes(self) -> dict[str, str]:
         m = self.main
@@ -133,6 +127,16 @@ class RelationScene:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RelationScene:
         return cls([Obj(**{**o, "xy": tuple(o["xy"])}) for o in d["objects"]], d["background"], d["seed"])
+
+
+def region(xy: tuple[float, ...]) -> str:
+    """Which of nine regions a point (fractions of the side) lies in: top left, top, top right, left, middle,
+    right, bottom left, bottom, bottom right."""
+    row = ROWS[min(2, int(xy[1] * 3))]
+    column = COLUMNS[min(2, int(xy[0] * 3))]
+    if row == "middle":
+        return "middle" if column == "centre" else column
+    return row if column == "centre" else f"{row} {column}"
 
 
 def plural(shape: str) -> str:
