@@ -3,15 +3,17 @@
 Code that runs on either backend calls these helpers for the few operations whose spelling differs and uses
 plain operators (``@``, ``*=``, ``x / n[:, None]``) for the rest, so a method's formula exists once.
 
-It also holds exact float16 <-> float32 conversion in NumPy: NumPy's own cast runs at 2-10 ns per value on
-this kind of CPU (torch's at ~0.5 ns), and float16 stores are read several times per aligner fit. The bit
-manipulations below give the same bits as NumPy's cast at ~0.6 ns (float16 -> float32) and ~2.7 ns
-(float32 -> float16, round to nearest even), with NumPy's cast kept for the values outside the float16
-normal range.
+It also holds exact float16 <-> float32 conversion: NumPy's own cast runs at 2-10 ns per value on this kind
+of CPU (torch's at ~0.5 ns), and float16 stores are read several times per aligner fit. Where the compiled
+kernels (``modgap._kernels``: x86-64 with AVX2/F16C/FMA) are built, the CPU's conversion instructions do it
+(~0.1 ns); elsewhere the bit manipulations below give the same bits as NumPy's cast at ~0.6 ns
+(float16 -> float32) and ~2.7 ns (float32 -> float16, round to nearest even), with NumPy's cast kept for the
+values outside the float16 normal range. ``MODGAP_KERNELS=0`` in the environment turns the kernels off.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -22,6 +24,25 @@ from modgap.lazy import is_tensor, lazy_module
 torch = lazy_module("torch")
 
 _BLOCK = 256  # rows per float32 partial sum in row_sum64; the blocks are then added in float64
+
+
+def _load_kernels() -> Any:
+    """The compiled kernels, or None (not built, another CPU, or ``MODGAP_KERNELS=0``)."""
+    if os.environ.get("MODGAP_KERNELS", "1") == "0":
+        return None
+    try:
+        from modgap import _kernels
+    except ImportError:
+        return None
+    return _kernels if _kernels.supported() else None
+
+
+KERNELS = _load_kernels()
+
+
+def kernel_arrays(*arrays: np.ndarray) -> bool:
+    """Whether the kernels take these NumPy arrays (they read and write C-contiguous buffers)."""
+    return KERNELS is not None and all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays)
 
 
 def on_numpy(x: Any) -> bool:
@@ -113,6 +134,8 @@ _NORMAL_LOW, _NORMAL_HIGH = np.uint32(0x38800000), np.uint32(0x47800000)  # floa
 def half_to_float(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = src`` for float16 ``src`` into float32 ``out`` of the same shape: the bits NumPy's cast
     gives, Inf and NaN included."""
+    if kernel_arrays(src, out) and not KERNELS.half_to_float(src, out):
+        return out  # (a NaN's payload may differ from NumPy's there: such arrays take the code below)
     bits = out.view(np.int32)
     np.copyto(bits, src.view(np.int16), casting="unsafe")  # sign-extends: the sign lands in bit 31
     np.left_shift(bits, 13, out=bits)
@@ -126,6 +149,8 @@ def half_to_float(src: np.ndarray, out: np.ndarray) -> np.ndarray:
 def float_to_half(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = src`` for float32 ``src`` into float16 ``out`` (C-contiguous, same shape), rounding to
     nearest even: the bits NumPy's cast gives (values outside the float16 normal range go through it)."""
+    if kernel_arrays(src, out) and not KERNELS.float_to_half(src, out):
+        return out
     u = src.reshape(-1).view(np.uint32)
     o = out.reshape(-1).view(np.uint16)
     a, t = _scratch("f2h.a", u.size, np.uint32), _scratch("f2h.t", u.size, np.uint32)
@@ -167,6 +192,16 @@ def to_float32(src: Any, out: np.ndarray) -> np.ndarray:
         return half_to_float(src, out)
     np.copyto(out, src, casting="unsafe")
     return out
+
+
+def rows_and_norms(src: Any, out: np.ndarray) -> np.ndarray:
+    """Copy rows of any float dtype into the float32 buffer ``out`` and return their float32 norms (one pass
+    for contiguous float16 rows where the kernels are built)."""
+    if src.dtype == np.float16 and src.ndim == 2 and kernel_arrays(src, out):
+        norms = np.empty(len(src), np.float32)
+        KERNELS.half_rows(src, out, norms, src.shape[1])
+        return norms
+    return row_norms(to_float32(src, out))
 
 
 def store_values(x: Any, dtype: str) -> np.ndarray:

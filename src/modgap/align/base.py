@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modgap.align.stats import SOURCE, TARGET, Moments
-from modgap.arrays import host, row_norms
+from modgap.arrays import host, row_norms, store_values
 from modgap.arrays import normalize_rows as normalize_rows
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
@@ -109,6 +109,11 @@ class Aligner:
         """Map raw float32 source rows ``x`` (with their norms; NumPy or torch, may be overwritten) to aligned
         rows of the same kind."""
         raise NotImplementedError
+
+    def transform_rows_as(self, x: Any, norms: Any, dtype: str, row_start: int = 0) -> np.ndarray:
+        """:meth:`transform_rows` as a new NumPy array of a store's ``dtype`` (what :func:`apply_to_store`
+        writes); a method may fuse the conversion into its arithmetic."""
+        return store_values(self.transform_rows(x, norms, row_start), dtype)
 
     def transform_target_rows(self, x: Any, norms: Any) -> Any:
         """What evaluation does to target rows; identity (after normalisation) unless the method changes it."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from modgap import __version__
 from modgap.align.record import ALIGNER_SUBDIR, RECORD_KEY, aligner_record
 from modgap.align.stats import SOURCE, TARGET, Moments
-from modgap.arrays import store_values
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, check_replaceable
@@ -197,7 +196,7 @@ def apply_to_store(
         ):
 
             def aligned(rows: Rows) -> Any:  # in the store's dtype, so the conversion runs on the threads too
-                return store_values(aligner.transform_rows(rows.x, rows.norms, rows.start), dtype)
+                return aligner.transform_rows_as(rows.x, rows.norms, dtype, rows.start)
 
             for rows, y in src.map_chunks(aligned, rows=(0, len(store)), with_metadata=True):
                 meta = {c: rows.batch.column(c) for c in m.metadata_columns}

@@ -14,7 +14,7 @@ import numpy as np
 
 from modgap.align.base import Aligner, method_names, register
 from modgap.align.stats import SOURCE, TARGET, Moments
-from modgap.arrays import add_rows_, like, normalize_rows, on_numpy, row_norms, total
+from modgap.arrays import KERNELS, add_rows_, kernel_arrays, like, normalize_rows, on_numpy, row_norms, total
 from modgap.errors import ModgapError
 from modgap.lazy import lazy_module
 
@@ -281,6 +281,16 @@ class ReAlign(_CentroidCorrected):
         coef[:, 0] = inv_m * inv_z
         coef[:, 1] = inv_z
         return add_rows_(x, coef, cd)
+
+    def transform_rows_as(self, x: Any, norms: Any, dtype: str, row_start: int = 0) -> np.ndarray:
+        # float16 out on the CPU: one compiled pass per row (dots, coefficients, combination, conversion).
+        if dtype == "float16" and kernel_arrays(x, norms) and x.dtype == norms.dtype == np.float32:
+            k, cd = self._constants(), self._rows(("offset", "shift"), x)
+            out = np.empty(x.shape, np.float16)
+            if KERNELS.realign_rows(x, norms, cd[0], cd[1], k["s"], k["cc"], k["cd"], k["dd"], self._DEGENERATE,
+                                    out) < 0:  # fmt: skip
+                return out
+        return super().transform_rows_as(x, norms, dtype, row_start)
 
 
 def _sym_sqrt(c: np.ndarray, inverse: bool = False) -> np.ndarray:

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from modgap.arrays import to_float32
+from modgap.arrays import rows_and_norms
 from modgap.distributed import rank_slice
 from modgap.errors import ModgapError
 from modgap.lazy import is_tensor, lazy_module
-from modgap.store.checks import BadRows, bad_row_mask, row_norms, unusable_rows
+from modgap.store.checks import BadRows, bad_row_mask, unusable_rows
 from modgap.store.store import EmbeddingStore, as_cpu_tensor
 from modgap.store.sums import UnitSums, stored_unit_sums
 
@@ -130,8 +130,7 @@ class VectorSource:
         n = len(emb)
         x = buf[:n]
         if self.numpy:
-            to_float32(emb, x)
-            norms = row_norms(x)
+            norms = rows_and_norms(emb, x)
             mask = bad_row_mask(norms)
         else:
             x.copy_(as_cpu_tensor(emb))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from modgap.arrays import row_norms, row_sum64, to_float32
+from modgap.arrays import row_sum64, rows_and_norms
 
 _CHUNK_BYTES = 2**20  # float32 scratch per step, as the fit's chunks: stays in a core's cache
 
@@ -49,8 +49,8 @@ class UnitSums:
         step = len(scratch)
         for s in range(0, len(values), step):
             part = values[s : s + step]
-            x = to_float32(part, scratch[: len(part)])
-            norms = row_norms(x)
+            x = scratch[: len(part)]
+            norms = rows_and_norms(part, x)
             usable = np.isfinite(norms) & (norms != 0)  # the rule of store.checks.bad_row_mask
             if not usable.all():
                 self.bad += int((~usable).sum())
