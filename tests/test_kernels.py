@@ -11,6 +11,7 @@ from conftest import gapped_pair, make_store
 from modgap import arrays
 from modgap.align import apply_to_store, make_aligner
 from modgap.align.methods import _CentroidCorrected
+from modgap.align.stats import SOURCE
 from test_align import reference
 
 
@@ -106,6 +107,39 @@ def test_realign_degenerate_rows_take_the_direct_formula(kernels, rng):
     np.testing.assert_array_equal(got[np.arange(10) != 4], expected[np.arange(10) != 4])
 
 
+@pytest.mark.parametrize("dim", [5, 16, 300])
+def test_realign_second_pass_sums_against_float64(kernels, rng, dim):
+    t, i = gapped_pair(rng, 900, 700, dim)
+    a = make_aligner("realign").fit(t, i)
+    x = t.astype(np.float32)
+    stats = a.new_stats(1, dim, (SOURCE,))
+    a.accumulate(1, SOURCE, x, arrays.row_norms(x), stats)
+    st = a.state
+    x64 = x.astype(np.float64)
+    x_hat = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+    y = st["scale"] * x_hat + st["offset"]
+    expected = (y / np.linalg.norm(y, axis=1, keepdims=True)).sum(0)  # the sum of ŷ, as the pass defines it
+    assert stats[SOURCE].n == 900
+    np.testing.assert_allclose(stats[SOURCE].sum, expected, rtol=2e-6, atol=2e-6 * np.abs(expected).max())
+
+
+def test_realign_second_pass_with_a_degenerate_row_takes_numpy(kernels, rng):
+    t, i = gapped_pair(rng, 300, 300, 8)
+    a = make_aligner("realign").fit(t, i)
+    offset = a.state["offset"]
+    x = t[:10].astype(np.float32)
+    x[4] = -offset / np.linalg.norm(offset)
+    a.state["scale"] = np.float64(np.linalg.norm(offset))
+    a._cache.clear()
+    norms = arrays.row_norms(x)
+    stats = a.new_stats(1, 8, (SOURCE,))
+    a.accumulate(1, SOURCE, x.copy(), norms, stats)
+    direct = a.new_stats(1, 8, (SOURCE,))
+    _CentroidCorrected.accumulate(a, 1, SOURCE, x.copy(), norms, direct)  # the formula without any fusion
+    assert stats[SOURCE].n == 10
+    np.testing.assert_array_equal(stats[SOURCE].sum, direct[SOURCE].sum)  # the chunk went the direct way, whole
+
+
 def test_apply_to_store_is_the_same_with_and_without_kernels(tmp_path, rng, monkeypatch):
     t, i = gapped_pair(rng, 2000, 1500, 48)
     ts = make_store(tmp_path / "t", t, dtype="float16", shard_rows=700)
@@ -135,5 +169,11 @@ def test_kernel_arguments_are_checked():
         z = np.zeros(4, np.float32)
         k.realign_rows(np.zeros(6, np.float32), np.zeros(2, np.float32), z, z, 1.0, 0, 0, 0, 1e-4,
                        np.zeros(8, np.float16))  # fmt: skip
+    with pytest.raises(ValueError, match="realign_sums: x must be"):
+        k.realign_sums(np.zeros(6, np.float32), np.zeros(2, np.float32), np.zeros(4, np.float32), 1.0, 0, 1e-4,
+                       np.zeros(4))  # fmt: skip
+    with pytest.raises(ValueError, match="realign_sums acc: buffer of 16 bytes, 32 needed"):
+        k.realign_sums(np.zeros(8, np.float32), np.zeros(2, np.float32), np.zeros(4, np.float32), 1.0, 0, 1e-4,
+                       np.zeros(2))  # fmt: skip
     with pytest.raises(ValueError, match="not C-contiguous"):
         k.half_to_float(np.zeros((4, 4), np.float16)[:, ::2], np.zeros(8, np.float32))

@@ -136,6 +136,21 @@ SIMD static void dots2(const float *x, const float *c, const float *e, Py_ssize_
     *xe = hsum(ae);
 }
 
+/* Dot product of one row with a vector, in float32 lanes summed in double. */
+SIMD static double dot1(const float *x, const float *c, Py_ssize_t dim) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 16 <= dim; j += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(c + j), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(c + j + 8), a1);
+    }
+    for (; j < dim; j += 8) {
+        Py_ssize_t k = dim - j < 8 ? dim - j : 8;
+        a0 = _mm256_fmadd_ps(load_tail_f(x + j, k), load_tail_f(c + j, k), a0);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
 /* ReAlign's output rows in float16 (the formulas of modgap.align.methods.ReAlign.transform_rows):
  * x̂ = x / |x|, y = s x̂ + c with |y|^2 = s^2 + 2 s x̂·c + |c|^2, ŷ = y / |y|, out = (ŷ + e) / |ŷ + e| with
  * |ŷ + e|^2 = 1 + 2 ŷ·e + |e|^2, i.e. out = a x + b c + g e per row. Returns the first row whose |y|^2 is
@@ -170,6 +185,35 @@ SIMD static Py_ssize_t realign_rows_x86(const float *x, const float *norms, cons
             store_tail_h(o + j, v, k);
         }
     }
+    return -1;
+}
+
+/* ReAlign's second fit pass (modgap.align.methods.ReAlign.accumulate): adds sum over rows of s x̂ / |y| to
+ * acc (float64, dim) and returns the sum of 1 / |y| in *inv_m_sum, with |y|^2 = s^2 + 2 s x̂·c + |c|^2 as in
+ * realign_rows. Returns the first row whose |y|^2 is below `degenerate` (acc is then partial: the caller
+ * discards it and takes its NumPy code for the chunk), or -1. */
+SIMD static Py_ssize_t realign_sums_x86(const float *x, const float *norms, const float *c, double s, double cc,
+                                        double degenerate, double *acc, double *inv_m_sum, Py_ssize_t rows,
+                                        Py_ssize_t dim) {
+    double total = 0.0;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        double n = norms[r], m2 = s * s + 2.0 * s * dot1(xr, c, dim) / n + cc;
+        if (!(m2 >= degenerate)) return r;
+        double inv_m = 1.0 / sqrt(m2);
+        total += inv_m;
+        __m256d w = _mm256_set1_pd(s * inv_m / n);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= dim; j += 8) {
+            __m256 v = _mm256_loadu_ps(xr + j);
+            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+            _mm256_storeu_pd(acc + j, _mm256_fmadd_pd(w, lo, _mm256_loadu_pd(acc + j)));
+            _mm256_storeu_pd(acc + j + 4, _mm256_fmadd_pd(w, hi, _mm256_loadu_pd(acc + j + 4)));
+        }
+        for (; j < dim; j++) acc[j] += (s * inv_m / n) * xr[j];
+    }
+    *inv_m_sum = total;
     return -1;
 }
 
@@ -286,6 +330,32 @@ static PyObject *py_realign_rows(PyObject *self, PyObject *args) {
     return res;
 }
 
+static PyObject *py_realign_sums(PyObject *self, PyObject *args) {
+    Py_buffer x, norms, c, acc;
+    double s, cc, degenerate;
+    if (!PyArg_ParseTuple(args, "y*y*y*dddw*", &x, &norms, &c, &s, &cc, &degenerate, &acc)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t dim = c.len / 4, rows = norms.len / 4;
+    if (!SUPPORTED) res = unsupported();
+    else if (dim == 0 || x.len != 4 * rows * dim)
+        PyErr_SetString(PyExc_ValueError, "realign_sums: x must be (len(norms), len(c))");
+    else if (need(&acc, 8 * dim, "realign_sums acc")) {
+        Py_ssize_t first = -1;
+        double inv_m_sum = 0.0;
+#ifdef MODGAP_X86
+        Py_BEGIN_ALLOW_THREADS
+        first = realign_sums_x86(x.buf, norms.buf, c.buf, s, cc, degenerate, acc.buf, &inv_m_sum, rows, dim);
+        Py_END_ALLOW_THREADS
+#endif
+        res = Py_BuildValue("nd", first, inv_m_sum);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&norms);
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&acc);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernels (x86-64 with AVX2, F16C, FMA)."},
     {"half_to_float", py_half_to_float, METH_VARARGS,
@@ -297,6 +367,9 @@ static PyMethodDef methods[] = {
     {"realign_rows", py_realign_rows, METH_VARARGS,
      "realign_rows(x, norms, c, e, s, cc, ce, ee, degenerate, out_f16) -> int: ReAlign's output rows in "
      "float16; the first degenerate row, or -1."},
+    {"realign_sums", py_realign_sums, METH_VARARGS,
+     "realign_sums(x, norms, c, s, cc, degenerate, acc_f64) -> (int, float): adds ReAlign's second-pass sums "
+     "of s x/|x|/|y| to acc; the first degenerate row or -1, and the sum of 1/|y|."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -257,6 +257,14 @@ class ReAlign(_CentroidCorrected):
             super().accumulate(p, role, x, norms, stats)
             return
         k = self._constants()
+        if kernel_arrays(x, norms) and x.dtype == norms.dtype == np.float32:  # one compiled pass per row
+            acc = np.zeros(x.shape[1])
+            first, inv_m_sum = KERNELS.realign_sums(x, norms, self._rows(("offset",), x)[0], k["s"], k["cc"],
+                                                    self._DEGENERATE, acc)  # fmt: skip
+            if first < 0:
+                stats[SOURCE].count += x.shape[0]
+                stats[SOURCE].sum += acc + inv_m_sum * self.state["offset"]
+                return
         xc = (x @ self._rows(("offset",), x).T)[:, 0]
         m2 = k["s"] * k["s"] + 2 * k["s"] * xc / norms + k["cc"]
         if bool((m2 < self._DEGENERATE).any()):

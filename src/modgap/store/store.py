@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
 import uuid
 import warnings
 from collections import deque
@@ -448,6 +449,9 @@ class StoreWriter:
         self._pending: list[pa.RecordBatch] = []  # ids and metadata of the pending rows
         self._pending_rows = 0
         self._rest_schema = pa.schema([f for f in self.schema if f.name != EMBEDDING])
+        # Buffers the writer thread has written, reused: a fresh 16 MiB buffer per batch costs its page faults
+        # on every first touch (measured: the copy into the batch at 2.5 GB/s instead of memcpy speed).
+        self._spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         self._buf = self._new_buffer()
         self._file: _HashingFile | None = None
         self._writer: ipc.RecordBatchFileWriter | None = None
@@ -461,6 +465,8 @@ class StoreWriter:
         self._futures: deque[Future] = deque()
 
     def _new_buffer(self) -> np.ndarray:
+        with contextlib.suppress(queue.Empty):
+            return self._spare.get_nowait()
         return np.empty((self.batch_rows, self.manifest.dim), dtype=self.manifest.dtype)
 
     def _remove_orphans(self) -> None:
@@ -557,12 +563,13 @@ class StoreWriter:
             *(rest.column(c).combine_chunks() for c in self._rest_schema.names[1:]),
         ]
         self._submit(self._write_batches, [pa.RecordBatch.from_arrays(cols, schema=self.schema)],
-                     self._buf[: self._pending_rows])  # fmt: skip
-        self._buf = self._new_buffer()  # the old one now belongs to the batch in flight
+                     self._buf, self._pending_rows)  # fmt: skip
+        self._buf = self._new_buffer()  # the old one belongs to the batch in flight until it is written
         self._shard_rows_written += self._pending_rows
         self._pending, self._pending_rows = [], 0
 
-    def _write_batches(self, batches: list[pa.RecordBatch], values: np.ndarray) -> None:
+    def _write_batches(self, batches: list[pa.RecordBatch], buffer: np.ndarray, rows: int) -> None:
+        values = buffer[:rows]
         if self._sums is not None:
             if self._sums_scratch is None:
                 self._sums_scratch = new_scratch(self.manifest.dim)
@@ -573,6 +580,8 @@ class StoreWriter:
             self._writer = ipc.new_file(pa.PythonFile(self._file, mode="w"), self.schema)
         for b in batches:
             self._writer.write_batch(b)
+        batches.clear()  # the file has the bytes (a synchronous write): nothing refers to the buffer now
+        self._spare.put(buffer)
 
     def _next_shard_name(self) -> str:
         taken = {s.file for s in self.manifest.shards}
