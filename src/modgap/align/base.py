@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modgap.align.stats import SOURCE, TARGET, Moments
-from modgap.arrays import host, row_norms, store_values
+from modgap.arrays import host, row_norms, store_as, store_values
 from modgap.arrays import normalize_rows as normalize_rows
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir
@@ -110,10 +110,14 @@ class Aligner:
         rows of the same kind."""
         raise NotImplementedError
 
-    def transform_rows_as(self, x: Any, norms: Any, dtype: str, row_start: int = 0) -> np.ndarray:
-        """:meth:`transform_rows` as a new NumPy array of a store's ``dtype`` (what :func:`apply_to_store`
-        writes); a method may fuse the conversion into its arithmetic."""
-        return store_values(self.transform_rows(x, norms, row_start), dtype)
+    def transform_rows_as(
+        self, x: Any, norms: Any, dtype: str, row_start: int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`transform_rows` as a NumPy array of a store's ``dtype`` (what :func:`apply_to_store` writes):
+        written into ``out`` (NumPy, that dtype, ``x``'s shape) when given, else a new array; a method may
+        fuse the conversion into its arithmetic."""
+        y = self.transform_rows(x, norms, row_start)
+        return store_values(y, dtype) if out is None else store_as(y, out)
 
     def transform_target_rows(self, x: Any, norms: Any) -> Any:
         """What evaluation does to target rows; identity (after normalisation) unless the method changes it."""

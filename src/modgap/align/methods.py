@@ -290,15 +290,17 @@ class ReAlign(_CentroidCorrected):
         coef[:, 1] = inv_z
         return add_rows_(x, coef, cd)
 
-    def transform_rows_as(self, x: Any, norms: Any, dtype: str, row_start: int = 0) -> np.ndarray:
+    def transform_rows_as(
+        self, x: Any, norms: Any, dtype: str, row_start: int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
         # float16 out on the CPU: one compiled pass per row (dots, coefficients, combination, conversion).
         if dtype == "float16" and kernel_arrays(x, norms) and x.dtype == norms.dtype == np.float32:
             k, cd = self._constants(), self._rows(("offset", "shift"), x)
-            out = np.empty(x.shape, np.float16)
+            y = np.empty(x.shape, np.float16) if out is None else out
             if KERNELS.realign_rows(x, norms, cd[0], cd[1], k["s"], k["cc"], k["cd"], k["dd"], self._DEGENERATE,
-                                    out) < 0:  # fmt: skip
-                return out
-        return super().transform_rows_as(x, norms, dtype, row_start)
+                                    y) < 0:  # fmt: skip
+                return y
+        return super().transform_rows_as(x, norms, dtype, row_start, out)
 
 
 def _sym_sqrt(c: np.ndarray, inverse: bool = False) -> np.ndarray:
