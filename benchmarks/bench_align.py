@@ -127,7 +127,8 @@ def run_reference(text_dir: Path, image_dir: Path, out: Path) -> float:
 
 
 def write_pickles(store: EmbeddingStore, d: Path, n: int, per_file: int = 200_000) -> None:
-    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d, ignore_errors=True)  # a reused --workdir may hold another run's parts
+    d.mkdir(parents=True)
     for part, chunk in enumerate(store.iter_chunks(per_file, rows=(0, n))):
         emb = np.asarray(chunk.embeddings, dtype=np.float32)
         recs = [{"id": k, "caption": "", "embed": emb[j]} for j, k in enumerate(chunk.ids)]
