@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` (the quick demo, offline) and `make test`
-# (lint and the default test suite). Each creates or reuses .venv and installs only when pyproject.toml
-# changed since the last install.
+# (lint and the default test suite). Each creates or reuses .venv and installs only when pyproject.toml or
+# the compiled kernels' source changed since the last install (`pip install -e` builds src/modgap/_kernels.c).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml src/modgap/_kernels.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# The CPU build of torch first: anything that admits torch >= 2.14 on a machine without torch pulls CUDA.

@@ -12,8 +12,11 @@ Prints, from one run on this machine:
   3. the reference on a 250k + 250k x 1280 subset (a whole process; it is linear in rows: four passes of
      per-file work), so its rate at 1M + 1M is that rate, not a run of 10 GB of pickles.
 
+Every timed run starts --settle seconds (10) after the previous output was deleted: on this VM the cost of
+writing depends on how long ago the memory was freed (see SETTLE), and all runs must pay the same.
+
 Usage: python benchmarks/bench_align.py [--n 1000000] [--dim 1280] [--small 200000,100000,768]
-                                        [--ref-n 250000] [--repeats 3] [--workdir DIR] [--skip-floor]
+                                        [--ref-n 250000] [--repeats 3] [--workdir DIR] [--skip-floor] [--settle 10]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from modgap.store import EmbeddingStore, StoreWriter
 
 def make_store(path: Path, n: int, dim: int, shift: float, seed: int) -> EmbeddingStore:
     """Gapped synthetic embeddings, generated and written in blocks so memory stays flat."""
+    shutil.rmtree(path, ignore_errors=True)  # a StoreWriter appends: a reused --workdir must not grow the store
     rng = np.random.default_rng(seed)
     direction = np.zeros(dim, np.float32)
     direction[seed % dim] = shift
@@ -53,10 +57,20 @@ def store_bytes(s: EmbeddingStore) -> int:
     return sum(sh.bytes for sh in s.manifest.shards)
 
 
+# Seconds every timed run waits after the previous output is deleted. On this VM, pages freed a moment ago are
+# cheap to write again and pages freed ~10 s ago cost ~10x more (the host takes them back; measured: 2.68 GB
+# written 0.66 s after the delete, 1.4-1.7 s after 1 s, 2.1-3.6 s after 3 s, 6.4-7.1 s after 10-15 s), so a
+# run that starts writing later than another would pay more for the same bytes. Waiting until that cost is
+# flat puts the floor and modgap on the same footing; --settle 1 was this script's wait before (it favoured
+# the floor, which writes ~1 s sooner after its delete than a fresh modgap process does).
+SETTLE = {"seconds": 10.0}
+
+
 def settle() -> None:
-    """Write back dirty pages left by the previous round, so that no timed run pays for another's writes."""
+    """Write back dirty pages left by the previous round and let freed memory settle (``SETTLE``), so that no
+    timed run pays for another's writes or gets cheaper pages than another."""
     os.sync()
-    time.sleep(1)
+    time.sleep(SETTLE["seconds"])
 
 
 def numpy_floor(text: EmbeddingStore, image: EmbeddingStore, out_dir: Path, passes: tuple[int, int] = (3, 1)) -> float:
@@ -165,8 +179,11 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, default=250_000, help="rows per modality for the reference at --dim")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per comparison")
+    ap.add_argument("--settle", type=float, default=SETTLE["seconds"],
+                    help="seconds each timed run waits (see SETTLE)")
     ap.add_argument("--skip-floor", action="store_true", help="only the comparison with the reference [1]")
     args = ap.parse_args()
+    SETTLE["seconds"] = args.settle
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modgap-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     n_text, n_image, small_dim = (int(v) for v in args.small.split(","))
