@@ -3,12 +3,14 @@
 Each seed runs in its own workdir under --root (resumable: finished seeds are only re-evaluated, and their
 recorded wall time is kept). Usage:
     python benchmarks/bench_demo_seeds.py --root runs/demo-seeds --seeds 0 1 2 [--quick] [--png docs/]
-        [--sft N] [--scaling | --scaling-only] [--scaling-aligners realign gaussian-ot]
+        [--sft N] [--scaling | --scaling-only] [--scaling-aligners realign gaussian-ot] [--scaling-base N]
 
 --sft N adds every text-pretrained model tuned on N real pairs and the same tuning without text pretraining,
 and compares against both. --scaling adds the data-scaling curves (text pool vs paired pool of 1/8 .. all;
 one text-only curve per aligner of --scaling-aligners, default realign) and compares every text-only size
-with every paired size; --scaling-only trains only those curves (the full pools too, under scaling/).
+with every paired size; --scaling-only trains only those curves (the full pools too, under scaling/);
+--scaling-base N makes their pools N, 2N, 4N, 8N texts and pairs (--scaling-only) instead of 1/8 .. all;
+--results DIR keeps each finished seed's curves in DIR/seed-N.json and reads them back on a later run.
 --png DIR writes demo-seeds.png (mean ± std over seeds per model and attribute), from the first seed
 demo-projections.png (text, aligned text and image embeddings in one PCA frame), and with --scaling
 demo-scaling[-METHODS].png (mean ± std over seeds per pool size).
@@ -41,11 +43,16 @@ def main() -> None:
     parser.add_argument("--scaling-only", action="store_true", help="Only the data-scaling curves.")
     parser.add_argument("--scaling-aligners", nargs="*", default=list(SCALING_METHODS), metavar="METHOD",
                         help="One text-only scaling curve per aligner (none: the paired curve alone).")  # fmt: skip
+    parser.add_argument("--results", type=Path, help="Keep each seed's scaling curves here, read finished "
+                        "seeds back (--scaling-only).")  # fmt: skip
+    parser.add_argument("--scaling-base", type=int, help="Scaling pools of N x 1, 2, 4, 8 (--scaling-only).")
     parser.add_argument("--world", default="shapes", help="shapes (the first world) or relations (the second: "
                         "--scaling-only so far)")  # fmt: skip
     args = parser.parse_args()
     if args.world != "shapes" and not args.scaling_only:
         parser.error("the second world runs --scaling-only so far")
+    if (args.scaling_base is not None or args.results) and not args.scaling_only:
+        parser.error("--scaling-base and --results go with --scaling-only")
     if args.scaling_only:
         scaling_only(args)
         return
@@ -115,23 +122,51 @@ def methods_suffix(methods: tuple[str, ...]) -> str:
 
 
 def scaling_only(args: argparse.Namespace) -> None:
+    """The scaling curves per seed; with --results DIR each finished seed's curves and wall time are kept in
+    DIR/seed-N.json (a file to commit) and a seed found there is read back, not run: a claim run over more
+    seeds than one session has time for continues in the next from the same frozen commit."""
     scaling, seconds = {}, {}
     methods = tuple(args.scaling_aligners)
+    if args.results:
+        args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
+        kept = args.results / f"seed-{seed}.json" if args.results else None
+        if kept is not None and kept.is_file():
+            record = json.loads(kept.read_text())
+            scaling[seed], seconds[seed] = record["scaling"], record["seconds"]
+            print(f"seed {seed}: read from {kept} ({seconds[seed]:.0f} s, commit {record['commit']})", flush=True)
+            continue
         world = "" if args.world == "shapes" else f"-{args.world}"
         workdir = args.root / f"seed-{seed}{world}{'-quick' if args.quick else ''}"
-        timing = workdir / f"wall_seconds_scaling_only{methods_suffix(methods)}.json"
+        base = "" if args.scaling_base is None else f"_base{args.scaling_base}"
+        timing = workdir / f"wall_seconds_scaling_only{methods_suffix(methods)}{base}.json"
         started = time.perf_counter()
         scaling[seed] = run_scaling_demo(workdir, quick=args.quick, seed=seed, methods=methods, world=args.world,
-                                         log=lambda _: None)  # fmt: skip
+                                         base=args.scaling_base, log=lambda _: None)  # fmt: skip
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         seconds[seed] = json.loads(timing.read_text())["seconds"]
         print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
+        if kept is not None:
+            record = {"seed": seed, "commit": git_commit(), "seconds": seconds[seed], "scaling": scaling[seed]}
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(kept)
     print_scaling(scaling, args.seeds)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
         write_scaling_figure(args, scaling)
+
+
+def git_commit() -> str:
+    """The checkout's commit (with ``+changes`` when the tree differs from it): what the figures were run on."""
+    import subprocess
+
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    return commit + ("+changes" if dirty else "")
 
 
 def difference(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int], model: str, baseline: str,
@@ -243,16 +278,19 @@ def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> 
 
     from modgap.world.report import scaling_chart
 
-    sizes = scaling[args.seeds[0]]["sizes"]
+    sizes, first = scaling[args.seeds[0]]["sizes"], scaling[args.seeds[0]]["curves"]
+    second = "vqa" if "vqa" in next(iter(first.values()))[0] else "relation"  # the second world has no VQA yet
     curves = {}
-    for curve in scaling[args.seeds[0]]["curves"]:
+    for curve in first:
         curves[curve] = {}
-        for figure in ("attributes", "vqa"):
+        for figure in ("attributes", second):
             v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
             mean, spread = v.mean(0), v.std(0, ddof=1)
             curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
     fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
-    name = f"demo-scaling{methods_suffix(tuple(args.scaling_aligners))}.png"
+    world = "" if args.world == "shapes" else f"-{args.world}"
+    base = "" if args.scaling_base is None else f"-base{args.scaling_base}"
+    name = f"demo-scaling{world}{methods_suffix(tuple(args.scaling_aligners))}{base}.png"
     args.png.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png / name, dpi=90, bbox_inches="tight")
     plt.close(fig)

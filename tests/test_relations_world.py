@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from modgap.errors import ModgapError
 from modgap.world import relations_scene as rw
 
 
@@ -234,6 +235,18 @@ def test_scaling_curves_run_on_the_second_world_with_its_own_models(tmp_path):
     again = run_scaling_demo(tmp_path / "w", world="relations", methods=("realign",), scales=(4, 8), size=size,
                              log=lambda _: None)  # fmt: skip
     assert again == curves
+    # A small base pool and text pools 1-8x it: sizes base x k; the size both designs use is trained once.
+    trained = (tmp_path / "w" / "runs" / "scaling" / "paired400" / "test_scores.json").stat().st_mtime_ns
+    based = run_scaling_demo(tmp_path / "w", world="relations", methods=("realign",), scales=(1, 8), size=size,
+                             base=50, log=lambda _: None)  # fmt: skip
+    assert based["sizes"] == [50, 400] and based["runs"]["paired images"] == ["runs/scaling/paired50",
+                                                                             "runs/scaling/paired400"]  # fmt: skip
+    assert based["curves"]["paired images"][1] == curves["curves"]["paired images"][1]
+    assert (tmp_path / "w" / "runs" / "scaling" / "paired400" / "test_scores.json").stat().st_mtime_ns == trained
+    assert json.loads((tmp_path / "w" / "scaling-base50.json").read_text()) == based
+    assert json.loads((tmp_path / "w" / "scaling.json").read_text()) == curves  # the other design's file kept
+    with pytest.raises(ModgapError, match="scaling base must be 1 to 50"):
+        run_scaling_demo(tmp_path / "w", world="relations", scales=(1, 8), size=size, base=51, log=lambda _: None)
 
 
 def test_sincos_positions_name_each_patch_by_its_column_and_row():

@@ -75,12 +75,14 @@ def _bars(scores: dict[str, dict[str, np.ndarray]]) -> Any:
 
 
 def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], title: str) -> Any:
-    """Two panels (mean attribute accuracy, VQA): ``curves[name][figure]`` is an array (3, len(sizes)) of value,
-    lower and upper bound per pool size."""
+    """Two panels (mean attribute accuracy; VQA, or relations named and true in the second world):
+    ``curves[name][figure]`` is an array (3, len(sizes)) of value, lower and upper bound per pool size."""
     import matplotlib.pyplot as plt
 
+    second = "vqa" if any("vqa" in per for per in curves.values()) else "relation"
+    labels = {"vqa": "VQA accuracy", "relation": "relation named and true"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, figure, label in zip(axes, ["attributes", "vqa"], ["mean attribute accuracy", "VQA accuracy"],
+    for ax, figure, label in zip(axes, ["attributes", second], ["mean attribute accuracy", labels[second]],
                                  strict=True):  # fmt: skip
         for name, per in curves.items():
             if figure not in per:

@@ -30,13 +30,19 @@ from modgap.world.steps import (
 )
 
 ALIGNERS = method_names("baseline", "aligner")  # every registered method except train-time augmentations
-SCALES = (1, 2, 4, 8)  # pool sizes of the scaling curves, as multiples of 1/8 of the text pool
+SCALES = (1, 2, 4, 8)  # pool sizes of the scaling curves: multiples of 1/8 of the pools, or of a base size
 SCALING_METHODS = ("realign",)  # the paper's aligner: the default text-only curve
 
 
-def check_scaling(scales: tuple[int, ...], methods: tuple[str, ...], paired_only: bool = False) -> None:
+def check_scaling(
+    scales: tuple[int, ...], methods: tuple[str, ...], paired_only: bool = False,
+    base: int | None = None, size: DemoSize | None = None,
+) -> None:  # fmt: skip
     if not scales or any(k not in SCALES for k in scales):
         raise ModgapError(f"scaling scales must be among {SCALES}, got {scales}")
+    if base is not None and (base < 1 or (size and base * SCALES[-1] > min(size.text_pool, size.paired))):
+        most = min(size.text_pool, size.paired) // SCALES[-1] if size else "?"
+        raise ModgapError(f"scaling base must be 1 to {most} (x{SCALES[-1]} must fit both pools), got {base}")
     unknown = [m for m in methods if m not in ALIGNERS]
     if unknown or not (methods or paired_only):
         raise ModgapError(f"scaling aligners must be among {', '.join(ALIGNERS)}, got {', '.join(unknown) or 'none'}")
@@ -51,22 +57,24 @@ def run_scaling_demo(
     methods: tuple[str, ...] = SCALING_METHODS,
     world: str = "shapes",
     size: DemoSize | None = None,
+    base: int | None = None,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The data-scaling curves of :func:`run_scaling` alone, in a demo workdir (the same world, stores and claim
     as :func:`run_demo`): every size is trained under ``scaling/``, the full pools too, so no other demo model
     is needed. Written to ``scaling.json``; resumable like the demo. ``methods=()``: the paired curve alone
-    (the second world's first check: does it rise?). ``size`` replaces the world's quick/full sizes."""
+    (the second world's first check: does it rise?). ``size`` replaces the world's quick/full sizes; ``base``
+    sets the pool sizes to base x 1, 2, 4, 8 (``scaling-base{base}.json``) instead of 1/8 .. all of the pools."""
     from modgap.world.worlds import get_world
 
     root, size = Path(workdir), size or demo_size(world, quick)
-    check_scaling(scales, methods, paired_only=True)
+    check_scaling(scales, methods, paired_only=True, base=base, size=size)
     claim_demo_dir(root, seed, quick, size, world)
     pools = write_world(root, size, seed, log, world)
     embed_world(root, progress, log, get_world(world).encoder)
-    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods, log, world)
-    write_json(root / "scaling.json", curves)
+    curves = run_scaling(root, size, seed, pools["test"], {}, {}, scales, methods, log, world, base)
+    write_json(root / ("scaling.json" if base is None else f"scaling-base{base}.json"), curves)
     return curves
 
 
@@ -81,11 +89,15 @@ def run_scaling(
     methods: tuple[str, ...] = SCALING_METHODS,
     log: Callable[[str], None] = print,
     world: str = "shapes",
+    base: int | None = None,
 ) -> dict[str, Any]:
     """Does more unpaired text stand in for fewer pairs? For each scale k and aligner, a model pretrained on
     the first k/8 of the text pool (aligned with that method, fitted on exactly those texts and the image
     pool), and one on the first k/8 of the paired pool, same steps and settings as every other model. The
-    full pools (k = 8) are the demo's own aligner and ``paired images`` models when it trained them.
+    full pools (k = 8) are the demo's own aligner and ``paired images`` models when it trained them. With
+    ``base``, the first ``base * k`` texts and pairs instead (a small paired pool against text pools 1-8x it:
+    where a world's paired curve rises only below its pools' eighth). Models are named by their pool size,
+    so a size both designs use is trained once.
 
     Returns ``{"methods", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``
     with one curve ``text only, METHOD`` per method, then ``paired images``.
@@ -95,13 +107,14 @@ def run_scaling(
     kind = get_world(world)
     models = {"llm": kind.llm, "prompt": kind.prompt}
     log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
+    check_scaling(scales, methods, paired_only=True, base=base, size=size)
     full = min(size.text_pool, size.paired)
     names = {method: f"text only, {method}" for method in methods}
     curves = [*names.values(), PAIRED]
     out: dict[str, Any] = {"methods": list(methods), "sizes": [], "curves": {c: [] for c in curves},
                            "runs": {c: [] for c in curves}}  # fmt: skip
     for k in sorted(scales):
-        n = full * k // SCALES[-1]
+        n = base * k if base is not None else full * k // SCALES[-1]
         trained = []
         for method in methods:
             if n == size.text_pool and method in rows:
