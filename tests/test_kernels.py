@@ -107,6 +107,22 @@ def test_realign_degenerate_rows_take_the_direct_formula(kernels, rng):
     np.testing.assert_array_equal(got[np.arange(10) != 4], expected[np.arange(10) != 4])
 
 
+def test_realign_output_into_a_given_buffer(kernels, rng):
+    t, i = gapped_pair(rng, 200, 150, 16)
+    a = make_aligner("realign").fit(t, i)
+    x = t.astype(np.float32)
+    norms = arrays.row_norms(x)
+    expected = a.transform_rows_as(x.copy(), norms, "float16")
+    out = np.empty_like(expected)
+    assert a.transform_rows_as(x.copy(), norms, "float16", out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    strided = np.zeros((200, 32), np.float16)[:, ::2]  # not contiguous: the NumPy formula, then a copy into it
+    assert a.transform_rows_as(x.copy(), norms, "float16", out=strided) is strided
+    direct = _CentroidCorrected.transform_rows(a, x.copy(), norms)
+    ulp = np.spacing(np.abs(direct).astype(np.float16)).astype(np.float64)
+    assert (np.abs(strided.astype(np.float64) - direct) <= ulp).all()
+
+
 @pytest.mark.parametrize("dim", [5, 16, 300])
 def test_realign_second_pass_sums_against_float64(kernels, rng, dim):
     t, i = gapped_pair(rng, 900, 700, dim)

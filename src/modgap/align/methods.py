@@ -295,10 +295,10 @@ class ReAlign(_CentroidCorrected):
     ) -> np.ndarray:
         # float16 out on the CPU: one compiled pass per row (dots, coefficients, combination, conversion).
         if dtype == "float16" and kernel_arrays(x, norms) and x.dtype == norms.dtype == np.float32:
-            k, cd = self._constants(), self._rows(("offset", "shift"), x)
             y = np.empty(x.shape, np.float16) if out is None else out
-            if KERNELS.realign_rows(x, norms, cd[0], cd[1], k["s"], k["cc"], k["cd"], k["dd"], self._DEGENERATE,
-                                    y) < 0:  # fmt: skip
+            k, cd = self._constants(), self._rows(("offset", "shift"), x)
+            if kernel_arrays(y) and KERNELS.realign_rows(x, norms, cd[0], cd[1], k["s"], k["cc"], k["cd"], k["dd"],
+                                                         self._DEGENERATE, y) < 0:  # fmt: skip
                 return y
         return super().transform_rows_as(x, norms, dtype, row_start, out)
 
