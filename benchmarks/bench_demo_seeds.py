@@ -186,6 +186,11 @@ def t_interval(differences: list[float]) -> str:
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
 
 
+def second_figure(scaling: dict) -> str:
+    """The scaling curves' second figure: VQA in the first world, relations in the second (no VQA yet)."""
+    return "vqa" if "vqa" in next(iter(scaling["curves"].values()))[0] else "relation"
+
+
 def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
     """Mean ± std per pool size and curve; then, per text-only curve, every text size against every paired size
     (per-seed differences of the mean attribute accuracy): where does N texts match M pairs? With two text
@@ -193,7 +198,7 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
     first = scaling[seeds[0]]
     sizes, curves = first["sizes"], list(first["curves"])
     *texts, paired = curves
-    second = "vqa" if "vqa" in first["curves"][paired][0] else "relation"  # the second world has no VQA yet
+    second = second_figure(first)
 
     def attributes(curve: str, i: int, s: int) -> float:
         return scaling[s]["curves"][curve][i]["attributes"]
@@ -278,12 +283,11 @@ def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> 
 
     from modgap.world.report import scaling_chart
 
-    sizes, first = scaling[args.seeds[0]]["sizes"], scaling[args.seeds[0]]["curves"]
-    second = "vqa" if "vqa" in next(iter(first.values()))[0] else "relation"  # the second world has no VQA yet
+    sizes = scaling[args.seeds[0]]["sizes"]
     curves = {}
-    for curve in first:
+    for curve in scaling[args.seeds[0]]["curves"]:
         curves[curve] = {}
-        for figure in ("attributes", second):
+        for figure in ("attributes", second_figure(scaling[args.seeds[0]])):
             v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
             mean, spread = v.mean(0), v.std(0, ddof=1)
             curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])

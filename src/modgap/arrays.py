@@ -14,6 +14,7 @@ values outside the float16 normal range. ``MODGAP_KERNELS=0`` in the environment
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from typing import Any
 
@@ -43,6 +44,26 @@ KERNELS = _load_kernels()
 def kernel_arrays(*arrays: np.ndarray) -> bool:
     """Whether the kernels take these NumPy arrays (they read and write C-contiguous buffers)."""
     return KERNELS is not None and all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays)
+
+
+class BufferPool:
+    """Reusable NumPy buffers of one shape and dtype, shared between threads: a buffer given back is handed out
+    again instead of a new one. Fresh large buffers cost a page fault on every first touch (measured: a copy
+    into fresh 16 MiB batches ran at 1.5-2.5 GB/s instead of memcpy speed)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self._spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+
+    def take(self) -> np.ndarray:
+        try:
+            return self._spare.get_nowait()
+        except queue.Empty:
+            return np.empty(self.shape, self.dtype)
+
+    def give(self, buffer: np.ndarray) -> None:
+        """Return a buffer from :meth:`take` once nothing refers to its contents any more."""
+        self._spare.put(buffer)
 
 
 def on_numpy(x: Any) -> bool:

@@ -8,7 +8,6 @@ fit equals the single-process fit up to float64 rounding.
 from __future__ import annotations
 
 import os
-import queue
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from modgap import __version__
 from modgap.align.record import ALIGNER_SUBDIR, RECORD_KEY, aligner_record
 from modgap.align.stats import SOURCE, TARGET, Moments
+from modgap.arrays import BufferPool
 from modgap.distributed import barrier, rank_and_world
 from modgap.errors import ModgapError
 from modgap.files import atomic_output_dir, check_replaceable
@@ -198,22 +198,16 @@ def apply_to_store(
             progress(f"apply {aligner.method}", len(store)) as advance,
         ):
 
-            # Output buffers go back to this pool once written (the writer copies them): new ones per chunk
-            # cost page faults on every first touch (measured: the copy into the writer's batch at ~1.5 GB/s).
-            spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+            outputs = BufferPool((src.chunk_rows, store.dim), dtype)  # given back once the writer has copied one
 
             def aligned(rows: Rows) -> tuple[Any, np.ndarray]:  # in the store's dtype, converted on the threads
-                try:
-                    buf = spare.get_nowait()
-                except queue.Empty:
-                    buf = np.empty((src.chunk_rows, store.dim), dtype)
-                n = len(rows.x)
-                return aligner.transform_rows_as(rows.x, rows.norms, dtype, rows.start, out=buf[:n]), buf
+                buf = outputs.take()
+                return aligner.transform_rows_as(rows.x, rows.norms, dtype, rows.start, out=buf[: len(rows.x)]), buf
 
             for rows, (y, buf) in src.map_chunks(aligned, rows=(0, len(store)), with_metadata=True):
                 meta = {c: rows.batch.column(c) for c in m.metadata_columns}
                 w.write(rows.batch.column("id"), y, meta)
-                spare.put(buf)
+                outputs.give(buf)
                 advance(len(rows.keep) if rows.keep is not None else len(y))
             if w.count == 0:
                 raise ModgapError(f"{store.path}: no usable vectors to align")

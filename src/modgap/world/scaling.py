@@ -40,9 +40,11 @@ def check_scaling(
 ) -> None:  # fmt: skip
     if not scales or any(k not in SCALES for k in scales):
         raise ModgapError(f"scaling scales must be among {SCALES}, got {scales}")
-    if base is not None and (base < 1 or (size and base * SCALES[-1] > min(size.text_pool, size.paired))):
-        most = min(size.text_pool, size.paired) // SCALES[-1] if size else "?"
-        raise ModgapError(f"scaling base must be 1 to {most} (x{SCALES[-1]} must fit both pools), got {base}")
+    if base is not None:
+        assert size is not None, "a scaling base is checked against the pools' size"
+        most = min(size.text_pool, size.paired) // SCALES[-1]
+        if not 1 <= base <= most:
+            raise ModgapError(f"scaling base must be 1 to {most} (x{SCALES[-1]} must fit both pools), got {base}")
     unknown = [m for m in methods if m not in ALIGNERS]
     if unknown or not (methods or paired_only):
         raise ModgapError(f"scaling aligners must be among {', '.join(ALIGNERS)}, got {', '.join(unknown) or 'none'}")
@@ -107,7 +109,6 @@ def run_scaling(
     kind = get_world(world)
     models = {"llm": kind.llm, "prompt": kind.prompt}
     log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
-    check_scaling(scales, methods, paired_only=True, base=base, size=size)
     full = min(size.text_pool, size.paired)
     names = {method: f"text only, {method}" for method in methods}
     curves = [*names.values(), PAIRED]
