@@ -10,7 +10,9 @@ and compares against both. --scaling adds the data-scaling curves (text pool vs 
 one text-only curve per aligner of --scaling-aligners, default realign) and compares every text-only size
 with every paired size; --scaling-only trains only those curves (the full pools too, under scaling/);
 --scaling-base N makes their pools N, 2N, 4N, 8N texts and pairs (--scaling-only) instead of 1/8 .. all;
---results DIR keeps each finished seed's curves in DIR/seed-N.json and reads them back on a later run.
+--results DIR keeps each finished seed's figures (rows, or curves with --scaling-only) and the commit they ran
+at in DIR/seed-N[_sftN].json and reads them back on a later run. --world relations runs the second world (its
+own encoder and LM; workdirs seed-N-relations; figures named ...-relations.png).
 --png DIR writes demo-seeds.png (mean ± std over seeds per model and attribute), from the first seed
 demo-projections.png (text, aligned text and image embeddings in one PCA frame), and with --scaling
 demo-scaling[-METHODS].png (mean ± std over seeds per pool size).
@@ -28,8 +30,12 @@ import numpy as np
 
 from modgap.world.demo import SCALES, SCALING_METHODS, run_demo, run_scaling_demo
 
-FIGURES = ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"]
-COMPARED = ["attributes", "shape", "vqa"]  # per-seed differences against the unaligned model
+# Per world: the figures tabulated, and those compared per seed against the unaligned model (the second world's
+# chosen before its claims ran: the mean attribute, place, and relations named and true; it has no VQA).
+FIGURES = {"shapes": ["shape", "colour", "size", "position", "attributes", "exact", "bleu4", "cider", "vqa"],
+           "relations": ["shape", "colour", "size", "texture", "position", "count", "attributes", "exact",
+                         "relation", "bleu4", "cider"]}  # fmt: skip
+COMPARED = {"shapes": ["attributes", "shape", "vqa"], "relations": ["attributes", "position", "relation"]}
 
 
 def main() -> None:
@@ -43,16 +49,16 @@ def main() -> None:
     parser.add_argument("--scaling-only", action="store_true", help="Only the data-scaling curves.")
     parser.add_argument("--scaling-aligners", nargs="*", default=list(SCALING_METHODS), metavar="METHOD",
                         help="One text-only scaling curve per aligner (none: the paired curve alone).")  # fmt: skip
-    parser.add_argument("--results", type=Path, help="Keep each seed's scaling curves here, read finished "
-                        "seeds back (--scaling-only).")  # fmt: skip
+    parser.add_argument("--results", type=Path, help="Keep each seed's figures here (with the commit), read "
+                        "finished seeds back.")  # fmt: skip
     parser.add_argument("--scaling-base", type=int, help="Scaling pools of N x 1, 2, 4, 8 (--scaling-only).")
-    parser.add_argument("--world", default="shapes", help="shapes (the first world) or relations (the second: "
-                        "--scaling-only so far)")  # fmt: skip
+    parser.add_argument("--world", default="shapes", choices=sorted(FIGURES),
+                        help="shapes (the first world) or relations (the second)")  # fmt: skip
     args = parser.parse_args()
-    if args.world != "shapes" and not args.scaling_only:
-        parser.error("the second world runs --scaling-only so far")
-    if (args.scaling_base is not None or args.results) and not args.scaling_only:
-        parser.error("--scaling-base and --results go with --scaling-only")
+    if args.scaling_base is not None and not args.scaling_only:
+        parser.error("--scaling-base goes with --scaling-only")
+    if args.results and args.scaling:
+        parser.error("--results keeps rows, or curves with --scaling-only; not both (--scaling)")
     if args.scaling_only:
         scaling_only(args)
         return
@@ -62,13 +68,23 @@ def main() -> None:
     seconds: dict[int, float] = {}
     gaps: list[float] = []
     methods = tuple(args.scaling_aligners)
+    figures, compared = FIGURES[args.world], COMPARED[args.world]
+    if args.results:
+        args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        kept = args.results / f"seed-{seed}{f'_sft{args.sft}' if args.sft else ''}.json" if args.results else None
+        if kept is not None and kept.is_file():
+            record = json.loads(kept.read_text())
+            per_seed[seed], seconds[seed] = record["rows"], record["seconds"]
+            gaps.append(record["gap_before"]["centroid_distance"])
+            print(f"seed {seed}: read from {kept} ({seconds[seed]:.0f} s, commit {record['commit']})", flush=True)
+            continue
+        workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         timing = workdir / ("wall_seconds" + (f"_sft{args.sft}" if args.sft else "")
                             + (f"_scaling{methods_suffix(methods)}" if args.scaling else "") + ".json")  # fmt: skip
         started = time.perf_counter()
         result = run_demo(workdir, quick=args.quick, seed=seed, sft=args.sft, scaling=SCALES if args.scaling else (),
-                          scaling_methods=methods, log=lambda _: None)  # fmt: skip
+                          scaling_methods=methods, world=args.world, log=lambda _: None)  # fmt: skip
         scaling[seed] = result.scaling
         # The first complete run of a seed is its figure (a seed resumed from a killed run times only the rest).
         if not timing.is_file():
@@ -77,41 +93,57 @@ def main() -> None:
         per_seed[seed] = result.rows
         gaps.append(result.gap_before["centroid_distance"])
         print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
+        if kept is not None:
+            keep(kept, {"seed": seed, "commit": git_commit(), "seconds": seconds[seed], "rows": result.rows,
+                        "gap_before": result.gap_before})  # fmt: skip
 
     n = len(args.seeds)
-    print(f"\n{n} seeds ({'quick' if args.quick else 'full'}); centroid gap before alignment {np.mean(gaps):.3f}")
+    print(f"\n{n} seeds ({'quick' if args.quick else 'full'}, {args.world} world); centroid gap before alignment "
+          f"{np.mean(gaps):.3f}")  # fmt: skip
     print("mean ± standard deviation over seeds\n")
-    print("| model | " + " | ".join(FIGURES) + " |")
-    print("|---" * (len(FIGURES) + 1) + "|")
+    print("| model | " + " | ".join(figures) + " |")
+    print("|---" * (len(figures) + 1) + "|")
     for model in per_seed[args.seeds[0]]:
         cells = []
-        for figure in FIGURES:
+        for figure in figures:
             values = np.array([per_seed[s][model][figure] for s in args.seeds])
             cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else 0.0:.3f}")
         print(f"| {model} | " + " | ".join(cells) + " |")
     if n > 1:
         print("\nper-seed difference against the unaligned model (`none`; `none + sft N` for tuned rows), same seed and"
               " test set: mean and 95 % t-interval (* where it excludes 0)\n")  # fmt: skip
-        print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
-        print("|---" * (len(COMPARED) + 1) + "|")
+        print("| model | " + " | ".join(f"Δ {f}" for f in compared) + " |")
+        print("|---" * (len(compared) + 1) + "|")
         for model in per_seed[args.seeds[0]]:
             baseline = f"none + sft {args.sft}" if "sft" in model else "none"
             if model != baseline:
-                cells = [difference(per_seed, args.seeds, model, baseline, figure) for figure in COMPARED]
+                cells = [difference(per_seed, args.seeds, model, baseline, figure) for figure in compared]
                 print(f"| {model} | " + " | ".join(cells) + " |")
         if args.sft:
             only = f"sft {args.sft} only"
             print(f"\nper-seed difference against the same tuning without text pretraining (`{only}`)\n")
-            print("| model | " + " | ".join(f"Δ {f}" for f in COMPARED) + " |")
-            print("|---" * (len(COMPARED) + 1) + "|")
+            print("| model | " + " | ".join(f"Δ {f}" for f in compared) + " |")
+            print("|---" * (len(compared) + 1) + "|")
             for model in (m for m in per_seed[args.seeds[0]] if m.endswith(f"+ sft {args.sft}")):
-                cells = [difference(per_seed, args.seeds, model, only, figure) for figure in COMPARED]
+                cells = [difference(per_seed, args.seeds, model, only, figure) for figure in compared]
                 print(f"| {model} | " + " | ".join(cells) + " |")
     if args.scaling:
         print_scaling(scaling, args.seeds)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
         write_figures(args, per_seed, scaling)
+
+
+def world_suffix(world: str) -> str:
+    """Workdir and figure names of the second world end in ``-relations``; the first world's are unchanged."""
+    return "" if world == "shapes" else f"-{world}"
+
+
+def keep(path: Path, record: dict) -> None:
+    """``record`` as JSON at ``path`` (temporary name, then rename: a killed run leaves no half file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
 
 
 def methods_suffix(methods: tuple[str, ...]) -> str:
@@ -136,8 +168,7 @@ def scaling_only(args: argparse.Namespace) -> None:
             scaling[seed], seconds[seed] = record["scaling"], record["seconds"]
             print(f"seed {seed}: read from {kept} ({seconds[seed]:.0f} s, commit {record['commit']})", flush=True)
             continue
-        world = "" if args.world == "shapes" else f"-{args.world}"
-        workdir = args.root / f"seed-{seed}{world}{'-quick' if args.quick else ''}"
+        workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         base = "" if args.scaling_base is None else f"_base{args.scaling_base}"
         timing = workdir / f"wall_seconds_scaling_only{methods_suffix(methods)}{base}.json"
         started = time.perf_counter()
@@ -148,10 +179,7 @@ def scaling_only(args: argparse.Namespace) -> None:
         seconds[seed] = json.loads(timing.read_text())["seconds"]
         print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
         if kept is not None:
-            record = {"seed": seed, "commit": git_commit(), "seconds": seconds[seed], "scaling": scaling[seed]}
-            tmp = kept.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(kept)
+            keep(kept, {"seed": seed, "commit": git_commit(), "seconds": seconds[seed], "scaling": scaling[seed]})
     print_scaling(scaling, args.seeds)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
@@ -252,25 +280,27 @@ def write_figures(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[s
     import matplotlib.pyplot as plt
 
     from modgap.world.demo import ALIGNERS
-    from modgap.world.report import FIGURES as FIGURES_PLOTTED
-    from modgap.world.report import _projections, bar_chart
+    from modgap.world.report import _projections, bar_chart, figures
 
     args.png.mkdir(parents=True, exist_ok=True)
     values = {}
     for model in per_seed[args.seeds[0]]:
         values[model] = {}
-        for figure in FIGURES_PLOTTED:
+        for figure in figures(args.world):
             v = np.array([per_seed[s][model][figure] for s in args.seeds])
             spread = v.std(ddof=1) if len(v) > 1 else 0.0
             values[model][figure] = (v.mean(), v.mean() - spread, v.mean() + spread)
-    fig = bar_chart(values, f"modgap demo, {len(args.seeds)} seeds: mean ± std over seeds")
-    fig.savefig(args.png / "demo-seeds.png", dpi=90, bbox_inches="tight")
+    world = world_suffix(args.world)
+    fig = bar_chart(values, f"modgap demo, {len(args.seeds)} seeds: mean ± std over seeds", args.world)
+    bars, projections = args.png / f"demo-seeds{world}.png", args.png / f"demo-projections{world}.png"
+    fig.savefig(bars, dpi=90, bbox_inches="tight")
     plt.close(fig)
-    first = args.root / f"seed-{args.seeds[0]}{'-quick' if args.quick else ''}"
-    fig = _projections(first, list(ALIGNERS))
-    fig.savefig(args.png / "demo-projections.png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    print(f"figures: {args.png / 'demo-seeds.png'}, {args.png / 'demo-projections.png'}")
+    first = args.root / f"seed-{args.seeds[0]}{world}{'-quick' if args.quick else ''}"
+    if first.is_dir():  # (seeds read back from --results may have no workdir here)
+        fig = _projections(first, list(ALIGNERS))
+        fig.savefig(projections, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+    print(f"figures: {bars}, {projections}")
     if args.scaling:
         write_scaling_figure(args, scaling)
 
@@ -292,7 +322,7 @@ def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> 
             mean, spread = v.mean(0), v.std(0, ddof=1)
             curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
     fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
-    world = "" if args.world == "shapes" else f"-{args.world}"
+    world = world_suffix(args.world)
     base = "" if args.scaling_base is None else f"-base{args.scaling_base}"
     name = f"demo-scaling{world}{methods_suffix(tuple(args.scaling_aligners))}{base}.png"
     args.png.mkdir(parents=True, exist_ok=True)

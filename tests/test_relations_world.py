@@ -261,3 +261,39 @@ def test_sincos_positions_name_each_patch_by_its_column_and_row():
             expected = np.concatenate([np.sin(c * omega), np.cos(c * omega), np.sin(r * omega), np.cos(r * omega)])
             np.testing.assert_allclose(table[1 + r * grid + c], expected, atol=1e-6)
     assert len({tuple(np.round(row, 5)) for row in table}) == grid * grid + 1  # every patch told apart
+
+
+def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_with_its_lm(tmp_path):
+    """`modgap demo --world relations`'s wiring on a small world: every row scored with the second world's
+    attributes and relations (no VQA), the Unicorn row pretrained on captions its LM expanded from sparse seeds
+    (no conversation stage: that LM writes none), --sft rows from the world's own LM, reports, a rerun reusing
+    every model."""
+    import json
+
+    from modgap.world.demo import run_demo
+    from modgap.world.steps import DemoSize
+
+    workdir, quiet = tmp_path / "w", (lambda _: None)
+    size = DemoSize(image_pool=300, text_pool=400, paired=400, test=60, steps=30, unicorn_seeds=40)
+    aligners = ("none", "gaussian-ot")
+    first = run_demo(workdir, size=size, aligners=aligners, sft=40, world="relations", log=quiet)
+    assert set(first.rows) == {*aligners, "gaussian-ot, validated shrinkage", "paired images",
+                               "unicorn (synthetic text)", "none + sft 40", "gaussian-ot + sft 40",
+                               "gaussian-ot, validated shrinkage + sft 40", "sft 40 only"}  # fmt: skip
+    for row in first.rows.values():
+        assert set(rw.ATTRIBUTES) | {"attributes", "relation", "exact", "bleu4"} <= set(row) and "vqa" not in row
+    seeds = [json.loads(x) for x in (workdir / "world" / "unicorn_seeds.jsonl").read_text().splitlines()]
+    captions = [json.loads(x) for x in (workdir / "unicorn" / "captions.jsonl").read_text().splitlines()]
+    assert len(seeds) == 40 and len(captions) >= 70 and not (workdir / "unicorn" / "instructions.jsonl").exists()
+    # The LM restates each seed (its colour and shape, always said) and fills in the rest from its prior.
+    pairs = [(rw.parse_caption(c["caption"]), rw.parse_caption(c["seed"])) for c in captions]
+    assert sum(a["colour"] == b["colour"] and a["shape"] == b["shape"] for a, b in pairs) >= 0.8 * len(pairs)
+    assert sum(len(c["caption"].split()) > len(c["seed"].split()) + 2 for c in captions) >= 0.5 * len(pairs)
+    assert not (workdir / "runs" / "unicorn-sft").exists()
+    assert "tiny-lm-relations" in (workdir / "runs" / "sft40-only" / "model" / "modgap_mllm.json").read_text()
+    report = (workdir / "report.md").read_text()
+    assert "relations world" in report and "tiny-clip-relations" in report and "| relation |" in report
+    assert (workdir / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert json.loads((workdir / "results.json").read_text())["world"] == "relations"
+    again = run_demo(workdir, size=size, aligners=aligners, sft=40, world="relations", log=quiet)
+    assert again.rows == first.rows

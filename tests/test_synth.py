@@ -412,6 +412,13 @@ def test_synth_run_makes_captions_conversations_and_the_transferred_store_and_sk
     typo = run_cli("synth", "run", "--config", tmp_path / "typo.yaml", tmp_path / "other", check=False)
     assert typo.returncode == 2 and "unknown settings ['per_seeds']" in typo.stderr
     assert not (tmp_path / "other").exists()
+    # `instructions: null` skips stage 2: captions for pretraining only, and only the pretraining command follows.
+    (tmp_path / "captions-only.yaml").write_text(yaml.safe_dump({**config, "instructions": None}))
+    only = run_cli("synth", "run", "--config", tmp_path / "captions-only.yaml", tmp_path / "captions-only")
+    assert "stage 2: skipped" in only.stdout and "modgap train sft" not in only.stdout
+    made = tmp_path / "captions-only"
+    assert lines(made / "captions.jsonl") and not (made / "instructions.jsonl").exists()
+    assert (made / "stores" / "transferred").is_dir()
 
 
 class RefusingProxy:

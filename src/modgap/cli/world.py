@@ -27,6 +27,11 @@ def demo(
         "modgap-demo"
     ),
     quick: Annotated[bool, typer.Option(help="Smaller pools and budget (about 3 minutes on 2 CPU cores).")] = False,
+    world: Annotated[
+        str,
+        typer.Option(help="shapes (the first world: one main object) or relations (the second: 2-4 objects "
+                     "with relations, textures, counts; its own encoder and LM)."),
+    ] = "shapes",
     seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
     sft: Annotated[int, typer.Option(help="After text-only pretraining, tune on this many paired samples.")] = 0,
     scaling: Annotated[
@@ -53,9 +58,15 @@ def demo(
     ] = None,
 ) -> None:
     """The whole method offline: gap, aligners, text-only pretraining, evaluation on held-out images."""
-    from modgap.world.demo import COLUMNS, run_demo, table_rows
+    from modgap.world.demo import columns, run_demo, table_rows
+    from modgap.world.worlds import get_world
 
     quiet_transformers()
+    get_world(world)  # an unknown name is refused before anything is written
+    if embedder and world != "shapes":
+        from modgap.errors import ModgapError
+
+        raise ModgapError("--embedder runs on the first world only so far (--world shapes)")
     if embedder:
         _embedder_demo(workdir, quick, seed, teacher)
         return
@@ -72,14 +83,16 @@ def demo(
         sft=sft,
         scaling=SCALES if scaling else (),
         scaling_methods=tuple(scaling_aligner or SCALING_METHODS),
+        world=world,
         progress=rich_progress(),
         log=_timed_log(),
     )
-    table = Table(title=f"modgap demo (seed {seed}{', quick' if quick else ''}): captions of held-out images")
+    table = Table(title=f"modgap demo ({world} world, seed {seed}{', quick' if quick else ''}): captions of "
+                  "held-out images")  # fmt: skip
     table.add_column("model")
-    for _, header in COLUMNS:
+    for _, header in columns(world):
         table.add_column(header, justify="right")
-    for row in table_rows(result.rows):
+    for row in table_rows(result.rows, world):
         table.add_row(*row)
     out.print(table)
     if result.scaling:
@@ -90,7 +103,7 @@ def demo(
 def scaling_table(scaling: dict) -> Table:
     from modgap.world.demo import attributes_and_vqa
 
-    table = Table(title="scaling: mean attribute accuracy (VQA) by training pool size, same steps")
+    table = Table(title="scaling: mean attribute accuracy (VQA, or relations named and true) by pool size, same steps")
     table.add_column("pool size", justify="right")
     for curve in scaling["curves"]:
         table.add_column(curve, justify="right")

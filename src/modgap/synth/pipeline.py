@@ -4,7 +4,7 @@
 
     OUT/unicorn.json                       the settings this directory was made with (a rerun must match)
     OUT/captions.jsonl                     stage 1 (+ .meta.json, .failures.jsonl, .cache.sqlite)
-    OUT/instructions.jsonl                 stage 2 (+ the same three)
+    OUT/instructions.jsonl                 stage 2 (+ the same three; `instructions: null` skips it)
     OUT/stores/text                        stage 3: the captions' text embeddings
     OUT/stores/transferred                 ... moved into the image distribution by the aligner
     OUT/aligner                            the fitted aligner
@@ -59,7 +59,8 @@ class UnicornConfig:
     seeds: SeedsSection
     transfer: TransferSection
     captions: CaptionSettings = dataclasses.field(default_factory=CaptionSettings)
-    instructions: InstructionSettings = dataclasses.field(default_factory=InstructionSettings)
+    # None skips stage 2 (``instructions: null`` in a config): captions for pretraining only.
+    instructions: InstructionSettings | None = dataclasses.field(default_factory=InstructionSettings)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +82,9 @@ def load_unicorn_config(path: str | os.PathLike) -> UnicornConfig:
     sections: dict[str, Any] = {}
     for name, cls in kinds.items():
         value = data.get(name, {})
+        if name == "instructions" and value is None:
+            sections[name] = None
+            continue
         if not isinstance(value, dict):
             raise ModgapError(f"{path}: section {name!r} must be a mapping")
         if name in ("llm", "seeds", "transfer") and not value:
@@ -94,18 +98,20 @@ def load_unicorn_config(path: str | os.PathLike) -> UnicornConfig:
 @dataclasses.dataclass
 class UnicornResult:
     captions: Path
-    instructions: Path
+    instructions: Path | None  # None: stage 2 was skipped
     text_store: Path
     transferred_store: Path
     lines: list[str]
 
     def next_commands(self, llm: str = "LLM") -> list[str]:
         store = self.transferred_store
-        return [
-            f"modgap train pretrain --llm {llm} --data {self.captions} --embeddings {store} --out runs/pretrain",
-            f"modgap train sft --init runs/pretrain/model --data {self.instructions} --embeddings {store} "
-            "--out runs/sft",
+        commands = [
+            f"modgap train pretrain --llm {llm} --data {self.captions} --embeddings {store} --out runs/pretrain"
         ]
+        if self.instructions is not None:
+            commands.append(f"modgap train sft --init runs/pretrain/model --data {self.instructions} "
+                            f"--embeddings {store} --out runs/sft")  # fmt: skip
+        return commands
 
 
 def run_unicorn(
@@ -147,10 +153,14 @@ def run_unicorn(
         if summary.rows == 0:
             raise ModgapError(f"stage 1 kept no captions; see {root / 'captions.failures.jsonl'}")
 
-    instructions = root / "instructions.jsonl"
-    if instructions.is_file():
+    instructions: Path | None = None
+    if config.instructions is None:
+        note("stage 2: skipped (instructions: null)")
+    elif (root / "instructions.jsonl").is_file():
+        instructions = root / "instructions.jsonl"
         note(f"stage 2: {instructions} is finished")
     else:
+        instructions = root / "instructions.jsonl"
         summary2 = synth_instructions(open_backend(llm), captions, instructions, config.instructions,
                                       command=command, progress=progress)  # fmt: skip
         note(f"stage 2: {summary2.line()}")

@@ -22,7 +22,7 @@ from modgap.align.select import select_shrinkage
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.report import COLUMNS, attributes_and_vqa, report_markdown, table_rows
+from modgap.world.report import COLUMNS, attributes_and_vqa, columns, report_markdown, table_rows
 from modgap.world.scaling import ALIGNERS, SCALES, SCALING_METHODS, check_scaling, run_scaling, run_scaling_demo
 from modgap.world.steps import (
     ALIGNER_PARAMS,
@@ -31,20 +31,23 @@ from modgap.world.steps import (
     QUICK,
     DemoSize,
     claim_demo_dir,
+    demo_size,
     embed_world,
     evaluate_model,
     gap_figures,
     sft_row,
     train_revision,
+    world_models,
     write_world,
 )
 from modgap.world.unicorn_row import unicorn_row
+from modgap.world.worlds import get_world
 
 UNICORN = "unicorn (synthetic text)"
 VALIDATED_OT = "gaussian-ot, validated shrinkage"
 
 __all__ = ["ALIGNERS", "COLUMNS", "FULL", "QUICK", "SCALES", "SCALING_METHODS", "DemoResult", "DemoSize",
-           "attributes_and_vqa", "run_demo", "run_scaling_demo", "table_rows"]  # fmt: skip
+           "attributes_and_vqa", "columns", "run_demo", "run_scaling_demo", "table_rows"]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -55,6 +58,7 @@ class DemoResult:
     seconds: float
     workdir: Path
     scaling: dict[str, Any] | None = None  # see :func:`run_scaling`
+    world: str = "shapes"
 
 
 def run_demo(
@@ -67,24 +71,28 @@ def run_demo(
     scaling: tuple[int, ...] = (),
     scaling_methods: tuple[str, ...] = SCALING_METHODS,
     size: DemoSize | None = None,
+    world: str = "shapes",
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """The demo in ``workdir``; ``scaling`` (e.g. :data:`SCALES`) adds the data-scaling curves of
     :func:`run_scaling`, one text-only curve per aligner of ``scaling_methods``. ``size`` replaces the
-    quick/full sizes (the test suite's small world; recorded in the workdir like them)."""
+    quick/full sizes (the test suite's small world; recorded in the workdir like them). ``world`` names the
+    built-in world (:mod:`modgap.world.worlds`): its scenes, encoder, LM and scoring."""
     from modgap.align import load_aligner, make_aligner
 
     started = time.perf_counter()
     root = Path(workdir)
-    size = size or (QUICK if quick else FULL)
+    kind = get_world(world)
+    models = world_models(world)
+    size = size or demo_size(world, quick)
     if sft < 0 or sft > size.paired:
         raise ModgapError(f"--sft must be between 0 and the {size.paired} paired samples, got {sft}")
     if scaling:
         check_scaling(scaling, scaling_methods)
-    claim_demo_dir(root, seed, quick, size)
-    pools = write_world(root, size, seed, log)
-    embed_world(root, progress, log)
+    claim_demo_dir(root, seed, quick, size, world)
+    pools = write_world(root, size, seed, log, world)
+    embed_world(root, progress, log, kind.encoder)
     text_store = str(root / "stores" / "text_pool-text")
     image_store = str(root / "stores" / "image_pool-image")
 
@@ -100,17 +108,17 @@ def run_demo(
         report = gap_figures(root, load_aligner(path))
         log(f"training on text aligned with {name}")
         model_dir = train_revision(root, slug, size=size, seed=seed, data=root / "world" / "text_pool.jsonl",
-                                   store=text_store, aligner=path)  # fmt: skip
+                                   store=text_store, aligner=path, **models)  # fmt: skip
         rows[name] = {
             "centroid_distance": report["after"]["centroid_distance"],
             "knn_mixing": report["after"]["knn_mixing@10"],
             "neighbourhood_overlap": report["preservation"]["neighbourhood_overlap@10"],
-            **evaluate_model(root, model_dir, pools["test"]),
+            **evaluate_model(root, model_dir, pools["test"], world),
         }
         run_dirs[name] = model_dir.parent
         if sft:
-            sft_dir = sft_row(root, slug, size, seed, sft, init=model_dir)
-            rows[f"{name} + sft {sft}"] = evaluate_model(root, sft_dir, pools["test"])
+            sft_dir = sft_row(root, slug, size, seed, sft, init=model_dir, world=world)
+            rows[f"{name} + sft {sft}"] = evaluate_model(root, sft_dir, pools["test"], world)
             run_dirs[f"{name} + sft {sft}"] = sft_dir.parent
 
     for method in aligners:
@@ -129,34 +137,37 @@ def run_demo(
         aligned_row(VALIDATED_OT, "gaussian-ot-validated", path)
     log("training on real paired image embeddings (upper bound)")
     paired_dir = train_revision(root, "paired", size=size, seed=seed, data=root / "world" / "paired.jsonl",
-                                store=root / "stores" / "paired-image")  # fmt: skip
-    rows[PAIRED], run_dirs[PAIRED] = evaluate_model(root, paired_dir, pools["test"]), paired_dir.parent
-    log("Unicorn: sparse seeds -> synthetic captions and conversations -> text pretraining and tuning")
-    unicorn_dir = unicorn_row(root, size, seed, pools["text_pool"], image_store, progress, log)
-    rows[UNICORN], run_dirs[UNICORN] = evaluate_model(root, unicorn_dir, pools["test"]), unicorn_dir.parent
+                                store=root / "stores" / "paired-image", **models)  # fmt: skip
+    rows[PAIRED], run_dirs[PAIRED] = evaluate_model(root, paired_dir, pools["test"], world), paired_dir.parent
+    log("Unicorn: sparse seeds -> synthetic captions" + (" and conversations" if kind.qa_prompt else "")
+        + " -> text pretraining" + (" and tuning" if kind.qa_prompt else ""))  # fmt: skip
+    unicorn_dir = unicorn_row(root, size, seed, pools["text_pool"], image_store, progress, log, world)
+    rows[UNICORN], run_dirs[UNICORN] = evaluate_model(root, unicorn_dir, pools["test"], world), unicorn_dir.parent
     if sft:
         # The baseline the tuned rows answer to: the same tuning on the same pairs, without text pretraining.
-        only = sft_row(root, None, size, seed, sft)
-        rows[f"sft {sft} only"], run_dirs[f"sft {sft} only"] = evaluate_model(root, only, pools["test"]), only.parent
+        only = sft_row(root, None, size, seed, sft, world=world)
+        rows[f"sft {sft} only"] = evaluate_model(root, only, pools["test"], world)
+        run_dirs[f"sft {sft} only"] = only.parent
     curves = None
     if scaling:
-        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling, scaling_methods, log)
-    result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root, curves)
+        curves = run_scaling(root, size, seed, pools["test"], rows, run_dirs, scaling, scaling_methods, log, world)
+    result = DemoResult(rows, run_dirs, before, time.perf_counter() - started, root, curves, world)
     write_json(
         root / "results.json",
         {
             "rows": rows,
             "gap_before": before,
             "seed": seed,
+            "world": world,
             "quick": quick,
             "size": dataclasses.asdict(size),
             "runs": {name: str(d.relative_to(root)) for name, d in run_dirs.items()},
             **({"scaling": curves} if curves else {}),
         },
     )
-    write_text(root / "report.md", report_markdown(result, size, seed))
+    write_text(root / "report.md", report_markdown(result, size, seed, world))
     from modgap.world.report import demo_report_html
 
-    title = f"modgap demo (seed {seed}, {'quick' if quick else 'full'})"
-    write_text(root / "report.html", demo_report_html(root, rows, run_dirs, list(aligners), title, curves))
+    title = f"modgap demo ({world} world, seed {seed}, {'quick' if quick else 'full'})"
+    write_text(root / "report.html", demo_report_html(root, rows, run_dirs, list(aligners), title, curves, world))
     return result

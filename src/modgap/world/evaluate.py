@@ -37,7 +37,7 @@ def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str
     out = {a: int(hits[a].sum()) / n for a in names}
     out["attributes"] = sum(out[a] for a in names) / len(names)
     out["exact"] = int(np.logical_and.reduce([hits[a] for a in names]).sum()) / n
-    if world == "relations":
+    if kind.name == "relations":
         from modgap.world.relations_scene import relation_true
 
         truths = [relation_true(s, p) for p, s in zip(parsed, scenes, strict=True)]
@@ -52,15 +52,4 @@ def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str
 
 def chance_levels(world: str = "shapes") -> dict[str, float]:
     """One over the values each attribute takes (uniform guessing)."""
-    if world == "relations":
-        from modgap.world.relations_scene import chance_levels as relations_chance
-
-        return relations_chance()
-    from modgap.world.scene import COLOURS, POSITIONS, SHAPES, SIZES
-
-    return {
-        "shape": 1 / len(SHAPES),
-        "colour": 1 / len(COLOURS),
-        "size": 1 / len(SIZES),
-        "position": 1 / len(POSITIONS),
-    }
+    return get_world(world).chance_levels()

@@ -31,6 +31,7 @@ from modgap.world.scene import (
     JSON_PIECES,
     PROMPT,
     QA_PROMPT,
+    RESTATE,
     caption,
     conversation_json,
     make_scenes,
@@ -48,8 +49,6 @@ SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
 # given none: :func:`modgap.hub.declared_prompts`).
 TRAINED_PROMPTS = {"captions": EXPAND_PROMPT, "instructions": QA_PROMPT}
 
-
-RESTATE = "say it another way ."
 
 
 TASKS = 5  # texts per scene

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from modgap.world.scene import COLOURS as FIRST_WORLD_COLOURS
+from modgap.world.scene import RESTATE, first_named, polygon
 from modgap.world.scene import SHAPES as FIRST_WORLD_SHAPES
-from modgap.world.scene import first_named, polygon
 
 SIDE = 48  # image side in pixels: textures and four objects need more room than the first world's 32
 SHAPES = [*FIRST_WORLD_SHAPES, "diamond", "hexagon", "ring"]
@@ -35,6 +35,9 @@ RELATIONS = ("left of", "right of", "above", "below", "inside", "holding")
 ATTRIBUTES = ("shape", "colour", "size", "texture", "position", "count")
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 PROMPT = "describe the image briefly ."
+# Unicorn's expansion step: the LM restates a sparse seed (its short caption) and fills in what the seed leaves
+# unsaid from its own prior (the second world's LM was trained to caption and to restate, nothing else).
+EXPAND_PROMPT = "{seed} " + RESTATE
 
 # Synonyms: each caption draws one, the parser maps all back.
 SIZE_WORDS = {"small": ["small", "little", "tiny"], "medium": ["medium", "mid-sized"], "large": ["large", "big"]}

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 
 from modgap.world.evaluate import attribute_hits, chance_levels
-from modgap.world.scene import ATTRIBUTES
+from modgap.world.worlds import get_world
 
 BOOTSTRAP = 1000
 
 
-def per_image_scores(run_dir: Path) -> dict[str, np.ndarray]:
+def per_image_scores(run_dir: Path, world: str = "shapes") -> dict[str, np.ndarray]:
     """0/1 per test image and attribute (from ``test_captions.jsonl``) and VQA accuracy per question."""
     captions = [json.loads(x) for x in (run_dir / "test_captions.jsonl").read_text().splitlines()]
-    hits = attribute_hits([r["caption"] for r in captions], [r["truth"] for r in captions])
-    out = {a: hits[a].astype(float) for a in ATTRIBUTES}
+    hits = attribute_hits([r["caption"] for r in captions], [r["truth"] for r in captions], world)
+    out = {a: hits[a].astype(float) for a in get_world(world).attributes}
     answers = run_dir / "test_answers.jsonl"
     if answers.is_file():
         out["vqa"] = np.array([json.loads(x)["accuracy"] for x in answers.read_text().splitlines()], float)
@@ -41,24 +41,30 @@ def bootstrap_interval(values: np.ndarray, seed: int = 0, reps: int = BOOTSTRAP)
     return float(lo), float(hi)
 
 
-FIGURES = [*ATTRIBUTES, "vqa"]
+def figures(world: str = "shapes") -> list[str]:
+    """What the bar charts show: each attribute of the main object, and VQA where the world has questions."""
+    kind = get_world(world)
+    return [*kind.attributes, *(["vqa"] if kind.questions else [])]
 
 
-def bar_chart(values: dict[str, dict[str, tuple[float, float, float]]], title: str) -> Any:
-    """Grouped bars: ``values[model][figure] = (value, lower, upper)`` for each of ``FIGURES``; chance dotted."""
+def bar_chart(values: dict[str, dict[str, tuple[float, float, float]]], title: str, world: str = "shapes") -> Any:
+    """Grouped bars: ``values[model][figure] = (value, lower, upper)`` for each of :func:`figures`; chance
+    dotted."""
     import matplotlib.pyplot as plt
 
+    shown = figures(world)
+    attributes = get_world(world).attributes
     models = list(values)
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(models)
     for m, model in enumerate(models):
-        v = np.array([values[model].get(f, (np.nan,) * 3) for f in FIGURES])
-        ax.bar(np.arange(len(FIGURES)) + (m - (len(models) - 1) / 2) * width, v[:, 0], width,
+        v = np.array([values[model].get(f, (np.nan,) * 3) for f in shown])
+        ax.bar(np.arange(len(shown)) + (m - (len(models) - 1) / 2) * width, v[:, 0], width,
                yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=2, label=model)  # fmt: skip
-    chance = chance_levels()
-    for i, attribute in enumerate(ATTRIBUTES):
+    chance = chance_levels(world)
+    for i, attribute in enumerate(attributes):
         ax.hlines(chance[attribute], i - 0.45, i + 0.45, colors="black", linestyles="dotted")
-    ax.set_xticks(np.arange(len(FIGURES)), [*ATTRIBUTES, "VQA"])
+    ax.set_xticks(np.arange(len(shown)), [f.replace("vqa", "VQA") for f in shown])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy on held-out images")
     ax.set_title(title + " (dotted: chance)")
@@ -66,12 +72,11 @@ def bar_chart(values: dict[str, dict[str, tuple[float, float, float]]], title: s
     return fig
 
 
-def _bars(scores: dict[str, dict[str, np.ndarray]]) -> Any:
-    values = {
-        model: {f: (float(v.mean()), *bootstrap_interval(v)) for f, v in per.items() if f in FIGURES}
-        for model, per in scores.items()
-    }
-    return bar_chart(values, "captions and answers about held-out images, 95 % bootstrap over test images")
+def _bars(scores: dict[str, dict[str, np.ndarray]], world: str) -> Any:
+    values = {model: {f: (float(v.mean()), *bootstrap_interval(v)) for f, v in per.items()}
+              for model, per in scores.items()}  # fmt: skip
+    what = "captions and answers about" if get_world(world).questions else "captions of"
+    return bar_chart(values, f"{what} held-out images, 95 % bootstrap over test images", world)
 
 
 def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], title: str) -> Any:
@@ -98,11 +103,11 @@ def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], ti
     return fig
 
 
-def _scaling(root: Path, scaling: dict[str, Any]) -> Any:
+def _scaling(root: Path, scaling: dict[str, Any], world: str) -> Any:
     curves: dict[str, dict[str, np.ndarray]] = {}
     for name, runs in scaling["runs"].items():
-        per_size = [per_image_scores(root / run) for run in runs]
-        mean_attr = [np.mean([s[a] for a in ATTRIBUTES], axis=0) for s in per_size]
+        per_size = [per_image_scores(root / run, world) for run in runs]
+        mean_attr = [np.mean([s[a] for a in get_world(world).attributes], axis=0) for s in per_size]
         curves[name] = {"attributes": np.array([(v.mean(), *bootstrap_interval(v)) for v in mean_attr]).T}
         if all("vqa" in s for s in per_size):
             curves[name]["vqa"] = np.array([(s["vqa"].mean(), *bootstrap_interval(s["vqa"])) for s in per_size]).T
@@ -150,7 +155,8 @@ def _projections(root: Path, aligners: list[str], n: int = 500) -> Any:
 
 
 def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: dict[str, Path],
-                     aligners: list[str], title: str, scaling: dict[str, Any] | None = None) -> str:  # fmt: skip
+                     aligners: list[str], title: str, scaling: dict[str, Any] | None = None,
+                     world: str = "shapes") -> str:  # fmt: skip
     """The page: a table of every model's figures, the bar chart, the projections, the scaling curves when
     given (PNG inlined)."""
     import matplotlib
@@ -160,16 +166,17 @@ def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: di
 
     from modgap.gap.report import _png
 
-    scores = {name: per_image_scores(d) for name, d in run_dirs.items() if (d / "test_captions.jsonl").is_file()}
+    scores = {name: per_image_scores(d, world) for name, d in run_dirs.items()
+              if (d / "test_captions.jsonl").is_file()}  # fmt: skip
     pictures = []
-    figures = [lambda: _bars(scores), lambda: _projections(root, aligners)]
+    makers = [lambda: _bars(scores, world), lambda: _projections(root, aligners)]
     if scaling:
-        figures.append(lambda: _scaling(root, scaling))
-    for make in figures:
+        makers.append(lambda: _scaling(root, scaling, world))
+    for make in makers:
         fig = make()
         pictures.append(_png(fig))
         plt.close(fig)
-    keys = [*ATTRIBUTES, "attributes", "exact", "bleu4", "cider", "vqa"]
+    keys = [k for k, _ in columns(world)]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["model", *keys])
     body = "".join(
         "<tr><td>" + html.escape(name) + "</td>"
@@ -186,46 +193,59 @@ def demo_report_html(root: Path, rows: dict[str, dict[str, float]], run_dirs: di
 
 
 # -- report.md --------------------------------------------------------------------------------
-COLUMNS = [
-    ("centroid_distance", "gap"),
-    ("knn_mixing", "k-NN mix"),
-    ("neighbourhood_overlap", "nbr overlap"),
-    *((a, a) for a in ATTRIBUTES),
-    ("attributes", "mean attr"),
-    ("exact", "exact"),
-    ("bleu4", "BLEU-4"),
-    ("cider", "CIDEr"),
-    ("vqa", "VQA"),
-]
+def columns(world: str = "shapes") -> list[tuple[str, str]]:
+    """(key, header) of the demo table: gap figures, each attribute, the caption figures, and VQA (first
+    world) or relations named and true (second)."""
+    kind = get_world(world)
+    return [
+        ("centroid_distance", "gap"),
+        ("knn_mixing", "k-NN mix"),
+        ("neighbourhood_overlap", "nbr overlap"),
+        *((a, a) for a in kind.attributes),
+        ("attributes", "mean attr"),
+        ("exact", "exact"),
+        *([] if kind.questions else [("relation", "relation")]),
+        ("bleu4", "BLEU-4"),
+        ("cider", "CIDEr"),
+        *([("vqa", "VQA")] if kind.questions else []),
+    ]
 
 
-def table_rows(rows: dict[str, dict[str, float]]) -> list[list[str]]:
-    return [[name, *(f"{r[k]:.3f}" if k in r else "" for k, _ in COLUMNS)] for name, r in rows.items()]
+COLUMNS = columns()
 
 
-def report_markdown(result: Any, size: Any, seed: int) -> str:
+def table_rows(rows: dict[str, dict[str, float]], world: str = "shapes") -> list[list[str]]:
+    return [[name, *(f"{r[k]:.3f}" if k in r else "" for k, _ in columns(world))] for name, r in rows.items()]
+
+
+def report_markdown(result: Any, size: Any, seed: int, world: str = "shapes") -> str:
     """``report.md`` of a demo run (``result``: a :class:`~modgap.world.demo.DemoResult`)."""
-    b = result.gap_before
+    b, kind = result.gap_before, get_world(world)
+    heads = columns(world)
+    unicorn = "seeds expanded and conversations written" if kind.qa_prompt else "seeds expanded into captions"
+    scored = ("captions of held-out *images* and on questions about them (VQA accuracy, one question per "
+              "attribute and whether the shape is round)") if kind.questions else (
+              "captions of held-out *images* (attributes of the main object; `relation`: the caption names a "
+              "relation that holds in the image)")  # fmt: skip
     lines = [
-        "# modgap demo",
+        f"# modgap demo ({world} world)",
         "",
         f"Seed {seed}; {size.image_pool} image-only and {size.text_pool} text-only scenes (unpaired), "
         f"{size.paired} paired scenes for the upper bound, {size.test} held-out test images; "
         f"{size.steps} pretraining steps of batch {size.batch_size} for every model; {result.seconds:.0f} s.",
         "",
-        f"Gap of builtin:tiny-clip before alignment: centroid distance {b['centroid_distance']:.3f}, "
+        f"Gap of {kind.encoder} before alignment: centroid distance {b['centroid_distance']:.3f}, "
         f"modality classifier accuracy {b['separability']:.3f}, k-NN mixing {b['knn_mixing@10']:.3f}.",
         "",
         "Models pretrained on *text only* (aligned as named), on real paired image embeddings, and on "
-        "synthetic text only (Unicorn: seeds expanded and conversations written by the built-in LM), all "
-        "evaluated on captions of held-out *images* and on questions about them (VQA accuracy, one question "
-        "per attribute and whether the shape is round). Gap figures are after alignment.",
+        f"synthetic text only (Unicorn: {unicorn} by the built-in LM), all evaluated on {scored}. Gap figures "
+        "are after alignment.",
         "",
-        "| model | " + " | ".join(h for _, h in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
-        *("| " + " | ".join(r) + " |" for r in table_rows(result.rows)),
+        "| model | " + " | ".join(h for _, h in heads) + " |",
+        "|---" * (len(heads) + 1) + "|",
+        *("| " + " | ".join(r) + " |" for r in table_rows(result.rows, world)),
         "",
-        "Chance per attribute: " + ", ".join(f"{k} {v:.2f}" for k, v in chance_levels().items()) + ".",
+        "Chance per attribute: " + ", ".join(f"{k} {v:.2f}" for k, v in chance_levels(world).items()) + ".",
         "",
     ]
     if result.scaling:
@@ -249,4 +269,5 @@ def report_markdown(result: Any, size: Any, seed: int) -> str:
 
 
 def attributes_and_vqa(row: dict[str, float]) -> str:
-    return f"{row['attributes']:.3f} ({row.get('vqa', float('nan')):.3f})"
+    """Mean attribute accuracy and, in brackets, VQA (first world) or relations named and true (second)."""
+    return f"{row['attributes']:.3f} ({row.get('vqa', row.get('relation', float('nan'))):.3f})"

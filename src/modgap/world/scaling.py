@@ -26,6 +26,7 @@ from modgap.world.steps import (
     evaluate_model,
     first_rows,
     train_revision,
+    world_models,
     write_world,
 )
 
@@ -104,10 +105,7 @@ def run_scaling(
     Returns ``{"methods", "sizes", "curves": {curve: [figures per size]}, "runs": {curve: [run dir per size]}}``
     with one curve ``text only, METHOD`` per method, then ``paired images``.
     """
-    from modgap.world.worlds import get_world
-
-    kind = get_world(world)
-    models = {"llm": kind.llm, "prompt": kind.prompt}
+    models = world_models(world)
     log(f"scaling: text only ({', '.join(methods)}) against paired images, pools of x{', x'.join(map(str, scales))}")
     full = min(size.text_pool, size.paired)
     names = {method: f"text only, {method}" for method in methods}

@@ -261,6 +261,9 @@ SEED_TEMPLATES = [
 ]
 EXPAND_PROMPT = "{seed} : write a full caption ."
 QA_PROMPT = "{caption} write questions and answers ."
+# Restating a caption given in the prompt: a task of both worlds' LMs (the second world's Unicorn row expands
+# its sparse seeds with it).
+RESTATE = "say it another way ."
 # The pieces of JSON syntax, tokens of the LM's word-level tokenizer so that its replies decode to valid JSON.
 JSON_PIECES = ['{"turns": [', '{"question": "', '", "answer": "', '"}, ', '"}]}']
 QUESTIONS = {  # type -> (question, answer from the main object)

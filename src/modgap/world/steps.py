@@ -190,7 +190,7 @@ def evaluate_model(root: Path, model_dir: Path, scenes: list[Any], world: str = 
     model = load_model(model_dir)
     store = root / "stores" / "test-image"
     vqa = {}
-    if world == "shapes":  # the second world has no questions yet
+    if get_world(world).questions:  # the second world has none yet
         answers = evaluate_vqa(model, write_questions(root, scenes), store, batch_size=128, max_new_tokens=8)
         write_jsonl(model_dir.parent / "test_answers.jsonl", answers.rows)
         vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
@@ -228,11 +228,19 @@ def first_rows(root: Path, pool: str, n: int) -> Path:
     return path
 
 
-def sft_row(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init: Path | None = None) -> Path:
+def sft_row(root: Path, method: str | None, size: DemoSize, seed: int, n: int, init: Path | None = None,
+            world: str = "shapes") -> Path:  # fmt: skip
     """A short tuning on the first ``n`` paired samples (real image embeddings), from ``init`` (a model
-    pretrained on text) or, without it, from the base LM and a new projector."""
+    pretrained on text) or, without it, from the world's base LM and a new projector."""
     data = first_rows(root, "paired", n)
     steps = max(20, size.steps // 4)
     name = f"{method}-sft{n}" if method else f"sft{n}-only"
     return train_revision(root, name, size=size, seed=seed, data=data, store=root / "stores" / "paired-image",
-                          stage="sft", init=str(init) if init else None, steps=steps)  # fmt: skip
+                          stage="sft", init=str(init) if init else None, steps=steps,
+                          **world_models(world))  # fmt: skip
+
+
+def world_models(world: str) -> dict[str, str]:
+    """:func:`train_revision`'s ``llm`` and ``prompt`` for ``world``: its chat LM and captioning prompt."""
+    kind = get_world(world)
+    return {"llm": kind.llm, "prompt": kind.prompt}

@@ -34,6 +34,13 @@ class World:
     prompt: str  # the captioning prompt
     encoder: str  # the world's built-in CLIP and chat LM
     llm: str
+    chance_levels: Callable[[], dict[str, float]]  # per attribute: one over the values it takes
+    # Unicorn's row: a sparse seed per scene, the prompt the LM expands it with, and the prompt it writes a
+    # conversation about a caption with (None: the world's LM has no such task, the row pretrains only).
+    sparse_seed: Callable[[Any, np.random.Generator], str]
+    expand_prompt: str
+    qa_prompt: str | None
+    questions: bool  # held-out images come with questions (VQA figures)
     caption_tokens: int = 24  # new tokens a generated caption may take
 
 
@@ -54,15 +61,22 @@ def _shapes_describes(texts: list[str], scenes: list[Any]) -> np.ndarray:
     return describes(texts, scenes)
 
 
+def _shapes_chance() -> dict[str, float]:
+    return {"shape": 1 / len(scene.SHAPES), "colour": 1 / len(scene.COLOURS), "size": 1 / len(scene.SIZES),
+            "position": 1 / len(scene.POSITIONS)}  # fmt: skip
+
+
 WORLDS = {
     "shapes": World("shapes", 32, scene.make_scenes, scene.render, scene.caption, scene.vocabulary,
                     _shapes_describes, _shapes_text, scene.ATTRIBUTES, scene.parse_caption, scene.references,
-                    scene.PROMPT, "builtin:tiny-clip", "builtin:tiny-lm"),
+                    scene.PROMPT, "builtin:tiny-clip", "builtin:tiny-lm", _shapes_chance, scene.sparse_seed,
+                    scene.EXPAND_PROMPT, scene.QA_PROMPT, questions=True),
     "relations": World("relations", relations_scene.SIDE, relations_scene.make_scenes, relations_scene.render,
                        relations_scene.caption, relations_scene.vocabulary, relations_scene.describes,
                        _relations_text, relations_scene.ATTRIBUTES, relations_scene.parse_caption,
                        relations_scene.references, relations_scene.PROMPT, "builtin:tiny-clip-relations",
-                       "builtin:tiny-lm-relations", caption_tokens=40),
+                       "builtin:tiny-lm-relations", relations_scene.chance_levels, relations_scene.short_caption,
+                       relations_scene.EXPAND_PROMPT, None, questions=False, caption_tokens=40),
 }  # fmt: skip
 
 
