@@ -3,6 +3,11 @@ with paired per-seed differences (mean difference and a 95 % t-interval over see
 
 Each seed runs in its own workdir under --root (resumable). Usage:
     python benchmarks/bench_embedder_seeds.py --root runs/embedder-seeds --seeds 0 1 2 [--quick]
+        [--world relations] [--results DIR]
+
+--world relations runs the second world (no stock-LLaVA rows; stage 2 also at a large batch with gradient
+caching, where false negatives occur; their expected number per batch is printed). --results DIR keeps each
+finished seed's rows and the commit they ran at in DIR/seed-N.json and reads them back on a later run.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import numpy as np
 from scipy import stats
 
 from modgap.world.embedder_demo import (
-    COLUMNS,
     MINED_VARIANT,
     PATCH_VARIANT,
+    RELATIONS_EMBEDDER_FULL,
+    RELATIONS_EMBEDDER_QUICK,
     STOCK_BASE,
     STOCK_VARIANT,
+    columns,
+    large_name,
     run_embedder_demo,
 )
 
@@ -45,6 +53,18 @@ COMPARISONS = [
 ]
 
 
+def large_batch_comparisons(batch: int) -> list[tuple[str, str, str, str]]:
+    """The second world's ablations at a batch where false negatives occur (chosen before its run)."""
+    big = large_name("stage 1 + 2", batch)
+    out = []
+    for key in ("comp:mean", "i2t_R@1"):
+        out += [(f"filter helps at batch {batch}", big, large_name("1 + 2, no false-negative filter", batch), key),
+                (f"hard-negative selection helps at batch {batch}", big,
+                 large_name("1 + 2, no hard-negative selection", batch), key),
+                (f"batch {batch} (gradient caching) vs 32", big, "stage 1 + 2", key)]  # fmt: skip
+    return out
+
+
 def interval(diffs: np.ndarray) -> tuple[float, float, float]:
     mean = float(np.mean(diffs))
     if len(diffs) < 2:
@@ -58,24 +78,45 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--world", default="shapes", choices=["shapes", "relations"])
+    parser.add_argument("--results", type=Path, help="Keep each seed's rows here (with the commit), read finished "
+                        "seeds back.")  # fmt: skip
     args = parser.parse_args()
+    from bench_demo_seeds import git_commit, keep, world_suffix  # (same folder: run as a script)
+
     rows: dict[int, dict[str, dict[str, float]]] = {}
+    fn_per_batch: dict = {}
+    if args.results:
+        args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        workdir = args.root / f"seed-{seed}{'-quick' if args.quick else ''}"
+        kept = args.results / f"seed-{seed}.json" if args.results else None
+        if kept is not None and kept.is_file():
+            record = json.loads(kept.read_text())
+            rows[seed], fn_per_batch = record["rows"], record["false_negatives_per_batch"]
+            print(f"seed {seed}: read from {kept} ({record['seconds']:.0f} s, commit {record['commit']})", flush=True)
+            continue
+        workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         started = time.perf_counter()
-        result = run_embedder_demo(workdir, quick=args.quick, seed=seed, log=lambda _: None)
-        rows[seed] = result["rows"]
+        result = run_embedder_demo(workdir, quick=args.quick, seed=seed, world=args.world, log=lambda _: None)
+        rows[seed], fn_per_batch = result["rows"], result["false_negatives_per_batch"]
         timing = workdir / "embedder" / "wall_seconds.json"
         if not timing.is_file():  # the first complete run of a seed is its figure
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
-        print(f"seed {seed}: {json.loads(timing.read_text())['seconds']:.0f} s", flush=True)
+        seconds = json.loads(timing.read_text())["seconds"]
+        print(f"seed {seed}: {seconds:.0f} s", flush=True)
+        if kept is not None:
+            keep(kept, {"seed": seed, "commit": git_commit(), "seconds": seconds, "rows": rows[seed],
+                        "false_negatives_per_batch": fn_per_batch})  # fmt: skip
 
-    print(f"\n{len(args.seeds)} seeds ({'quick' if args.quick else 'full'}); mean ± std over seeds\n")
-    print("| model | " + " | ".join(h for _, h in COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
+    heads = columns(args.world)
+    print(f"\n{len(args.seeds)} seeds ({'quick' if args.quick else 'full'}, {args.world} world); expected "
+          "false-negative pairs per stage-2 batch: " + ", ".join(f"batch {b}: {n:.1f}" for b, n in fn_per_batch.items())
+          + "; mean ± std over seeds\n")  # fmt: skip
+    print("| model | " + " | ".join(h for _, h in heads) + " |")
+    print("|---" * (len(heads) + 1) + "|")
     for model in rows[args.seeds[0]]:
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in heads:
             v = np.array([rows[s][model][key] for s in args.seeds])
             cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
         print(f"| {model} | " + " | ".join(cells) + " |")
@@ -84,7 +125,13 @@ def main() -> None:
     )
     print("| claim | comparison | figure | difference | real? |")
     print("|---|---|---|---|---|")
-    for claim, better, worse, key in COMPARISONS:
+    comparisons = [c for c in COMPARISONS if STOCK_BASE not in c[1:3] and STOCK_VARIANT not in c[1:3]]
+    if args.world == "relations":
+        size = RELATIONS_EMBEDDER_QUICK if args.quick else RELATIONS_EMBEDDER_FULL
+        comparisons += large_batch_comparisons(size.large_batch)
+    else:
+        comparisons = COMPARISONS
+    for claim, better, worse, key in comparisons:
         diffs = np.array([rows[s][better][key] - rows[s][worse][key] for s in args.seeds])
         mean, lo, hi = interval(diffs)
         real = "yes" if lo > 0 else ("reversed" if hi < 0 else "no")

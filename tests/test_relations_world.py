@@ -263,7 +263,19 @@ def test_sincos_positions_name_each_patch_by_its_column_and_row():
     assert len({tuple(np.round(row, 5)) for row in table}) == grid * grid + 1  # every patch told apart
 
 
-def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_with_its_lm(tmp_path):
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """`modgap demo --world relations` on a small world (shared with the embedder section's test)."""
+    from modgap.world.demo import run_demo
+    from modgap.world.steps import DemoSize
+
+    workdir = tmp_path_factory.mktemp("relations-demo") / "w"
+    size = DemoSize(image_pool=300, text_pool=400, paired=400, test=60, steps=30, unicorn_seeds=40)
+    kwargs = {"size": size, "aligners": ("none", "gaussian-ot"), "sft": 40, "world": "relations"}
+    return workdir, kwargs, run_demo(workdir, log=lambda _: None, **kwargs)
+
+
+def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_with_its_lm(small_demo):
     """`modgap demo --world relations`'s wiring on a small world: every row scored with the second world's
     attributes and relations (no VQA), the Unicorn row pretrained on captions its LM expanded from sparse seeds
     (no conversation stage: that LM writes none), --sft rows from the world's own LM, reports, a rerun reusing
@@ -271,13 +283,9 @@ def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_wit
     import json
 
     from modgap.world.demo import run_demo
-    from modgap.world.steps import DemoSize
 
-    workdir, quiet = tmp_path / "w", (lambda _: None)
-    size = DemoSize(image_pool=300, text_pool=400, paired=400, test=60, steps=30, unicorn_seeds=40)
-    aligners = ("none", "gaussian-ot")
-    first = run_demo(workdir, size=size, aligners=aligners, sft=40, world="relations", log=quiet)
-    assert set(first.rows) == {*aligners, "gaussian-ot, validated shrinkage", "paired images",
+    workdir, kwargs, first = small_demo
+    assert set(first.rows) == {"none", "gaussian-ot", "gaussian-ot, validated shrinkage", "paired images",
                                "unicorn (synthetic text)", "none + sft 40", "gaussian-ot + sft 40",
                                "gaussian-ot, validated shrinkage + sft 40", "sft 40 only"}  # fmt: skip
     for row in first.rows.values():
@@ -295,5 +303,54 @@ def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_wit
     assert "relations world" in report and "tiny-clip-relations" in report and "| relation |" in report
     assert (workdir / "report.html").read_text().count("data:image/png;base64,") == 2
     assert json.loads((workdir / "results.json").read_text())["world"] == "relations"
-    again = run_demo(workdir, size=size, aligners=aligners, sft=40, world="relations", log=quiet)
+    again = run_demo(workdir, log=lambda _: None, **kwargs)
     assert again.rows == first.rows
+
+
+def test_compositional_triples_are_true_and_false_by_each_worlds_own_describes():
+    """Every triple's positive caption is true of its image and its negative is not, by the world's own
+    ``describes`` (the triples need no labels because the world knows the truth)."""
+    from collections import Counter
+
+    from modgap.world.compositional import compositional_set
+    from modgap.world.worlds import get_world
+
+    for world, categories in (("shapes", 5), ("relations", 8)):
+        kind = get_world(world)
+        scenes = kind.make_scenes(120, 4, "test")
+        texts, triples = compositional_set(scenes, 4, world)
+        said = {t["id"]: t["text"] for t in texts}
+        counts = Counter(t["category"] for t in triples)
+        assert len(counts) == categories and min(counts.values()) >= 40, (world, counts)
+        for t in triples:
+            scene = scenes[int(t["image_id"].removeprefix("test-"))]
+            true = kind.describes([said[t["positive_id"]], said[t["negative_id"]]], [scene])[:, 0]
+            assert true.tolist() == [True, False], (world, t, said[t["positive_id"]], said[t["negative_id"]])
+
+
+def test_the_embedder_section_runs_on_the_second_world_with_a_large_gradient_cached_batch(small_demo):
+    """`modgap demo --embedder --world relations` in the demo's workdir (world, stores and the paired model
+    reused): UniME's variants, the large-batch ablations run with gradient caching, the expected false negatives
+    per batch from the world's own ``describes``, the second world's compositional categories; no stock rows."""
+    import json
+
+    from modgap.world.embedder_demo import MINED_VARIANT, PATCH_VARIANT, VARIANTS, EmbedderSize, run_embedder_demo
+
+    workdir, kwargs, _ = small_demo
+    small = EmbedderSize(steps=3, batch_size=8, patch_base_steps=20, large_batch=16, grad_cache_chunk=4)
+    emb = run_embedder_demo(workdir, size=small, world="relations", world_size=kwargs["size"], log=lambda _: None)
+    large = {f"{v}, batch 16" for v in ("stage 1 + 2", "1 + 2, no false-negative filter",
+                                         "1 + 2, no hard-negative selection")}  # fmt: skip
+    assert set(emb["rows"]) == {"tiny-clip-relations", "base VLM (no embedder training)", *VARIANTS, MINED_VARIANT,
+                                PATCH_VARIANT, *large}  # fmt: skip
+    share = json.loads((workdir / "embedder" / "false_negatives.json").read_text())["share"]
+    assert 0 < share < 0.01 and emb["false_negatives_per_batch"] == {8: 56 * share, 16: 240 * share}
+    run = workdir / "embedder" / "runs" / "stage-1-2-batch-16"
+    settings = json.loads((run / "embedder_train_config.json").read_text())
+    assert settings["batch_size"] == 16 and settings["grad_cache_chunk"] == 4
+    clip = emb["rows"]["tiny-clip-relations"]
+    assert {"comp:replace-texture", "comp:replace-count", "comp:replace-relation", "comp:swap-colour"} <= set(clip)
+    assert clip["comp:mean"] > 0.65  # the calibrated encoder itself (chance 0.5)
+    assert all(0 <= v <= 1 for row in emb["rows"].values() for v in row.values())
+    again = run_embedder_demo(workdir, size=small, world="relations", world_size=kwargs["size"], log=lambda _: None)
+    assert again["rows"] == emb["rows"]

@@ -63,12 +63,8 @@ def demo(
 
     quiet_transformers()
     get_world(world)  # an unknown name is refused before anything is written
-    if embedder and world != "shapes":
-        from modgap.errors import ModgapError
-
-        raise ModgapError("--embedder runs on the first world only so far (--world shapes)")
     if embedder:
-        _embedder_demo(workdir, quick, seed, teacher)
+        _embedder_demo(workdir, quick, seed, teacher, world)
         return
     from modgap.world.demo import SCALES, SCALING_METHODS
 
@@ -112,18 +108,19 @@ def scaling_table(scaling: dict) -> Table:
     return table
 
 
-def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None) -> None:
-    from modgap.world.embedder_demo import COLUMNS, run_embedder_demo
+def _embedder_demo(workdir: Path, quick: bool, seed: int, teacher: str | None, world: str) -> None:
+    from modgap.world.embedder_demo import columns, run_embedder_demo
 
     result = run_embedder_demo(
-        workdir, quick=quick, seed=seed, teacher=teacher, progress=rich_progress(), log=_timed_log()
+        workdir, quick=quick, seed=seed, teacher=teacher, world=world, progress=rich_progress(), log=_timed_log()
     )
-    table = Table(title=f"modgap demo --embedder (seed {seed}): held-out retrieval and compositional accuracy")
+    table = Table(title=f"modgap demo --embedder ({world} world, seed {seed}): held-out retrieval and "
+                  "compositional accuracy")  # fmt: skip
     table.add_column("model")
-    for _, header in COLUMNS:
+    for _, header in columns(world):
         table.add_column(header, justify="right")
     for name, row in result["rows"].items():
-        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "" for k, _ in COLUMNS))
+        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "" for k, _ in columns(world)))
     out.print(table)
     out.print(f"figures: {workdir / 'embedder' / 'results.json'}  ({result['seconds']:.0f} s)")
 

@@ -35,18 +35,18 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.scene import COLOURS, PLACE, SHAPES, SIZES, Scene
+from modgap.world.compositional import compositional_set
 from modgap.world.steps import (
-    FULL,
-    QUICK,
     DemoSize,
     claim_demo_dir,
+    demo_size,
     embed_world,
     train_revision,
+    world_models,
     write_world,
 )
+from modgap.world.worlds import get_world
 
-BASE = "tiny-clip"
 CREATED_BY = "modgap demo --embedder"
 
 
@@ -56,10 +56,18 @@ class EmbedderSize:
     batch_size: int
     lr: float = 5e-4
     patch_base_steps: int | None = None  # pretraining steps of the patch-token base model (None: the demo's)
+    # Stage 2's large-batch variants (None: none): batches of this many pairs, run with gradient caching in
+    # chunks of ``grad_cache_chunk`` (memory as for a chunk), the same steps: where false negatives occur.
+    large_batch: int | None = None
+    grad_cache_chunk: int = 32
 
 
 EMBEDDER_QUICK = EmbedderSize(steps=100, batch_size=32)
 EMBEDDER_FULL = EmbedderSize(steps=200, batch_size=64)
+# The second world: its captions are specific enough that a batch of 32 holds ~0.2 false-negative pairs, so
+# the ablations run at 32 and again at 256 (~13 per batch) with gradient caching.
+RELATIONS_EMBEDDER_QUICK = EmbedderSize(steps=100, batch_size=32, large_batch=256)
+RELATIONS_EMBEDDER_FULL = EmbedderSize(steps=200, batch_size=64, large_batch=512)
 
 # name -> (distill first?, tune settings or None). The UniME ablations are run on the full pipeline.
 VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
@@ -75,6 +83,13 @@ PATCH_VARIANT = "stage 1 + 2, patch tokens"
 STOCK_BASE = "stock LLaVA (no embedder training)"
 STOCK_VARIANT = "stock LLaVA, stage 1 + 2"
 MINED_VARIANT = "1 + 2, mined hard negatives"
+LARGE_VARIANTS = {"stage 1 + 2": {}, "1 + 2, no false-negative filter": {"fn_margin": 1e9},
+                  "1 + 2, no hard-negative selection": {"hard_negatives": 10**6}}  # fmt: skip
+
+
+def large_name(variant: str, batch: int) -> str:
+    """A large-batch variant's row: ``stage 1 + 2, batch 256`` ..."""
+    return f"{variant}, batch {batch}"
 
 
 def slug(name: str) -> str:
@@ -93,54 +108,15 @@ def default_teacher() -> str:
     return f"text:{Path(next(iter(spec.submodule_search_locations))) / 'model'}"
 
 
-def _swap_colour(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
-    """True caption naming the main object and a distractor of another colour, and its colour-swapped twin."""
-    m = scene.main
-    others = [d for d in scene.distractors if d.colour != m.colour]
-    if not others:
-        return None
-    d = others[int(rng.integers(len(others)))]
-    place = PLACE[str(m.position)]
-    true = f"a {m.size} {m.colour} {m.shape} {place} , next to a small {d.colour} {d.shape} ."
-    swapped = f"a {m.size} {d.colour} {m.shape} {place} , next to a small {m.colour} {d.shape} ."
-    return true, swapped
-
-
-def compositional_set(scenes: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
-    """(texts rows, triples rows) for the test scenes: one triple per scene and category where possible."""
-    rng = np.random.default_rng(seed + 101)
-    texts, triples = [], []
-    choices = {"colour": list(COLOURS), "shape": SHAPES, "size": list(SIZES), "position": list(PLACE)}
-    for i, scene in enumerate(scenes):
-        m = scene.main
-        attrs = {"colour": m.colour, "shape": m.shape, "size": m.size, "position": str(m.position)}
-        true = f"a {m.size} {m.colour} {m.shape} {PLACE[str(m.position)]} ."
-        texts.append({"id": f"c{i}-true", "text": true})
-        for attr, options in choices.items():
-            new = dict(attrs, **{attr: str(rng.choice([o for o in options if o != attrs[attr]]))})
-            neg = f"a {new['size']} {new['colour']} {new['shape']} {PLACE[new['position']]} ."
-            texts.append({"id": f"c{i}-{attr}", "text": neg})
-            triples.append({"image_id": f"test-{i}", "positive_id": f"c{i}-true", "negative_id": f"c{i}-{attr}",
-                            "category": f"replace-{attr}"})  # fmt: skip
-        swap = _swap_colour(scene, rng)
-        if swap:
-            texts += [{"id": f"c{i}-swap-true", "text": swap[0]}, {"id": f"c{i}-swap", "text": swap[1]}]
-            triples.append({"image_id": f"test-{i}", "positive_id": f"c{i}-swap-true", "negative_id": f"c{i}-swap",
-                            "category": "swap-colour"})  # fmt: skip
-    return texts, triples
-
-
-def _write_eval_data(root: Path, scenes: list[Scene], seed: int) -> Path:
-    """Test captions (5 references per image), compositional texts and triples, retrieval pairs."""
-    from modgap.world.scene import references
-
+def _write_eval_data(root: Path, scenes: list[Any], seed: int, world: str) -> Path:
+    """Test captions (every reference phrasing per image), compositional texts and triples, retrieval pairs."""
     data = root / "embedder" / "data"
     if (data / "done").is_file():
         return data
-    comp_texts, triples = compositional_set(scenes, seed)
+    comp_texts, triples = compositional_set(scenes, seed, world)
     captions, pairs = [], []
     for i, scene in enumerate(scenes):
-        for j, ref in enumerate(references(scene)):
+        for j, ref in enumerate(get_world(world).references(scene)):
             captions.append({"id": f"test-{i}-ref{j}", "text": ref})
             pairs.append({"text_id": f"test-{i}-ref{j}", "image_id": f"test-{i}"})
     write_jsonl(data / "texts.jsonl", captions + comp_texts)
@@ -228,28 +204,39 @@ def run_embedder_demo(
     seed: int = 0,
     teacher: str | None = None,
     size: EmbedderSize | None = None,
+    world: str = "shapes",
+    world_size: DemoSize | None = None,
     progress: ProgressFactory = silent,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate every variant; returns (and writes to ``embedder/results.json``) the figures.
-    ``size`` overrides the training budget of the stages (default: by ``quick``)."""
+    ``size`` overrides the training budget of the stages (default: by ``quick`` and ``world``), ``world_size``
+    the world's pools (the test suite's small world). The stock-LLaVA rows run on the first world only (its
+    stock model is assembled from the first world's models)."""
     from modgap.embed import EmbedOptions, embed_once
     from modgap.encoders import load_encoder
     from modgap.encoders.patches import PatchFeatures
+    from modgap.store.store import EmbeddingStore
 
     started = time.perf_counter()
-    root = Path(workdir)
-    demo_size: DemoSize = QUICK if quick else FULL
-    esize = size or (EMBEDDER_QUICK if quick else EMBEDDER_FULL)
-    claim_demo_dir(root, seed, quick, demo_size)
+    root, kind = Path(workdir), get_world(world)
+    pools_size = world_size or demo_size(world, quick)
+    relations = world == "relations"
+    esize = size or {(False, False): EMBEDDER_FULL, (True, False): EMBEDDER_QUICK,
+                     (False, True): RELATIONS_EMBEDDER_FULL, (True, True): RELATIONS_EMBEDDER_QUICK}[quick, relations]
+    claim_demo_dir(root, seed, quick, pools_size, world)
     teacher = teacher or default_teacher()
-    pools = write_world(root, demo_size, seed, log)
-    embed_world(root, progress, log)
-    data = _write_eval_data(root, pools["test"], seed)
+    pools = write_world(root, pools_size, seed, log, world)
+    embed_world(root, progress, log, kind.encoder)
+    data = _write_eval_data(root, pools["test"], seed, world)
+    batches = {b: false_negatives_per_batch(root, world, pools["paired"], b)
+               for b in (esize.batch_size, esize.large_batch) if b}  # fmt: skip
+    log("false-negative pairs per training batch (captions true of another pair's image): "
+        + ", ".join(f"batch {b}: {n:.1f}" for b, n in batches.items()))  # fmt: skip
 
     log("base vision-language model: pretrained on paired image embeddings")
-    base_vlm = train_revision(root, "paired", size=demo_size, seed=seed, data=root / "world" / "paired.jsonl",
-                              store=root / "stores" / "paired-image")  # fmt: skip
+    base_vlm = train_revision(root, "paired", size=pools_size, seed=seed, data=root / "world" / "paired.jsonl",
+                              store=root / "stores" / "paired-image", **world_models(world))  # fmt: skip
     teacher_store = root / "embedder" / "stores" / "teacher-text"
     if not (teacher_store / "done").is_file():
         log(f"teacher embeddings of the text pool: {teacher}")
@@ -268,7 +255,8 @@ def run_embedder_demo(
 
     log("stage 1: textual discriminative knowledge distillation")
     distilled = distill("distill", base_vlm)
-    models: dict[str, str] = {BASE: "builtin:tiny-clip", "base VLM (no embedder training)": f"embedder:{base_vlm}"}
+    models: dict[str, str] = {kind.encoder.removeprefix("builtin:"): kind.encoder,
+                              "base VLM (no embedder training)": f"embedder:{base_vlm}"}  # fmt: skip
     paired_images = root / "stores" / "paired-image"
     for name, (distill_first, settings) in VARIANTS.items():
         if settings is None:
@@ -284,18 +272,24 @@ def run_embedder_demo(
     if not mined.is_file():
         from modgap.embedder.mine import mine_negatives
 
-        log("mining one hard negative per training pair from all paired captions (tiny-clip, exact top-k)")
+        log(f"mining one hard negative per training pair from all paired captions ({kind.encoder}, exact top-k)")
         captions = root / "stores" / "paired-text"
-        _embed_texts(captions, "builtin:tiny-clip", data / "paired_texts.jsonl", progress)
+        _embed_texts(captions, kind.encoder, data / "paired_texts.jsonl", progress)
         log(mine_negatives(data / "train_pairs.jsonl", paired_images, data / "paired_texts.jsonl", captions, mined,
                            depth=2048).line())  # fmt: skip
     log(f"stage 2: {MINED_VARIANT}")
     models[MINED_VARIANT] = f"embedder:{tune(slug(MINED_VARIANT), distilled, paired_images, mined)}"
+    if esize.large_batch:
+        large = {"batch_size": esize.large_batch, "grad_cache_chunk": esize.grad_cache_chunk}
+        for variant, settings in LARGE_VARIANTS.items():
+            name = large_name(variant, esize.large_batch)
+            log(f"stage 2: {name} (gradient caching, chunks of {esize.grad_cache_chunk})")
+            models[name] = f"embedder:{tune(slug(name), distilled, paired_images, **large, **settings)}"
 
     # The same pipeline reading each image's 64 patch tokens instead of one global embedding.
     patch_store = root / "stores" / "paired-patch"
     summary = embed_once(
-        lambda: PatchFeatures(load_encoder("builtin:tiny-clip")),
+        lambda: PatchFeatures(load_encoder(kind.encoder)),
         "image",
         root / "world" / "paired.jsonl",
         patch_store,
@@ -307,10 +301,29 @@ def run_embedder_demo(
         log(f"patch tokens of the paired images: {summary.line()}")
     log(f"{PATCH_VARIANT}: base model, stage 1, stage 2")
     paired_data = str(root / "world" / "paired.jsonl")
-    base_patch = train_revision(root, "paired-patch", size=demo_size, seed=seed, data=paired_data, store=patch_store,
-                                steps=esize.patch_base_steps)  # fmt: skip
+    # Room for the caption beside one token per patch (the first world's 64 fit in the default 128).
+    tokens = EmbeddingStore.open(patch_store).manifest.encoder["tokens"]
+    base_patch = train_revision(root, "paired-patch", size=pools_size, seed=seed, data=paired_data, store=patch_store,
+                                steps=esize.patch_base_steps, max_length=max(128, tokens + 64),
+                                **world_models(world))  # fmt: skip
     tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
     models[PATCH_VARIANT] = f"embedder:{tuned_patch}"
+    if not relations:
+        models.update(_stock_rows(root, data, base_patch, distill, common, log))
+    rows = {}
+    for name, spec in models.items():
+        log(f"evaluating {name}")
+        image, text = _embed_stores(root, slug(name), spec, data, progress)
+        rows[name] = _evaluate(image, text, data)
+    result = {"rows": rows, "seed": seed, "quick": quick, "world": world, "teacher": teacher,
+              "size": dataclasses.asdict(esize), "false_negatives_per_batch": batches,
+              "seconds": time.perf_counter() - started}  # fmt: skip
+    write_json(root / "embedder" / "results.json", result)
+    return result
+
+
+def _stock_rows(root: Path, data: Path, base_patch: Path, distill: Callable[[str, Path], Path],
+                common: dict[str, Any], log: Callable[[str], None]) -> dict[str, str]:  # fmt: skip
 
     # The same model in stock 🤗 form (a LlavaForConditionalGeneration whose projector is the patch base's),
     # trained on raw image files through its processor and vision tower.
@@ -321,33 +334,43 @@ def run_embedder_demo(
     if not (llava / MODEL_RECORD).is_file():
         log("stock LLaVA: tiny-clip's vision tower + the patch base's pretrained projector + tiny-lm")
         assemble_llava(llava, projector=base_patch, overwrite=True)
-    models[STOCK_BASE] = f"embedder:{llava}"
     log(f"{STOCK_VARIANT}: stage 1, stage 2 on image files")
     stock_distilled = distill("stock-distill", llava)
     stock_tuned = _run_stage(root, slug(STOCK_VARIANT), {"stage": "tune", "init": str(stock_distilled),
                                                          "data": str(_stock_pairs(root, data)),
                                                          "image_root": str(root / "world"), **common})  # fmt: skip
-    models[STOCK_VARIANT] = f"embedder:{stock_tuned}"
-    rows = {}
-    for name, spec in models.items():
-        log(f"evaluating {name}")
-        image, text = _embed_stores(root, slug(name), spec, data, progress)
-        rows[name] = _evaluate(image, text, data)
-    result = {"rows": rows, "seed": seed, "quick": quick, "teacher": teacher, "size": dataclasses.asdict(esize),
-              "seconds": time.perf_counter() - started}  # fmt: skip
-    write_json(root / "embedder" / "results.json", result)
-    return result
+    return {STOCK_BASE: f"embedder:{llava}", STOCK_VARIANT: f"embedder:{stock_tuned}"}
 
 
-COLUMNS = [
-    ("i2t_R@1", "i2t R@1"),
-    ("i2t_R@5", "i2t R@5"),
-    ("t2i_R@1", "t2i R@1"),
-    ("t2i_R@5", "t2i R@5"),
-    ("comp:replace-colour", "colour"),
-    ("comp:replace-shape", "shape"),
-    ("comp:replace-size", "size"),
-    ("comp:replace-position", "position"),
-    ("comp:swap-colour", "swap"),
-    ("comp:mean", "comp mean"),
-]
+def false_negatives_per_batch(root: Path, world: str, scenes: list[Any], batch: int, blocks: int = 40,
+                              block: int = 100) -> float:  # fmt: skip
+    """Expected false-negative pairs in a stage-2 batch of ``batch`` paired samples drawn uniformly (as the
+    trainer's shuffled batches are): ``batch * (batch - 1) * p``, with ``p`` the share of ordered pairs (i, j),
+    i != j, of the paired pool (``scenes``, captions in ``world/paired.jsonl``) whose caption j is true of
+    image i by the world's own ``describes``, measured on ``blocks`` random blocks of ``block`` x ``block``
+    pairs (seeded; written once to ``embedder/false_negatives.json``)."""
+    path = root / "embedder" / "false_negatives.json"
+    if not path.is_file():
+        captions = [json.loads(line)["caption"] for line in (root / "world" / "paired.jsonl").read_text().splitlines()]
+        rng = np.random.default_rng(0)
+        hits = pairs = 0
+        for _ in range(blocks):
+            pick = rng.choice(len(scenes), size=min(block, len(scenes)), replace=False)
+            true = get_world(world).describes([captions[i] for i in pick], [scenes[i] for i in pick])
+            np.fill_diagonal(true, False)
+            hits, pairs = hits + int(true.sum()), pairs + len(pick) * (len(pick) - 1)
+        write_json(path, {"share": hits / pairs, "pairs": pairs, "world": world})
+    return batch * (batch - 1) * json.loads(path.read_text())["share"]
+
+
+def columns(world: str = "shapes") -> list[tuple[str, str]]:
+    """(key, header) of the embedder table: retrieval both ways, compositional accuracy per category, mean."""
+    categories = {"shapes": ["replace-colour", "replace-shape", "replace-size", "replace-position", "swap-colour"],
+                  "relations": [*(f"replace-{a}" for a in get_world("relations").attributes), "replace-relation",
+                                "swap-colour"]}[world]  # fmt: skip
+    return [("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
+            *((f"comp:{c}", c.removeprefix("replace-").replace("swap-colour", "swap")) for c in categories),
+            ("comp:mean", "comp mean")]  # fmt: skip
+
+
+COLUMNS = columns()  # the first world's

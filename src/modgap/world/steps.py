@@ -137,9 +137,11 @@ def train_revision(
     steps: int | None = None,
     llm: str = LLM,
     prompt: str = PROMPT,
+    max_length: int = 128,
 ) -> Path:
     """The demo's one way to train a model (``runs/NAME``, resumed or reused): every model gets the same budget,
-    seed and hyper-parameters; sft runs at a quarter of the learning rate."""
+    seed and hyper-parameters; sft runs at a quarter of the learning rate. ``max_length`` counts a sample's
+    tokens, image tokens included (one per patch for a patch-token store)."""
     from modgap.mllm.train import TrainConfig, train
 
     out = root / "runs" / name
@@ -161,7 +163,7 @@ def train_revision(
         report_to="none",
         save_every=50,
         resume=True,
-        max_length=128,
+        max_length=max_length,
     )
     return train(cfg).model_dir
 
