@@ -36,6 +36,10 @@ FIGURES = {"shapes": ["shape", "colour", "size", "position", "attributes", "exac
            "relations": ["shape", "colour", "size", "texture", "position", "count", "attributes", "exact",
                          "relation", "bleu4", "cider"]}  # fmt: skip
 COMPARED = {"shapes": ["attributes", "shape", "vqa"], "relations": ["attributes", "position", "relation"]}
+# Model against model, per seed (the readings docs/world.md states for both worlds' zero-shot tables).
+PAIRS = [("realign", "mean-shift"), ("c3", "realign"), ("gaussian-ot", "realign"), ("gaussian-ot", "c3"),
+         ("paired images", "gaussian-ot"), ("gaussian-ot, validated shrinkage", "gaussian-ot"),
+         ("unicorn (synthetic text)", "mean-shift")]  # fmt: skip
 
 
 def main() -> None:
@@ -119,6 +123,12 @@ def main() -> None:
             if model != baseline:
                 cells = [difference(per_seed, args.seeds, model, baseline, figure) for figure in compared]
                 print(f"| {model} | " + " | ".join(cells) + " |")
+        print("\nper-seed difference between models (first − second), same seed and test set\n")
+        print("| comparison | " + " | ".join(f"Δ {f}" for f in compared) + " |")
+        print("|---" * (len(compared) + 1) + "|")
+        for better, worse in PAIRS:
+            cells = [difference(per_seed, args.seeds, better, worse, figure) for figure in compared]
+            print(f"| {better} − {worse} | " + " | ".join(cells) + " |")
         if args.sft:
             only = f"sft {args.sft} only"
             print(f"\nper-seed difference against the same tuning without text pretraining (`{only}`)\n")

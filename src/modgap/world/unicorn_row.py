@@ -10,7 +10,7 @@ import numpy as np
 
 from modgap.files import write_jsonl, write_text
 from modgap.progress import ProgressFactory
-from modgap.world.steps import ALIGNER_PARAMS, DemoSize, train_revision
+from modgap.world.steps import ALIGNER_PARAMS, DemoSize, train_revision, world_models
 from modgap.world.worlds import get_world
 
 
@@ -72,8 +72,8 @@ def unicorn_row(
     )
     made = run_unicorn(config, root / "unicorn", command="modgap demo", progress=progress, log=log)
     store = str(made.transferred_store)
-    models = {"llm": kind.llm, "prompt": kind.prompt}
-    pretrained = train_revision(root, "unicorn", size=size, seed=seed, data=made.captions, store=store, **models)
+    pretrained = train_revision(root, "unicorn", size=size, seed=seed, data=made.captions, store=store,
+                                **world_models(world))  # fmt: skip
     if made.instructions is None:
         return pretrained
     return train_revision(root, "unicorn-sft", size=size, seed=seed, data=made.instructions, store=store, stage="sft",
