@@ -77,11 +77,9 @@ def main() -> None:
         args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         kept = args.results / f"seed-{seed}{f'_sft{args.sft}' if args.sft else ''}.json" if args.results else None
-        if kept is not None and kept.is_file():
-            record = json.loads(kept.read_text())
+        if record := read_back(kept):
             per_seed[seed], seconds[seed] = record["rows"], record["seconds"]
             gaps.append(record["gap_before"]["centroid_distance"])
-            print(f"seed {seed}: read from {kept} ({seconds[seed]:.0f} s, commit {record['commit']})", flush=True)
             continue
         workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         timing = workdir / ("wall_seconds" + (f"_sft{args.sft}" if args.sft else "")
@@ -149,6 +147,15 @@ def world_suffix(world: str) -> str:
     return "" if world == "shapes" else f"-{world}"
 
 
+def read_back(path: Path | None) -> dict | None:
+    """A seed's record kept by an earlier run (``--results``), said so on stdout; None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    print(f"seed {record['seed']}: read from {path} ({record['seconds']:.0f} s, commit {record['commit']})", flush=True)
+    return record
+
+
 def keep(path: Path, record: dict) -> None:
     """``record`` as JSON at ``path`` (temporary name, then rename: a killed run leaves no half file)."""
     tmp = path.with_suffix(".tmp")
@@ -173,10 +180,8 @@ def scaling_only(args: argparse.Namespace) -> None:
         args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         kept = args.results / f"seed-{seed}.json" if args.results else None
-        if kept is not None and kept.is_file():
-            record = json.loads(kept.read_text())
+        if record := read_back(kept):
             scaling[seed], seconds[seed] = record["scaling"], record["seconds"]
-            print(f"seed {seed}: read from {kept} ({seconds[seed]:.0f} s, commit {record['commit']})", flush=True)
             continue
         workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         base = "" if args.scaling_base is None else f"_base{args.scaling_base}"

@@ -23,11 +23,11 @@ from scipy import stats
 from modgap.world.embedder_demo import (
     MINED_VARIANT,
     PATCH_VARIANT,
-    RELATIONS_EMBEDDER_FULL,
-    RELATIONS_EMBEDDER_QUICK,
     STOCK_BASE,
     STOCK_VARIANT,
+    EmbedderSize,
     columns,
+    embedder_size,
     large_name,
     run_embedder_demo,
 )
@@ -53,15 +53,16 @@ COMPARISONS = [
 ]
 
 
-def large_batch_comparisons(batch: int) -> list[tuple[str, str, str, str]]:
+def large_batch_comparisons(size: EmbedderSize) -> list[tuple[str, str, str, str]]:
     """The second world's ablations at a batch where false negatives occur (chosen before its run)."""
+    batch = size.large_batch
     big = large_name("stage 1 + 2", batch)
     out = []
     for key in ("comp:mean", "i2t_R@1"):
         out += [(f"filter helps at batch {batch}", big, large_name("1 + 2, no false-negative filter", batch), key),
                 (f"hard-negative selection helps at batch {batch}", big,
                  large_name("1 + 2, no hard-negative selection", batch), key),
-                (f"batch {batch} (gradient caching) vs 32", big, "stage 1 + 2", key)]  # fmt: skip
+                (f"batch {batch} (gradient caching) vs {size.batch_size}", big, "stage 1 + 2", key)]  # fmt: skip
     return out
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="Keep each seed's rows here (with the commit), read finished "
                         "seeds back.")  # fmt: skip
     args = parser.parse_args()
-    from bench_demo_seeds import git_commit, keep, world_suffix  # (same folder: run as a script)
+    from bench_demo_seeds import git_commit, keep, read_back, world_suffix  # (same folder: run as a script)
 
     rows: dict[int, dict[str, dict[str, float]]] = {}
     fn_per_batch: dict = {}
@@ -90,10 +91,8 @@ def main() -> None:
         args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         kept = args.results / f"seed-{seed}.json" if args.results else None
-        if kept is not None and kept.is_file():
-            record = json.loads(kept.read_text())
+        if record := read_back(kept):
             rows[seed], fn_per_batch = record["rows"], record["false_negatives_per_batch"]
-            print(f"seed {seed}: read from {kept} ({record['seconds']:.0f} s, commit {record['commit']})", flush=True)
             continue
         workdir = args.root / f"seed-{seed}{world_suffix(args.world)}{'-quick' if args.quick else ''}"
         started = time.perf_counter()
@@ -125,12 +124,10 @@ def main() -> None:
     )
     print("| claim | comparison | figure | difference | real? |")
     print("|---|---|---|---|---|")
-    comparisons = [c for c in COMPARISONS if STOCK_BASE not in c[1:3] and STOCK_VARIANT not in c[1:3]]
-    if args.world == "relations":
-        size = RELATIONS_EMBEDDER_QUICK if args.quick else RELATIONS_EMBEDDER_FULL
-        comparisons += large_batch_comparisons(size.large_batch)
-    else:
-        comparisons = COMPARISONS
+    comparisons = COMPARISONS
+    if args.world == "relations":  # no stock rows there; stage 2 also at a large batch
+        comparisons = [c for c in COMPARISONS if not {STOCK_BASE, STOCK_VARIANT} & set(c[1:3])]
+        comparisons += large_batch_comparisons(embedder_size(args.world, args.quick))
     for claim, better, worse, key in comparisons:
         diffs = np.array([rows[s][better][key] - rows[s][worse][key] for s in args.seeds])
         mean, lo, hi = interval(diffs)

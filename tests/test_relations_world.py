@@ -312,6 +312,7 @@ def test_compositional_triples_are_true_and_false_by_each_worlds_own_describes()
     ``describes`` (the triples need no labels because the world knows the truth)."""
     from collections import Counter
 
+    from modgap.world.compositional import categories as compositional_categories
     from modgap.world.compositional import compositional_set
     from modgap.world.worlds import get_world
 
@@ -322,6 +323,7 @@ def test_compositional_triples_are_true_and_false_by_each_worlds_own_describes()
         said = {t["id"]: t["text"] for t in texts}
         counts = Counter(t["category"] for t in triples)
         assert len(counts) == categories and min(counts.values()) >= 40, (world, counts)
+        assert set(counts) == set(compositional_categories(world))
         for t in triples:
             scene = scenes[int(t["image_id"].removeprefix("test-"))]
             true = kind.describes([said[t["positive_id"]], said[t["negative_id"]]], [scene])[:, 0]

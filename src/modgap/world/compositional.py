@@ -14,6 +14,15 @@ CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "bel
             "inside": "holding", "holding": "inside"}  # fmt: skip
 
 
+def categories(world: str = "shapes") -> list[str]:
+    """The triples' categories of ``world``, in the order :func:`compositional_set` makes them."""
+    if world == "relations":
+        from modgap.world.relations_scene import ATTRIBUTES
+
+        return [*(f"replace-{a}" for a in ATTRIBUTES), "replace-relation", "swap-colour"]
+    return ["replace-colour", "replace-shape", "replace-size", "replace-position", "swap-colour"]
+
+
 def compositional_set(scenes: list[Any], seed: int, world: str = "shapes") -> tuple[list[dict], list[dict]]:
     """(text rows ``{id, text}``, triple rows ``{image_id, positive_id, negative_id, category}``) for the test
     scenes ``test-0 ..``: one triple per scene and category where the scene allows it."""

@@ -35,7 +35,7 @@ import numpy as np
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.compositional import compositional_set
+from modgap.world.compositional import categories, compositional_set
 from modgap.world.steps import (
     DemoSize,
     claim_demo_dir,
@@ -68,6 +68,13 @@ EMBEDDER_FULL = EmbedderSize(steps=200, batch_size=64)
 # the ablations run at 32 and again at 256 (~13 per batch) with gradient caching.
 RELATIONS_EMBEDDER_QUICK = EmbedderSize(steps=100, batch_size=32, large_batch=256)
 RELATIONS_EMBEDDER_FULL = EmbedderSize(steps=200, batch_size=64, large_batch=512)
+
+
+def embedder_size(world: str, quick: bool) -> EmbedderSize:
+    """The stages' budget of ``world`` in quick or full mode (as :func:`~modgap.world.steps.demo_size` its pools)."""
+    if world == "relations":
+        return RELATIONS_EMBEDDER_QUICK if quick else RELATIONS_EMBEDDER_FULL
+    return EMBEDDER_QUICK if quick else EMBEDDER_FULL
 
 # name -> (distill first?, tune settings or None). The UniME ablations are run on the full pipeline.
 VARIANTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
@@ -221,9 +228,7 @@ def run_embedder_demo(
     started = time.perf_counter()
     root, kind = Path(workdir), get_world(world)
     pools_size = world_size or demo_size(world, quick)
-    relations = world == "relations"
-    esize = size or {(False, False): EMBEDDER_FULL, (True, False): EMBEDDER_QUICK,
-                     (False, True): RELATIONS_EMBEDDER_FULL, (True, True): RELATIONS_EMBEDDER_QUICK}[quick, relations]
+    esize = size or embedder_size(world, quick)
     claim_demo_dir(root, seed, quick, pools_size, world)
     teacher = teacher or default_teacher()
     pools = write_world(root, pools_size, seed, log, world)
@@ -308,7 +313,7 @@ def run_embedder_demo(
                                 **world_models(world))  # fmt: skip
     tuned_patch = tune(slug(PATCH_VARIANT), distill("distill-patch", base_patch), patch_store)
     models[PATCH_VARIANT] = f"embedder:{tuned_patch}"
-    if not relations:
+    if world == "shapes":
         models.update(_stock_rows(root, data, base_patch, distill, common, log))
     rows = {}
     for name, spec in models.items():
@@ -324,7 +329,6 @@ def run_embedder_demo(
 
 def _stock_rows(root: Path, data: Path, base_patch: Path, distill: Callable[[str, Path], Path],
                 common: dict[str, Any], log: Callable[[str], None]) -> dict[str, str]:  # fmt: skip
-
     # The same model in stock 🤗 form (a LlavaForConditionalGeneration whose projector is the patch base's),
     # trained on raw image files through its processor and vision tower.
     from modgap.hub import MODEL_RECORD
@@ -350,26 +354,25 @@ def false_negatives_per_batch(root: Path, world: str, scenes: list[Any], batch: 
     image i by the world's own ``describes``, measured on ``blocks`` random blocks of ``block`` x ``block``
     pairs (seeded; written once to ``embedder/false_negatives.json``)."""
     path = root / "embedder" / "false_negatives.json"
-    if not path.is_file():
-        captions = [json.loads(line)["caption"] for line in (root / "world" / "paired.jsonl").read_text().splitlines()]
-        rng = np.random.default_rng(0)
-        hits = pairs = 0
-        for _ in range(blocks):
-            pick = rng.choice(len(scenes), size=min(block, len(scenes)), replace=False)
-            true = get_world(world).describes([captions[i] for i in pick], [scenes[i] for i in pick])
-            np.fill_diagonal(true, False)
-            hits, pairs = hits + int(true.sum()), pairs + len(pick) * (len(pick) - 1)
-        write_json(path, {"share": hits / pairs, "pairs": pairs, "world": world})
-    return batch * (batch - 1) * json.loads(path.read_text())["share"]
+    if path.is_file():
+        return batch * (batch - 1) * json.loads(path.read_text())["share"]
+    captions = [json.loads(line)["caption"] for line in (root / "world" / "paired.jsonl").read_text().splitlines()]
+    rng = np.random.default_rng(0)
+    hits = pairs = 0
+    for _ in range(blocks):
+        pick = rng.choice(len(scenes), size=min(block, len(scenes)), replace=False)
+        true = get_world(world).describes([captions[i] for i in pick], [scenes[i] for i in pick])
+        np.fill_diagonal(true, False)
+        hits, pairs = hits + int(true.sum()), pairs + len(pick) * (len(pick) - 1)
+    share = hits / pairs
+    write_json(path, {"share": share, "pairs": pairs, "world": world})
+    return batch * (batch - 1) * share  # as the read-back above computes it (a rerun gives the same figure)
 
 
 def columns(world: str = "shapes") -> list[tuple[str, str]]:
     """(key, header) of the embedder table: retrieval both ways, compositional accuracy per category, mean."""
-    categories = {"shapes": ["replace-colour", "replace-shape", "replace-size", "replace-position", "swap-colour"],
-                  "relations": [*(f"replace-{a}" for a in get_world("relations").attributes), "replace-relation",
-                                "swap-colour"]}[world]  # fmt: skip
     return [("i2t_R@1", "i2t R@1"), ("i2t_R@5", "i2t R@5"), ("t2i_R@1", "t2i R@1"), ("t2i_R@5", "t2i R@5"),
-            *((f"comp:{c}", c.removeprefix("replace-").replace("swap-colour", "swap")) for c in categories),
+            *((f"comp:{c}", c.removeprefix("replace-").replace("swap-colour", "swap")) for c in categories(world)),
             ("comp:mean", "comp mean")]  # fmt: skip
 
 
