@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from modgap.world.demo import SCALES, SCALING_METHODS, run_demo, run_scaling_demo
+from modgap.world.report import second_figure
 
 # Per world: the figures tabulated, and those compared per seed against the unaligned model (the second world's
 # chosen before its claims ran: the mean attribute, place, and relations named and true; it has no VQA).
@@ -136,7 +137,7 @@ def main() -> None:
                 cells = [difference(per_seed, args.seeds, model, only, figure) for figure in compared]
                 print(f"| {model} | " + " | ".join(cells) + " |")
     if args.scaling:
-        print_scaling(scaling, args.seeds)
+        print_scaling(scaling, args.seeds, args.world)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
         write_figures(args, per_seed, scaling)
@@ -195,7 +196,7 @@ def scaling_only(args: argparse.Namespace) -> None:
         print(f"seed {seed}: {seconds[seed]:.0f} s", flush=True)
         if kept is not None:
             keep(kept, {"seed": seed, "commit": git_commit(), "seconds": seconds[seed], "scaling": scaling[seed]})
-    print_scaling(scaling, args.seeds)
+    print_scaling(scaling, args.seeds, args.world)
     print(f"\nwall time per seed: {', '.join(f'{seconds[s]:.0f} s' for s in args.seeds)}")
     if args.png:
         write_scaling_figure(args, scaling)
@@ -229,19 +230,14 @@ def t_interval(differences: list[float]) -> str:
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
 
 
-def second_figure(scaling: dict) -> str:
-    """The scaling curves' second figure: VQA in the first world, relations in the second (no VQA yet)."""
-    return "vqa" if "vqa" in next(iter(scaling["curves"].values()))[0] else "relation"
-
-
-def print_scaling(scaling: dict[int, dict], seeds: list[int]) -> None:
+def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> None:
     """Mean ± std per pool size and curve; then, per text-only curve, every text size against every paired size
     (per-seed differences of the mean attribute accuracy): where does N texts match M pairs? With two text
     curves, also the per-seed difference between them at each size."""
     first = scaling[seeds[0]]
     sizes, curves = first["sizes"], list(first["curves"])
     *texts, paired = curves
-    second = second_figure(first)
+    second = second_figure(world)
 
     def attributes(curve: str, i: int, s: int) -> float:
         return scaling[s]["curves"][curve][i]["attributes"]
@@ -332,11 +328,12 @@ def write_scaling_figure(args: argparse.Namespace, scaling: dict[int, dict]) -> 
     curves = {}
     for curve in scaling[args.seeds[0]]["curves"]:
         curves[curve] = {}
-        for figure in ("attributes", second_figure(scaling[args.seeds[0]])):
+        for figure in ("attributes", second_figure(args.world)):
             v = np.array([[row[figure] for row in scaling[s]["curves"][curve]] for s in args.seeds])
             mean, spread = v.mean(0), v.std(0, ddof=1)
             curves[curve][figure] = np.stack([mean, mean - spread, mean + spread])
-    fig = scaling_chart(sizes, curves, f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps")
+    title = f"scaling, {len(args.seeds)} seeds: mean ± std over seeds, same steps"
+    fig = scaling_chart(sizes, curves, title, args.world)
     world = world_suffix(args.world)
     base = "" if args.scaling_base is None else f"-base{args.scaling_base}"
     name = f"demo-scaling{world}{methods_suffix(tuple(args.scaling_aligners))}{base}.png"

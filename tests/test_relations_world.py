@@ -231,7 +231,16 @@ def test_scaling_curves_run_on_the_second_world_with_its_own_models(tmp_path):
     assert "tiny-lm-relations" in json.dumps(record)
     caption = json.loads((tmp_path / "w" / "runs" / "scaling" / "paired400" / "test_captions.jsonl").read_text()
                          .splitlines()[0])  # fmt: skip
-    assert set(caption["truth"]) == set(rw.ATTRIBUTES)
+    assert set(caption["truth"]) == set(rw.ATTRIBUTES) and caption["relation"] in (True, False, None)
+    # The report's scaling chart: per-image relations (kept beside each caption) give its second panel, whose
+    # points are the curves' own relation figures.
+    from modgap.world.report import _scaling
+
+    panels = _scaling(tmp_path / "w", curves, "relations").axes
+    assert panels[1].get_ylabel() == "relation named and true"
+    for name, rows in curves["curves"].items():
+        (bars,) = [c for c in panels[1].containers if c.get_label() == name]
+        assert list(bars.lines[0].get_ydata()) == pytest.approx([row["relation"] for row in rows])
     again = run_scaling_demo(tmp_path / "w", world="relations", methods=("realign",), scales=(4, 8), size=size,
                              log=lambda _: None)  # fmt: skip
     assert again == curves
@@ -290,6 +299,12 @@ def test_the_demo_runs_on_the_second_world_and_its_unicorn_row_expands_seeds_wit
                                "gaussian-ot, validated shrinkage + sft 40", "sft 40 only"}  # fmt: skip
     for row in first.rows.values():
         assert set(rw.ATTRIBUTES) | {"attributes", "relation", "exact", "bleu4"} <= set(row) and "vqa" not in row
+    # Validated shrinkage equal to gaussian-ot's own (1e-3) reuses its model (and its tuning) instead of a copy.
+    chosen = json.loads((workdir / "aligners" / "gaussian-ot-validation.json").read_text())["chosen"]
+    for suffix in ("", " + sft 40"):
+        same = first.rows["gaussian-ot, validated shrinkage" + suffix] == first.rows["gaussian-ot" + suffix]
+        assert same or chosen != 1e-3
+    assert (workdir / "runs" / "gaussian-ot-validated").exists() == (chosen != 1e-3)
     seeds = [json.loads(x) for x in (workdir / "world" / "unicorn_seeds.jsonl").read_text().splitlines()]
     captions = [json.loads(x) for x in (workdir / "unicorn" / "captions.jsonl").read_text().splitlines()]
     assert len(seeds) == 40 and len(captions) >= 70 and not (workdir / "unicorn" / "instructions.jsonl").exists()

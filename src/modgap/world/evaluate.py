@@ -23,6 +23,15 @@ def _hits(parsed: Sequence[dict[str, Any]], truths: Sequence[dict[str, str]], na
     return {a: np.array([p[a] == t[a] for p, t in zip(parsed, truths, strict=True)], bool) for a in names}
 
 
+def relation_hits(predictions: Sequence[str], scenes: Sequence[Any], world: str = "shapes") -> list[bool | None]:
+    """Per caption: the relation it names holds in its scene (True/False), or it names none (None); empty for a
+    world whose captions name no relations."""
+    kind = get_world(world)
+    if kind.relation_true is None:
+        return []
+    return [kind.relation_true(s, kind.parse_caption(p)) for p, s in zip(predictions, scenes, strict=True)]
+
+
 def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str = "shapes") -> dict[str, float]:
     """Accuracy of each main-object attribute parsed from the captions, their mean, the fraction with all
     right (``exact``), and corpus BLEU-4 / CIDEr against every reference phrasing. The second world
@@ -37,10 +46,7 @@ def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str
     out = {a: int(hits[a].sum()) / n for a in names}
     out["attributes"] = sum(out[a] for a in names) / len(names)
     out["exact"] = int(np.logical_and.reduce([hits[a] for a in names]).sum()) / n
-    if kind.name == "relations":
-        from modgap.world.relations_scene import relation_true
-
-        truths = [relation_true(s, p) for p, s in zip(parsed, scenes, strict=True)]
+    if truths := relation_hits(predictions, scenes, world):
         out["relation"] = sum(t is True for t in truths) / n  # names a relation that holds
         out["relation_said"] = sum(t is not None for t in truths) / n
     text_scores = caption_metrics(

@@ -23,10 +23,14 @@ BOOTSTRAP = 1000
 
 
 def per_image_scores(run_dir: Path, world: str = "shapes") -> dict[str, np.ndarray]:
-    """0/1 per test image and attribute (from ``test_captions.jsonl``) and VQA accuracy per question."""
+    """0/1 per test image and attribute (from ``test_captions.jsonl``), per image whether its caption names a
+    relation that holds (second world; models scored before that was kept have none), and VQA accuracy per
+    question."""
     captions = [json.loads(x) for x in (run_dir / "test_captions.jsonl").read_text().splitlines()]
     hits = attribute_hits([r["caption"] for r in captions], [r["truth"] for r in captions], world)
     out = {a: hits[a].astype(float) for a in get_world(world).attributes}
+    if captions and all("relation" in r for r in captions):
+        out["relation"] = np.array([r["relation"] is True for r in captions], float)
     answers = run_dir / "test_answers.jsonl"
     if answers.is_file():
         out["vqa"] = np.array([json.loads(x)["accuracy"] for x in answers.read_text().splitlines()], float)
@@ -79,16 +83,24 @@ def _bars(scores: dict[str, dict[str, np.ndarray]], world: str) -> Any:
     return bar_chart(values, f"{what} held-out images, 95 % bootstrap over test images", world)
 
 
-def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], title: str) -> Any:
-    """Two panels (mean attribute accuracy; VQA, or relations named and true in the second world):
-    ``curves[name][figure]`` is an array (3, len(sizes)) of value, lower and upper bound per pool size."""
+def second_figure(world: str = "shapes") -> str:
+    """The figure shown beside the mean attribute accuracy: VQA where the world has questions, else relations
+    named and true (the second world)."""
+    return "vqa" if get_world(world).questions else "relation"
+
+
+SECOND_FIGURE_LABELS = {"vqa": "VQA accuracy", "relation": "relation named and true"}
+
+
+def scaling_chart(sizes: list[int], curves: dict[str, dict[str, np.ndarray]], title: str, world: str = "shapes") -> Any:
+    """Two panels (mean attribute accuracy; :func:`second_figure`): ``curves[name][figure]`` is an array
+    (3, len(sizes)) of value, lower and upper bound per pool size."""
     import matplotlib.pyplot as plt
 
-    second = "vqa" if any("vqa" in per for per in curves.values()) else "relation"
-    labels = {"vqa": "VQA accuracy", "relation": "relation named and true"}
+    second = second_figure(world)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, figure, label in zip(axes, ["attributes", second], ["mean attribute accuracy", labels[second]],
-                                 strict=True):  # fmt: skip
+    labels = ["mean attribute accuracy", SECOND_FIGURE_LABELS[second]]
+    for ax, figure, label in zip(axes, ["attributes", second], labels, strict=True):
         for name, per in curves.items():
             if figure not in per:
                 continue
@@ -109,10 +121,11 @@ def _scaling(root: Path, scaling: dict[str, Any], world: str) -> Any:
         per_size = [per_image_scores(root / run, world) for run in runs]
         mean_attr = [np.mean([s[a] for a in get_world(world).attributes], axis=0) for s in per_size]
         curves[name] = {"attributes": np.array([(v.mean(), *bootstrap_interval(v)) for v in mean_attr]).T}
-        if all("vqa" in s for s in per_size):
-            curves[name]["vqa"] = np.array([(s["vqa"].mean(), *bootstrap_interval(s["vqa"])) for s in per_size]).T
+        second = second_figure(world)
+        if all(second in s for s in per_size):
+            curves[name][second] = np.array([(s[second].mean(), *bootstrap_interval(s[second])) for s in per_size]).T
     title = "scaling: same steps, growing pools (95 % bootstrap over test images)"
-    return scaling_chart(scaling["sizes"], curves, title)
+    return scaling_chart(scaling["sizes"], curves, title, world)
 
 
 def _sample(store: Path, n: int, seed: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from modgap.files import write_json, write_jsonl, write_text
 from modgap.progress import ProgressFactory
 from modgap.training import claim_run_dir
-from modgap.world.evaluate import score_captions
+from modgap.world.evaluate import relation_hits, score_captions
 from modgap.world.scene import PROMPT, Scene, question_answers
 from modgap.world.worlds import get_world
 
@@ -198,10 +198,16 @@ def evaluate_model(root: Path, model_dir: Path, scenes: list[Any], world: str = 
         vqa = {k.replace("accuracy", "vqa"): v for k, v in answers.metrics.items()}
     visual = StoreInputs(model, store).ids([f"test-{i}" for i in range(len(scenes))])
     replies = model.generate(visual, max_new_tokens=get_world(world).caption_tokens, batch_size=128)
+    relations = relation_hits(replies, scenes, world)  # per caption (second world): its relation holds
     write_jsonl(
         model_dir.parent / "test_captions.jsonl",
         [
-            {"id": f"test-{i}", "caption": r, "truth": sc.attributes()}
+            {
+                "id": f"test-{i}",
+                "caption": r,
+                "truth": sc.attributes(),
+                **({"relation": relations[i]} if relations else {}),
+            }
             for i, (r, sc) in enumerate(zip(replies, scenes, strict=True))
         ],
     )

@@ -42,6 +42,9 @@ class World:
     qa_prompt: str | None
     questions: bool  # held-out images come with questions (VQA figures)
     caption_tokens: int = 24  # new tokens a generated caption may take
+    # relation_true(scene, parsed caption): the relation it names holds (None: it names none); None: the world's
+    # captions name no relations.
+    relation_true: Callable[[Any, dict[str, Any]], bool | None] | None = None
 
 
 def _shapes_text(s: Any, rng: np.random.Generator, partial: float) -> str:
@@ -76,7 +79,8 @@ WORLDS = {
                        _relations_text, relations_scene.ATTRIBUTES, relations_scene.parse_caption,
                        relations_scene.references, relations_scene.PROMPT, "builtin:tiny-clip-relations",
                        "builtin:tiny-lm-relations", relations_scene.chance_levels, relations_scene.short_caption,
-                       relations_scene.EXPAND_PROMPT, None, questions=False, caption_tokens=40),
+                       relations_scene.EXPAND_PROMPT, None, questions=False, caption_tokens=40,
+                       relation_true=relations_scene.relation_true),
 }  # fmt: skip
 
 
