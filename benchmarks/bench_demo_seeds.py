@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modgap.eval.seeds import format_interval
 from modgap.world.demo import SCALES, SCALING_METHODS, run_demo, run_scaling_demo
 from modgap.world.report import second_figure
 
@@ -216,18 +217,7 @@ def git_commit() -> str:
 def difference(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int], model: str, baseline: str,
                figure: str) -> str:  # fmt: skip
     """Mean per-seed difference ``model - baseline`` with its 95 % t-interval, ``*`` where it excludes 0."""
-    return t_interval([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in seeds])
-
-
-def t_interval(differences: list[float]) -> str:
-    """``mean [lo, hi]`` of per-seed differences with the 95 % t-interval, ``*`` where it excludes 0."""
-    from scipy import stats
-
-    d = np.array(differences)
-    mean = float(d.mean())
-    width = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    lo, hi = mean - width, mean + width
-    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''}"
+    return format_interval([per_seed[s][model][figure] - per_seed[s][baseline][figure] for s in seeds])
 
 
 def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> None:
@@ -253,7 +243,7 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> Non
             for figure in ("attributes", second):
                 v = np.array([scaling[s]["curves"][curve][i][figure] for s in seeds])
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
-        cells += [t_interval([attributes(t, i, s) - attributes(paired, i, s) for s in seeds]) for t in texts]
+        cells += [format_interval([attributes(t, i, s) - attributes(paired, i, s) for s in seeds]) for t in texts]
         print(f"| {n} | " + " | ".join(cells) + " |")
     print(f"\n{paired}, all {sizes[-1]} against each smaller pool: per-seed Δ (95 % t-interval, * excludes 0)\n")
     print("| smaller pool | Δ attributes | " + " | ".join(f"Δ {a}" for a in first["curves"][paired][0]
@@ -261,8 +251,8 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> Non
     names = [a for a in first["curves"][paired][0] if a not in ("attributes", "bleu4", "cider")]
     print("|---" * (len(names) + 2) + "|")
     for i, n in enumerate(sizes[:-1]):
-        cells = [t_interval([scaling[s]["curves"][paired][-1][f] - scaling[s]["curves"][paired][i][f] for s in seeds])
-                 for f in ("attributes", *names)]  # fmt: skip
+        curve = [scaling[s]["curves"][paired] for s in seeds]
+        cells = [format_interval([c[-1][f] - c[i][f] for c in curve]) for f in ("attributes", *names)]
         print(f"| {n} | " + " | ".join(cells) + " |")
     for text in texts:
         print(f"\n{text} (rows, N texts) against {paired} (columns, M pairs): per-seed Δ mean attribute accuracy, "
@@ -270,7 +260,7 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> Non
         print("| N texts \\ M pairs | " + " | ".join(map(str, sizes)) + " |")
         print("|---" * (len(sizes) + 1) + "|")
         for i, n in enumerate(sizes):
-            cells = [t_interval([attributes(text, i, s) - attributes(paired, j, s) for s in seeds])
+            cells = [format_interval([attributes(text, i, s) - attributes(paired, j, s) for s in seeds])
                      for j in range(len(sizes))]  # fmt: skip
             print(f"| {n} | " + " | ".join(cells) + " |")
     for a, b in pairwise(texts):
@@ -278,7 +268,7 @@ def print_scaling(scaling: dict[int, dict], seeds: list[int], world: str) -> Non
         print(f"| pool size | Δ attributes | Δ {second} |")
         print("|---|---|---|")
         for i, n in enumerate(sizes):
-            cells = [t_interval([scaling[s]["curves"][b][i][f] - scaling[s]["curves"][a][i][f] for s in seeds])
+            cells = [format_interval([scaling[s]["curves"][b][i][f] - scaling[s]["curves"][a][i][f] for s in seeds])
                      for f in ("attributes", second)]  # fmt: skip
             print(f"| {n} | " + " | ".join(cells) + " |")
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
+from modgap.eval.seeds import paired_interval
 from modgap.world.embedder_demo import (
     MINED_VARIANT,
     PATCH_VARIANT,
@@ -64,14 +64,6 @@ def large_batch_comparisons(size: EmbedderSize) -> list[tuple[str, str, str, str
                  large_name("1 + 2, no hard-negative selection", batch), key),
                 (f"batch {batch} (gradient caching) vs {size.batch_size}", big, "stage 1 + 2", key)]  # fmt: skip
     return out
-
-
-def interval(diffs: np.ndarray) -> tuple[float, float, float]:
-    mean = float(np.mean(diffs))
-    if len(diffs) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
-    return mean, mean - half, mean + half
 
 
 def main() -> None:
@@ -130,7 +122,7 @@ def main() -> None:
         comparisons += large_batch_comparisons(embedder_size(args.world, args.quick))
     for claim, better, worse, key in comparisons:
         diffs = np.array([rows[s][better][key] - rows[s][worse][key] for s in args.seeds])
-        mean, lo, hi = interval(diffs)
+        mean, lo, hi = paired_interval(diffs)
         real = "yes" if lo > 0 else ("reversed" if hi < 0 else "no")
         print(f"| {claim} | {better} vs {worse} | {key} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {real} |")
 
