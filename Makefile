@@ -24,7 +24,7 @@ demo: $(INSTALLED)
 	$(BIN)/modgap demo --quick --workdir runs/demo-quick
 
 # Two workers, one test file each at a time (a file's module fixtures are built once), one torch thread each
-# (tests/conftest.py), commands run in-process: 3.3 min on 2 cores (measured 2026-12-04; 13.5 min before those two).
+# (tests/conftest.py), commands run in-process: 3.0 min on 2 cores (pytest 176 s, measured 2026-12-04; 13.5 min before those two).
 test: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
