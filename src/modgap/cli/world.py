@@ -92,19 +92,20 @@ def demo(
         table.add_row(*row)
     out.print(table)
     if result.scaling:
-        out.print(scaling_table(result.scaling))
+        out.print(scaling_table(result.scaling, world))
     out.print(f"report: {workdir / 'report.md'}, {workdir / 'report.html'}  ({result.seconds:.0f} s)")
 
 
-def scaling_table(scaling: dict) -> Table:
-    from modgap.world.demo import attributes_and_vqa
+def scaling_table(scaling: dict, world: str) -> Table:
+    from modgap.world.report import SECOND_FIGURE_LABELS, attributes_and_second, second_figure
 
-    table = Table(title="scaling: mean attribute accuracy (VQA, or relations named and true) by pool size, same steps")
+    second = SECOND_FIGURE_LABELS[second_figure(world)]
+    table = Table(title=f"scaling: mean attribute accuracy ({second}) by pool size, same steps")
     table.add_column("pool size", justify="right")
     for curve in scaling["curves"]:
         table.add_column(curve, justify="right")
     for i, n in enumerate(scaling["sizes"]):
-        table.add_row(str(n), *(attributes_and_vqa(rows[i]) for rows in scaling["curves"].values()))
+        table.add_row(str(n), *(attributes_and_second(rows[i], world) for rows in scaling["curves"].values()))
     return table
 
 

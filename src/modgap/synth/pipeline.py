@@ -153,14 +153,12 @@ def run_unicorn(
         if summary.rows == 0:
             raise ModgapError(f"stage 1 kept no captions; see {root / 'captions.failures.jsonl'}")
 
-    instructions: Path | None = None
-    if config.instructions is None:
+    instructions = None if config.instructions is None else root / "instructions.jsonl"
+    if instructions is None:
         note("stage 2: skipped (instructions: null)")
-    elif (root / "instructions.jsonl").is_file():
-        instructions = root / "instructions.jsonl"
+    elif instructions.is_file():
         note(f"stage 2: {instructions} is finished")
     else:
-        instructions = root / "instructions.jsonl"
         summary2 = synth_instructions(open_backend(llm), captions, instructions, config.instructions,
                                       command=command, progress=progress)  # fmt: skip
         note(f"stage 2: {summary2.line()}")

@@ -23,7 +23,7 @@ from modgap.align.select import select_shrinkage
 from modgap.errors import ModgapError
 from modgap.files import write_json, write_text
 from modgap.progress import ProgressFactory, silent
-from modgap.world.report import COLUMNS, attributes_and_vqa, columns, report_markdown, table_rows
+from modgap.world.report import COLUMNS, attributes_and_second, columns, report_markdown, table_rows
 from modgap.world.scaling import ALIGNERS, SCALES, SCALING_METHODS, check_scaling, run_scaling, run_scaling_demo
 from modgap.world.steps import (
     ALIGNER_PARAMS,
@@ -48,7 +48,7 @@ UNICORN = "unicorn (synthetic text)"
 VALIDATED_OT = "gaussian-ot, validated shrinkage"
 
 __all__ = ["ALIGNERS", "COLUMNS", "FULL", "QUICK", "SCALES", "SCALING_METHODS", "DemoResult", "DemoSize",
-           "attributes_and_vqa", "columns", "run_demo", "run_scaling_demo", "table_rows"]  # fmt: skip
+           "attributes_and_second", "columns", "run_demo", "run_scaling_demo", "table_rows"]  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -29,7 +29,11 @@ def relation_hits(predictions: Sequence[str], scenes: Sequence[Any], world: str 
     kind = get_world(world)
     if kind.relation_true is None:
         return []
-    return [kind.relation_true(s, kind.parse_caption(p)) for p, s in zip(predictions, scenes, strict=True)]
+    return _relations_hold(kind, [kind.parse_caption(p) for p in predictions], scenes)
+
+
+def _relations_hold(kind: Any, parsed: Sequence[dict[str, Any]], scenes: Sequence[Any]) -> list[bool | None]:
+    return [kind.relation_true(s, p) for p, s in zip(parsed, scenes, strict=True)]
 
 
 def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str = "shapes") -> dict[str, float]:
@@ -46,7 +50,8 @@ def score_captions(predictions: Sequence[str], scenes: Sequence[Any], world: str
     out = {a: int(hits[a].sum()) / n for a in names}
     out["attributes"] = sum(out[a] for a in names) / len(names)
     out["exact"] = int(np.logical_and.reduce([hits[a] for a in names]).sum()) / n
-    if truths := relation_hits(predictions, scenes, world):
+    if kind.relation_true is not None:
+        truths = _relations_hold(kind, parsed, scenes)
         out["relation"] = sum(t is True for t in truths) / n  # names a relation that holds
         out["relation_said"] = sum(t is not None for t in truths) / n
     text_scores = caption_metrics(

@@ -262,18 +262,18 @@ def report_markdown(result: Any, size: Any, seed: int, world: str = "shapes") ->
         "",
     ]
     if result.scaling:
-        curves = result.scaling["curves"]
+        curves, second = result.scaling["curves"], SECOND_FIGURE_LABELS[second_figure(world)]
         lines += [
             "## Scaling",
             "",
-            f"Mean attribute accuracy (VQA) of models trained on the first N rows of the text pool (aligned with "
+            f"Mean attribute accuracy ({second}) of models trained on the first N rows of the text pool (aligned with "
             f"{', '.join(result.scaling['methods'])}, fitted on those texts) or of the paired pool; {size.steps} "
             "steps each.",
             "",
             "| N | " + " | ".join(curves) + " |",
             "|---" * (len(curves) + 1) + "|",
             *(
-                f"| {n} | " + " | ".join(attributes_and_vqa(c[i]) for c in curves.values()) + " |"
+                f"| {n} | " + " | ".join(attributes_and_second(c[i], world) for c in curves.values()) + " |"
                 for i, n in enumerate(result.scaling["sizes"])
             ),
             "",
@@ -281,6 +281,6 @@ def report_markdown(result: Any, size: Any, seed: int, world: str = "shapes") ->
     return "\n".join(lines)
 
 
-def attributes_and_vqa(row: dict[str, float]) -> str:
-    """Mean attribute accuracy and, in brackets, VQA (first world) or relations named and true (second)."""
-    return f"{row['attributes']:.3f} ({row.get('vqa', row.get('relation', float('nan'))):.3f})"
+def attributes_and_second(row: dict[str, float], world: str = "shapes") -> str:
+    """Mean attribute accuracy and, in brackets, the world's :func:`second_figure`."""
+    return f"{row['attributes']:.3f} ({row.get(second_figure(world), float('nan')):.3f})"

@@ -77,4 +77,4 @@ def unicorn_row(
     if made.instructions is None:
         return pretrained
     return train_revision(root, "unicorn-sft", size=size, seed=seed, data=made.instructions, store=store, stage="sft",
-                          init=str(pretrained), steps=max(20, size.steps // 4))  # fmt: skip
+                          init=str(pretrained), steps=max(20, size.steps // 4), **world_models(world))  # fmt: skip
