@@ -134,8 +134,16 @@ def main() -> None:
             print(f"\nper-seed difference against the same tuning without text pretraining (`{only}`)\n")
             print("| model | " + " | ".join(f"Δ {f}" for f in compared) + " |")
             print("|---" * (len(compared) + 1) + "|")
-            for model in (m for m in per_seed[args.seeds[0]] if m.endswith(f"+ sft {args.sft}")):
+            tuned = [m for m in per_seed[args.seeds[0]] if m.endswith(f" + sft {args.sft}")]
+            for model in tuned:
                 cells = [difference(per_seed, args.seeds, model, only, figure) for figure in compared]
+                print(f"| {model} | " + " | ".join(cells) + " |")
+            print("\nper-seed difference of each tuned model against itself before the tuning (its zero-shot row)\n")
+            print("| model | " + " | ".join(f"Δ {f}" for f in compared) + " |")
+            print("|---" * (len(compared) + 1) + "|")
+            for model in tuned:
+                start = model.removesuffix(f" + sft {args.sft}")
+                cells = [difference(per_seed, args.seeds, model, start, figure) for figure in compared]
                 print(f"| {model} | " + " | ".join(cells) + " |")
     if args.scaling:
         print_scaling(scaling, args.seeds, args.world)

@@ -31,6 +31,7 @@ from modgap.world.embedder_demo import (
     large_name,
     run_embedder_demo,
 )
+from modgap.world.worlds import WORLDS
 
 # (claim, better, worse, figure): UniME's two claims and its ablations, as paired comparisons.
 COMPARISONS = [
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--world", default="shapes", choices=["shapes", "relations"])
+    parser.add_argument("--world", default="shapes", choices=sorted(WORLDS))
     parser.add_argument("--results", type=Path, help="Keep each seed's rows here (with the commit), read finished "
                         "seeds back.")  # fmt: skip
     args = parser.parse_args()
